@@ -1,0 +1,424 @@
+"""PPO with a separate actor and critic, each with its own optimizer and schedule.
+
+One iteration:
+
+1. The DataModule collects a rollout with the current policy (``act()``, no gradients).
+2. Advantages and value targets are computed once, from the values the pre-update critic gave at
+   collection (GAE). Both updates read these same targets, so they are independent of each other.
+3. The critic is updated (``critic_epochs`` epochs of minibatches), then the actor (``actor_epochs``);
+   ``update_order: actor_first`` swaps them. For the first ``critic_warmup`` iterations only the critic
+   learns.
+
+In the ``shared`` architecture one trunk feeds both heads and belongs to the actor optimizer. The actor
+step minimizes ``policy loss - ent_coef * entropy + vf_coef * value loss`` with the value head frozen, so
+the value loss reaches the trunk through the actor optimizer; the critic step minimizes the value loss
+with the trunk frozen, so the critic optimizer trains the value head alone.
+"""
+
+import random
+import time
+from collections import defaultdict
+from typing import Any, Callable, Iterator, Literal, Optional
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics import MeanMetric
+from torchmetrics.functional import explained_variance
+
+from lit_rl.data.rollout import Rollout
+from lit_rl.errors import ConfigError, NonFiniteLossError
+from lit_rl.losses import policy_loss, value_loss
+from lit_rl.nets import ActionDist, ActorCritic, Arch
+from lit_rl.returns import gae
+
+UpdateOrder = Literal["critic_first", "actor_first"]
+
+# Names of the per-iteration training metrics; stable, so dashboards and tests can rely on them.
+LOSS_METRICS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
+
+
+class LinearDecay:
+    """LR factor ``1 - iteration / num_iterations`` (CleanRL's annealing), floored at 0."""
+
+    def __init__(self, num_iterations: int) -> None:
+        self.num_iterations = num_iterations
+
+    def __call__(self, iteration: int) -> float:
+        return max(0.0, 1.0 - iteration / self.num_iterations)
+
+
+class PPO(L.LightningModule):
+    """Proximal Policy Optimization (Schulman et al. 2017) with separate actor and critic optimizers.
+
+    Args:
+        actor_optimizer: Builds the actor's optimizer from its parameters.
+        critic_optimizer: Builds the critic's optimizer from its parameters.
+        actor_scheduler: LR schedule of the actor, stepped once per iteration. Default: linear
+            annealing to 0 over the run when ``anneal_lr``, else constant.
+        critic_scheduler: Likewise for the critic.
+        anneal_lr: Anneal both learning rates linearly to 0 when no scheduler is given.
+        arch: ``separate`` networks, or a ``shared`` trunk with two heads.
+        hidden_sizes: Widths of the MLP trunk(s).
+        activation: ``tanh``, ``relu``, ``elu`` or ``silu``.
+        log_std_init: Initial log std of the Gaussian policy (Box actions).
+        gamma: Discount factor, in (0, 1].
+        gae_lambda: GAE lambda, in (0, 1].
+        clip_coef: PPO ratio clip epsilon, > 0.
+        clip_value_loss: Clip value updates to ``old value +- clip_coef`` (PPO2 value clipping).
+        ent_coef: Entropy bonus coefficient.
+        vf_coef: Value loss coefficient.
+        actor_max_grad_norm: Gradient-norm clip of the actor update; null for none.
+        critic_max_grad_norm: Gradient-norm clip of the critic update; null for none.
+        norm_adv: Normalize advantages per minibatch.
+        target_kl: Stop the actor's epochs early once an epoch's mean approx KL exceeds this.
+        update_epochs: Epochs over the rollout for both networks, unless set apart below.
+        actor_epochs: Epochs of the actor (PPG's E_pi); defaults to ``update_epochs``.
+        critic_epochs: Epochs of the critic (PPG's E_V); defaults to ``update_epochs``.
+        num_minibatches: Minibatches per epoch; ``num_envs * num_steps`` must divide by it.
+        update_order: ``critic_first`` (default, as verl) or ``actor_first``.
+        critic_warmup: Iterations at the start in which only the critic learns.
+    """
+
+    def __init__(
+        self,
+        *,
+        actor_optimizer: OptimizerCallable = torch.optim.Adam,
+        critic_optimizer: OptimizerCallable = torch.optim.Adam,
+        actor_scheduler: Optional[LRSchedulerCallable] = None,
+        critic_scheduler: Optional[LRSchedulerCallable] = None,
+        anneal_lr: bool = True,
+        arch: Arch = "separate",
+        hidden_sizes: list[int] = [64, 64],
+        activation: str = "tanh",
+        log_std_init: float = 0.0,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        clip_coef: float = 0.2,
+        clip_value_loss: bool = True,
+        ent_coef: float = 0.01,
+        vf_coef: float = 0.5,
+        actor_max_grad_norm: Optional[float] = 0.5,
+        critic_max_grad_norm: Optional[float] = 0.5,
+        norm_adv: bool = True,
+        target_kl: Optional[float] = None,
+        update_epochs: int = 4,
+        actor_epochs: Optional[int] = None,
+        critic_epochs: Optional[int] = None,
+        num_minibatches: int = 4,
+        update_order: UpdateOrder = "critic_first",
+        critic_warmup: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["actor_optimizer", "critic_optimizer", "actor_scheduler", "critic_scheduler"])
+        self.automatic_optimization = False
+        self.actor_optimizer = actor_optimizer
+        self.critic_optimizer = critic_optimizer
+        self.actor_scheduler = actor_scheduler
+        self.critic_scheduler = critic_scheduler
+        self.actor_epochs = update_epochs if actor_epochs is None else actor_epochs
+        self.critic_epochs = update_epochs if critic_epochs is None else critic_epochs
+        self._check_hparams()
+        self.agent: Optional[ActorCritic] = None
+        self.env_steps = 0
+        self.metrics = torch.nn.ModuleDict({name: MeanMetric() for name in (*LOSS_METRICS, "episodic_return", "episodic_length")})
+        self._fit_start: Optional[tuple[float, int]] = None
+
+    # ------------------------------------------------------------------ configuration
+    def _check_hparams(self) -> None:
+        hp = self.hparams
+        for key in ("gamma", "gae_lambda"):
+            if not 0.0 < hp[key] <= 1.0:
+                raise ConfigError(f"model.{key}: must lie in (0, 1], got {hp[key]}.")
+        if hp.clip_coef <= 0:
+            raise ConfigError(f"model.clip_coef: must be > 0, got {hp.clip_coef}.")
+        for key, value in (("update_epochs", hp.update_epochs), ("actor_epochs", self.actor_epochs),
+                           ("critic_epochs", self.critic_epochs), ("num_minibatches", hp.num_minibatches)):
+            if value < 1:
+                raise ConfigError(f"model.{key}: must be a positive integer, got {value}.")
+        for key in ("ent_coef", "vf_coef", "critic_warmup"):
+            if hp[key] < 0:
+                raise ConfigError(f"model.{key}: must be >= 0, got {hp[key]}.")
+        for key in ("actor_max_grad_norm", "critic_max_grad_norm", "target_kl"):
+            if hp[key] is not None and hp[key] <= 0:
+                raise ConfigError(f"model.{key}: must be > 0 or null, got {hp[key]}.")
+        probe = [torch.nn.Parameter(torch.zeros(1))]
+        for key in ("actor_optimizer", "critic_optimizer"):
+            for group in getattr(self, key)(probe).param_groups:
+                lr = group.get("lr", 1.0)
+                if not (isinstance(lr, (int, float)) and lr > 0) and not (isinstance(lr, Tensor) and lr.item() > 0):
+                    raise ConfigError(f"model.{key}: the learning rate (init_args.lr) must be > 0, got {lr}.")
+
+    @staticmethod
+    def check_batch(num_envs: int, num_steps: int, num_minibatches: int) -> None:
+        """A rollout of ``num_envs * num_steps`` samples must split into ``num_minibatches`` equal parts."""
+        batch = num_envs * num_steps
+        if batch % num_minibatches:
+            divisors = [d for d in range(1, min(batch, 64) + 1) if batch % d == 0]
+            raise ConfigError(
+                f"model.num_minibatches: data.num_envs * data.num_steps = {num_envs} * {num_steps} = {batch} "
+                f"does not split into {num_minibatches} minibatches; pick one of {divisors} or change num_steps."
+            )
+
+    def build(self, observation_space: Any, action_space: Any) -> None:
+        """Creates the networks for these spaces (once)."""
+        if self.agent is None:
+            hp = self.hparams
+            self.agent = ActorCritic(observation_space, action_space, hp.hidden_sizes, hp.activation, hp.arch,
+                                     hp.log_std_init)
+
+    def configure_model(self) -> None:
+        datamodule = self.trainer.datamodule
+        self.build(datamodule.single_observation_space, datamodule.single_action_space)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if stage == "fit" and datamodule is not None:
+            self.check_batch(datamodule.num_envs, datamodule.num_steps, self.hparams.num_minibatches)
+
+    def configure_optimizers(self) -> Any:
+        assert self.agent is not None
+        datamodule = getattr(self.trainer, "datamodule", None)
+        num_iterations = getattr(datamodule, "num_iterations", None)
+        optimizers, schedulers = [], []
+        for make_opt, make_sched, params in (
+            (self.actor_optimizer, self.actor_scheduler, self.agent.actor_parameters()),
+            (self.critic_optimizer, self.critic_scheduler, self.agent.critic_parameters()),
+        ):
+            opt = make_opt(params)
+            if make_sched is not None:
+                sched = make_sched(opt)
+            elif self.hparams.anneal_lr and num_iterations:
+                sched = LambdaLR(opt, LinearDecay(num_iterations))
+            else:
+                sched = LambdaLR(opt, _constant)
+            optimizers.append(opt)
+            schedulers.append(sched)
+        return optimizers, schedulers
+
+    # ------------------------------------------------------------------ acting
+    @torch.inference_mode()
+    def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """Actions, their log-probs and the state values for a batch of observations."""
+        assert self.agent is not None
+        dist, value = self.agent(obs)
+        action = dist.mode() if deterministic else dist.sample()
+        return action, dist.log_prob(action), value
+
+    @torch.inference_mode()
+    def value(self, obs: Tensor) -> Tensor:
+        assert self.agent is not None
+        return self.agent.value(obs)
+
+    # ------------------------------------------------------------------ learning
+    def training_step(self, dataloader_iter: Iterator) -> None:
+        # The rollout is collected here, by next(), with the current policy: Lightning's usual
+        # prefetching would collect it one update too early. StopIteration at the budget ends training.
+        rollout: Rollout = next(dataloader_iter)[0].to(self.device)
+        start = time.perf_counter()
+        batch = self.prepare_batch(rollout)
+        updates: list[tuple[str, Callable[[dict[str, Tensor]], dict[str, list[Tensor]]]]] = [
+            ("critic", self.update_critic), ("actor", self.update_actor)]
+        if self.hparams.update_order == "actor_first":
+            updates.reverse()
+        stats: dict[str, list[Tensor]] = defaultdict(list)
+        for role, update in updates:
+            if role == "actor" and rollout.iteration < self.hparams.critic_warmup:
+                continue  # critic warm-up: the actor does not learn yet
+            for key, values in update(batch).items():
+                stats[key] += values
+        for scheduler in self.lr_schedulers():
+            scheduler.step()
+        self.env_steps = rollout.env_steps
+        self.log_iteration(rollout, batch, stats, update_time=time.perf_counter() - start)
+
+    def prepare_batch(self, rollout: Rollout) -> dict[str, Tensor]:
+        """Advantages and returns from the pre-update critic; the valid samples, flattened over ``[T, N]``."""
+        hp = self.hparams
+        advantages, returns = gae(rollout.rewards, rollout.values, rollout.next_values, rollout.terminated,
+                                  rollout.truncated, hp.gamma, hp.gae_lambda)
+        valid = rollout.valid.flatten()
+        fields = {"obs": rollout.obs, "actions": rollout.actions, "logprobs": rollout.logprobs,
+                  "values": rollout.values, "advantages": advantages, "returns": returns}
+        return {key: value.flatten(0, 1)[valid] for key, value in fields.items()}
+
+    def minibatches(self, size: int, epochs: int) -> Iterator[tuple[int, Tensor]]:
+        """``(epoch, indices)`` for ``epochs`` shuffled passes of ``num_minibatches`` minibatches each."""
+        for epoch in range(epochs):
+            for indices in torch.randperm(size, device=self.device).chunk(self.hparams.num_minibatches):
+                yield epoch, indices
+
+    def update_critic(self, batch: dict[str, Tensor]) -> dict[str, list[Tensor]]:
+        """``critic_epochs`` epochs of value-loss steps with the critic optimizer."""
+        _, critic_opt = self.optimizers()
+        stats: dict[str, list[Tensor]] = defaultdict(list)
+        for _, idx in self.minibatches(len(batch["returns"]), self.critic_epochs):
+            loss = self.optimizer_step(critic_opt, lambda: self.critic_loss(batch, idx), self.hparams.critic_max_grad_norm, "critic")
+            stats["value_loss"].append(loss)
+        return stats
+
+    def critic_loss(self, batch: dict[str, Tensor], idx: Tensor) -> tuple[Tensor, Tensor]:
+        assert self.agent is not None
+        new_values = self.agent.value(batch["obs"][idx])
+        loss_value, _ = value_loss(new_values, batch["values"][idx], batch["returns"][idx], self._value_clip())
+        return self.hparams.vf_coef * loss_value, loss_value.detach()
+
+    def update_actor(self, batch: dict[str, Tensor]) -> dict[str, list[Tensor]]:
+        """``actor_epochs`` epochs of clipped-surrogate steps with the actor optimizer; target-KL early stop."""
+        actor_opt, _ = self.optimizers()
+        stats: dict[str, list[Tensor]] = defaultdict(list)
+        epoch_kl: list[Tensor] = []
+        for epoch, idx in self.minibatches(len(batch["returns"]), self.actor_epochs):
+            step_stats = self.optimizer_step(actor_opt, lambda: self.actor_loss(batch, idx), self.hparams.actor_max_grad_norm, "actor")
+            for key, value in step_stats.items():
+                stats[key].append(value)
+            epoch_kl.append(step_stats["approx_kl"])
+            last_of_epoch = len(epoch_kl) == self.hparams.num_minibatches
+            if last_of_epoch:
+                if self.hparams.target_kl is not None and torch.stack(epoch_kl).mean() > self.hparams.target_kl:
+                    break
+                epoch_kl = []
+        return stats
+
+    def actor_loss(self, batch: dict[str, Tensor], idx: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """``-clipped surrogate - ent_coef * entropy`` (+ ``vf_coef * value loss`` on a shared trunk)."""
+        assert self.agent is not None
+        hp = self.hparams
+        obs = batch["obs"][idx]
+        if hp.arch == "shared":
+            dist, new_values = self.agent(obs)
+        else:
+            dist, new_values = self.agent.dist(obs), None
+        advantages = batch["advantages"][idx]
+        if hp.norm_adv and advantages.numel() > 1:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        loss_policy, stats = policy_loss(dist.log_prob(batch["actions"][idx]), batch["logprobs"][idx], advantages,
+                                         hp.clip_coef)
+        entropy = dist.entropy().mean()
+        loss = loss_policy - hp.ent_coef * entropy
+        if new_values is not None:
+            loss_value, _ = value_loss(new_values, batch["values"][idx], batch["returns"][idx], self._value_clip())
+            loss = loss + hp.vf_coef * loss_value
+        return loss, {"policy_loss": loss_policy.detach(), "entropy": entropy.detach(), **stats}
+
+    def optimizer_step(self, optimizer: Optimizer, loss_fn: Callable[[], tuple[Tensor, Any]],
+                       max_grad_norm: Optional[float], role: str) -> Any:
+        """One step of one optimizer: toggle, loss, zero_grad, backward, clip, step, untoggle.
+
+        The toggle freezes every parameter this optimizer does not own, so a shared trunk is trained
+        only by the optimizer that owns it. A non-finite loss stops training before anything is applied.
+        """
+        with self.toggled_optimizer(optimizer):
+            loss, stats = loss_fn()
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(self._non_finite_message(role, loss))
+            optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            if max_grad_norm is not None:
+                self.clip_gradients(optimizer, gradient_clip_val=max_grad_norm, gradient_clip_algorithm="norm")
+            optimizer.step()
+        return stats
+
+    def _value_clip(self) -> Optional[float]:
+        return self.hparams.clip_coef if self.hparams.clip_value_loss else None
+
+    def _non_finite_message(self, role: str, loss: Tensor) -> str:
+        callback = getattr(self.trainer, "checkpoint_callback", None)
+        last = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
+        kept = f"The last good checkpoint is {last}." if last else "No checkpoint had been saved yet."
+        return (f"The {role} loss is {loss.item()} after {self.env_steps} env steps; training stopped before "
+                f"this update was applied. {kept} Lower the learning rate, turn on data.normalize_observation / "
+                "data.normalize_reward, or check the env's rewards and observations for NaN/inf.")
+
+    # ------------------------------------------------------------------ metrics
+    def on_train_start(self) -> None:
+        self._fit_start = (time.perf_counter(), self.trainer.datamodule.env_steps if self.trainer.datamodule else 0)
+
+    def log_iteration(self, rollout: Rollout, batch: dict[str, Tensor], stats: dict[str, list[Tensor]],
+                      update_time: float) -> None:
+        """Logs the iteration's metrics against env steps, and exposes them to callbacks and the progress bar."""
+        metrics: dict[str, Any] = {"env_steps": float(rollout.env_steps), "train/iteration": float(rollout.iteration)}
+        for name in LOSS_METRICS:
+            if stats.get(name):
+                self.metrics[name].update(torch.stack(stats[name]))
+                metrics[f"train/{name}"] = self.metrics[name].compute()
+                self.metrics[name].reset()
+        if rollout.episode_returns.numel():
+            for name, values in (("episodic_return", rollout.episode_returns), ("episodic_length", rollout.episode_lengths)):
+                self.metrics[name].update(values)
+                metrics[f"train/{name}"] = self.metrics[name].compute()
+                self.metrics[name].reset()
+        metrics["train/explained_variance"] = explained_variance(batch["values"], batch["returns"])
+        metrics["train/actor_updates"] = float(len(stats.get("policy_loss", [])))
+        for role, opt in zip(("actor", "critic"), self.optimizers()):
+            metrics[f"train/lr_{role}"] = opt.param_groups[0]["lr"]
+        now = time.perf_counter()
+        start_time, start_steps = self._fit_start or (now - 1e-9, 0)
+        metrics["perf/sps"] = (rollout.env_steps - start_steps) / max(now - start_time, 1e-9)
+        metrics["perf/rollout_time"] = rollout.rollout_time
+        metrics["perf/update_time"] = update_time
+        metrics = {k: float(v) for k, v in metrics.items()}
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=rollout.env_steps)
+        shown = {"train/episodic_return": "return", "perf/sps": "sps"}
+        self.log_dict({k: v for k, v in metrics.items() if k not in shown}, logger=False, on_step=True, on_epoch=False, batch_size=1)
+        self.log_dict({shown[k]: metrics[k] for k in shown if k in metrics}, logger=False, prog_bar=True,
+                      on_step=True, on_epoch=False, batch_size=1)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._log_evaluation("val", batch)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._log_evaluation("test", batch)
+
+    def _log_evaluation(self, stage: str, batch: dict[str, Tensor]) -> None:
+        returns, lengths = batch["episode_returns"].float(), batch["episode_lengths"].float()
+        std = returns.std(unbiased=False) if returns.numel() > 1 else torch.zeros(())
+        self.log_dict({f"{stage}/episodic_return_mean": returns.mean(), f"{stage}/episodic_return_std": std,
+                       f"{stage}/episodic_length_mean": lengths.mean(), f"{stage}/episodes": float(returns.numel())},
+                      batch_size=1)
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["env_steps"] = self.env_steps
+        np_state = np.random.get_state()
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                      "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._check_compatible(checkpoint.get("state_dict", {}))
+        self.env_steps = int(checkpoint.get("env_steps", 0))
+        rng = checkpoint.get("rng_states")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            n = rng["numpy"]
+            np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                                 n["cached_gaussian"]))
+            random.setstate(rng["python"])
+
+    def _check_compatible(self, saved: dict[str, Tensor]) -> None:
+        """A checkpoint whose networks do not fit these gets one clear error instead of a shape dump."""
+        own = {k: v.shape for k, v in self.state_dict().items()}
+        problems = [k for k in own if k not in saved] + [k for k in saved if k not in own]
+        problems += [f"{k} {tuple(saved[k].shape)} vs {tuple(own[k])}" for k in own if k in saved and saved[k].shape != own[k]]
+        if problems:
+            raise ConfigError(
+                f"ckpt_path: the checkpoint's networks do not match this model/env ({'; '.join(problems[:4])}). "
+                "Use the config the checkpoint was trained with (same data.env_id, model.arch, model.hidden_sizes), "
+                "or start without --ckpt_path."
+            )
+
+
+def _constant(_: int) -> float:
+    return 1.0

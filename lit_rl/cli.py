@@ -1,0 +1,133 @@
+"""The ``lit-rl`` command: LightningCLI with omegaconf interpolation, env-step checkpoints and clear errors."""
+
+import glob
+import os
+import sys
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger
+from jsonargparse import lazy_instance
+
+from lit_rl.algos.ppo import PPO
+from lit_rl.callbacks import EnvStepCheckpoint, EnvStepProgressBar
+from lit_rl.data.datamodule import RolloutDataModule
+from lit_rl.errors import ConfigError, NonFiniteLossError
+
+_SPECIAL_CKPT = {"best", "hpc", "registry"}
+
+
+class LitRLCLI(LightningCLI):
+    """``lit-rl fit|validate|test --config configs/....yaml [--key value ...]``.
+
+    - ``model`` is any algorithm class (``class_path``), ``data`` the rollout DataModule.
+    - ``data.seed`` seeds torch, numpy and python before the networks are built, and the envs.
+    - ``--ckpt_path last`` resumes from the newest ``last.ckpt`` of earlier runs in the log folder.
+    """
+
+    def __init__(self, args: Any = None, run: bool = True) -> None:
+        super().__init__(
+            model_class=PPO,
+            datamodule_class=RolloutDataModule,
+            subclass_mode_model=True,
+            parser_kwargs={"parser_mode": "omegaconf"},
+            auto_configure_optimizers=False,
+            seed_everything_default=False,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={"callbacks": [EnvStepProgressBar()]},
+            args=args,
+            run=run,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(EnvStepCheckpoint, "checkpoint")
+        parser.add_argument("--torch_threads", type=int, default=1,
+                            help="torch intra-op threads; 1 is fastest for small networks on few cores")
+        parser.set_defaults({
+            "trainer.logger": lazy_instance(CSVLogger, save_dir=".", name="lightning_logs",
+                                            flush_logs_every_n_steps=1),
+            "trainer.max_epochs": 1,
+            "trainer.num_sanity_val_steps": 0,
+            "trainer.log_every_n_steps": 1,
+        })
+
+    # ------------------------------------------------------------------ config checks, before any env starts
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        sub = self.config.get("subcommand")
+        if sub and self.config[sub].get("ckpt_path"):
+            self.config[sub]["ckpt_path"] = self._resolve_ckpt(self.config[sub])
+
+    def _resolve_ckpt(self, cfg: Any) -> str:
+        path = str(cfg["ckpt_path"])
+        if path in _SPECIAL_CKPT:
+            return path
+        if path == "last":
+            roots = [d for d in (cfg.get("checkpoint", {}).get("dirpath"), _log_root(cfg)) if d]
+            found = [p for root in roots for p in glob.glob(os.path.join(root, "**", "last*.ckpt"), recursive=True)]
+            if not found:
+                raise ConfigError(
+                    f"ckpt_path=last: no last.ckpt under {' or '.join(roots)}. Train first without --ckpt_path, "
+                    "or give the path of a checkpoint file."
+                )
+            return max(found, key=os.path.getmtime)
+        if not os.path.isfile(path):
+            raise ConfigError(f"ckpt_path: no checkpoint file at {path!r}; give an existing .ckpt or 'last'.")
+        return path
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        torch.set_num_threads(max(1, int(cfg.torch_threads)))
+        model_args = cfg.model.init_args if "init_args" in cfg.model else cfg.model
+        data = cfg.data
+        PPO.check_batch(data.num_envs, data.num_steps, model_args.num_minibatches)
+        if data.normalize_reward and data.gamma != model_args.gamma:
+            raise ConfigError(
+                f"data.gamma ({data.gamma}) differs from model.gamma ({model_args.gamma}); reward normalization "
+                "must use the discount being learned. Set data.gamma: ${model.gamma} in the config, or pass both."
+            )
+        L.seed_everything(data.seed, workers=True, verbose=False)
+
+    def after_test(self) -> None:
+        self._print_evaluation("test")
+
+    def after_validate(self) -> None:
+        self._print_evaluation("val")
+
+    def _print_evaluation(self, stage: str) -> None:
+        metrics = self.trainer.callback_metrics
+        key = f"{stage}/episodic_return_mean"
+        if key in metrics and self.trainer.is_global_zero:
+            print(f"{stage}: episodic return {float(metrics[key]):.2f} +- {float(metrics[f'{stage}/episodic_return_std']):.2f} "
+                  f"over {int(metrics[f'{stage}/episodes'])} episodes (greedy actions)")
+
+
+def _log_root(cfg: Any) -> Optional[str]:
+    """Where the configured logger keeps its version folders (and so the checkpoints)."""
+    logger = cfg.get("trainer", {}).get("logger")
+    if isinstance(logger, list):
+        logger = logger[0] if logger else None
+    default_root = cfg.get("trainer", {}).get("default_root_dir") or "."
+    if logger in (None, True):
+        return os.path.join(default_root, "lightning_logs")
+    if logger is False:
+        return default_root
+    init = getattr(logger, "init_args", None) or {}
+    save_dir = init.get("save_dir") or init.get("dir") or default_root
+    name = init.get("name")
+    return os.path.join(save_dir, name) if name and "Wandb" not in str(getattr(logger, "class_path", "")) else save_dir
+
+
+def main(args: Any = None) -> None:
+    """Entry point of the ``lit-rl`` console script."""
+    try:
+        LitRLCLI(args=args)
+    except (ConfigError, NonFiniteLossError) as err:
+        print(f"lit-rl: error: {err}", file=sys.stderr)
+        sys.exit(2 if isinstance(err, ConfigError) else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""The collector owns a vector env and steps it with a policy's ``act()``; it never learns."""
+
+import time
+from typing import Protocol
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor
+
+from lit_rl.data.rollout import Rollout
+
+
+class Policy(Protocol):
+    """What the collector needs from a module: acting and valuing, both without gradients."""
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns ``(actions, logprobs, values)`` for a batch of observations."""
+        ...
+
+    def value(self, obs: Tensor) -> Tensor: ...
+
+
+class Collector:
+    """Steps ``envs`` (next-step autoreset) and records rollouts on the CPU."""
+
+    def __init__(self, envs: gym.vector.VectorEnv) -> None:
+        self.envs = envs
+        self.num_envs = envs.num_envs
+        self.obs: np.ndarray | None = None
+        self.prev_done = np.zeros(self.num_envs, dtype=bool)
+
+    def reset(self, seed: int) -> None:
+        """Starts new episodes; env ``i`` is seeded with ``seed + i``."""
+        self.obs, _ = self.envs.reset(seed=seed)
+        self.prev_done[:] = False
+
+    def collect(self, policy: Policy, num_steps: int, env_steps: int, iteration: int) -> Rollout:
+        """Runs ``num_steps`` steps in every env with ``policy``; returns them as a :class:`Rollout`.
+
+        ``env_steps`` is the run's count after this rollout, ``iteration`` its index; both are recorded.
+        """
+        assert self.obs is not None, "call reset() before collect()"
+        start = time.perf_counter()
+        T, N, device = num_steps, self.num_envs, policy.device
+        obs_buf = torch.empty((T, N, *self.obs.shape[1:]), dtype=torch.as_tensor(self.obs).dtype)
+        actions = logprobs = values = None
+        rewards = torch.empty((T, N))
+        terminated = torch.empty((T, N), dtype=torch.bool)
+        truncated = torch.empty((T, N), dtype=torch.bool)
+        valid = torch.empty((T, N), dtype=torch.bool)
+        ep_returns: list[np.ndarray] = []
+        ep_lengths: list[np.ndarray] = []
+        for t in range(T):
+            obs = torch.as_tensor(self.obs)
+            action, logprob, value = policy.act(obs.to(device))
+            action = action.cpu()
+            if actions is None:
+                actions = torch.empty((T, *action.shape), dtype=action.dtype)
+                logprobs, values = torch.empty((T, N)), torch.empty((T, N))
+            obs_buf[t], actions[t], logprobs[t], values[t] = obs, action, logprob.cpu(), value.cpu()
+            valid[t] = torch.from_numpy(~self.prev_done)
+            self.obs, reward, term, trunc, info = self.envs.step(action.numpy())
+            rewards[t] = torch.from_numpy(np.asarray(reward, dtype=np.float32))
+            terminated[t] = torch.from_numpy(np.asarray(term, dtype=bool))
+            truncated[t] = torch.from_numpy(np.asarray(trunc, dtype=bool))
+            self.prev_done = np.logical_or(term, trunc)
+            if "_episode" in info:
+                ended = info["_episode"]
+                ep_returns.append(info["episode"]["r"][ended])
+                ep_lengths.append(info["episode"]["l"][ended])
+        last_value = policy.value(torch.as_tensor(self.obs).to(device)).cpu()
+        assert actions is not None and logprobs is not None and values is not None
+        return Rollout(
+            obs=obs_buf,
+            actions=actions,
+            logprobs=logprobs,
+            values=values,
+            rewards=rewards,
+            terminated=terminated,
+            truncated=truncated,
+            valid=valid,
+            last_value=last_value,
+            episode_returns=torch.as_tensor(np.concatenate(ep_returns) if ep_returns else np.zeros(0), dtype=torch.float32),
+            episode_lengths=torch.as_tensor(np.concatenate(ep_lengths) if ep_lengths else np.zeros(0), dtype=torch.float32),
+            env_steps=env_steps,
+            iteration=iteration,
+            rollout_time=time.perf_counter() - start,
+        )
+
+    def evaluate(self, policy: Policy, num_episodes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Runs ``num_episodes`` whole episodes with the greedy action; returns (returns, lengths).
+
+        Episodes are split evenly among the envs before anything runs, so short episodes are not
+        over-represented, as they would be by taking the first ``num_episodes`` to end.
+        """
+        quota = np.full(self.num_envs, num_episodes // self.num_envs)
+        quota[: num_episodes % self.num_envs] += 1
+        returns: list[float] = []
+        lengths: list[float] = []
+        obs, _ = self.envs.reset(seed=seed)
+        done_count = np.zeros(self.num_envs, dtype=int)
+        while (done_count < quota).any():
+            action, _, _ = policy.act(torch.as_tensor(obs).to(policy.device), deterministic=True)
+            obs, _, _, _, info = self.envs.step(action.cpu().numpy())
+            if "_episode" in info:
+                for i in np.flatnonzero(info["_episode"]):
+                    if done_count[i] < quota[i]:
+                        returns.append(float(info["episode"]["r"][i]))
+                        lengths.append(float(info["episode"]["l"][i]))
+                    done_count[i] += 1
+        return np.asarray(returns), np.asarray(lengths)

@@ -1,0 +1,281 @@
+"""A LightningDataModule that builds gymnasium vector envs and hands the module one rollout per iteration."""
+
+import math
+from typing import Any, Iterator, Literal, Optional
+
+import gymnasium as gym
+import lightning as L
+import numpy as np
+import torch
+from gymnasium.wrappers import vector as vw
+
+from lit_rl.data.collector import Collector, Policy
+from lit_rl.data.rollout import Rollout
+from lit_rl.errors import ConfigError
+
+VectorizationMode = Literal["auto", "sync", "async", "vector_entry_point"]
+
+
+def check_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
+    """The registered spec of ``env_id`` (``module:Name-v0`` imports ``module`` first), or a ConfigError."""
+    try:
+        return gym.spec(env_id)
+    except (gym.error.Error, ModuleNotFoundError, ImportError) as err:
+        raise ConfigError(
+            f"data.env_id: {env_id!r} is not a registered gymnasium environment ({err}). "
+            "Use a registered id such as 'CartPole-v1', or 'my_package.my_module:MyEnv-v0' to import the "
+            "module that registers it."
+        ) from None
+
+
+class RolloutDataModule(L.LightningDataModule):
+    """Vector envs stepped with the module's current policy, one rollout per training iteration.
+
+    Args:
+        env_id: A registered gymnasium id; ``module:Name-v0`` imports ``module`` to register it.
+        env_kwargs: Keyword arguments for ``gymnasium.make_vec`` / the env constructor.
+        num_envs: Parallel environments per process.
+        num_steps: Steps per env in one rollout; a rollout has ``num_envs * num_steps`` env steps.
+        total_timesteps: The env-step budget. Training stops exactly there: the last rollout is shorter
+            when the budget is not a multiple of ``num_envs * num_steps``.
+        seed: Env ``i`` of rank ``r`` is seeded with ``seed + r * num_envs + i``; also the run's torch seed.
+        vectorization_mode: ``sync``, ``async`` (one process per env), ``vector_entry_point`` (the env's
+            native vectorized implementation) or ``auto`` (native where the env registers one, else sync).
+        normalize_observation: Running mean/std normalization of observations (gymnasium's wrapper).
+        normalize_reward: Scale rewards by the running std of the discounted return (gymnasium's wrapper).
+        clip_observation: Clip (normalized) observations to ``[-c, c]``.
+        clip_reward: Clip (normalized) rewards to ``[-c, c]``.
+        gamma: Discount of the return whose std scales rewards; keep it equal to ``model.gamma``.
+        eval_episodes: Episodes for ``validate`` / ``test`` (greedy actions).
+        eval_envs: Envs that run those episodes in parallel.
+        record_video: Record evaluation episodes of the first eval env (needs ``moviepy``).
+        video_dir: Where videos go; defaults to the logger's folder.
+    """
+
+    def __init__(
+        self,
+        *,
+        env_id: str = "CartPole-v1",
+        env_kwargs: Optional[dict[str, Any]] = None,
+        num_envs: int = 4,
+        num_steps: int = 128,
+        total_timesteps: int = 500_000,
+        seed: int = 1,
+        vectorization_mode: VectorizationMode = "auto",
+        normalize_observation: bool = False,
+        normalize_reward: bool = False,
+        clip_observation: Optional[float] = None,
+        clip_reward: Optional[float] = None,
+        gamma: float = 0.99,
+        eval_episodes: int = 10,
+        eval_envs: int = 10,
+        record_video: bool = False,
+        video_dir: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.spec = check_env_id(env_id)
+        for key, value in (("num_envs", num_envs), ("num_steps", num_steps), ("total_timesteps", total_timesteps),
+                           ("eval_episodes", eval_episodes), ("eval_envs", eval_envs)):
+            if value < 1:
+                raise ConfigError(f"data.{key}: must be a positive integer, got {value}.")
+        if total_timesteps % num_envs:
+            raise ConfigError(
+                f"data.total_timesteps: {total_timesteps} is not a multiple of data.num_envs={num_envs}, so the "
+                f"run could not stop exactly at the budget; use e.g. {total_timesteps - total_timesteps % num_envs}."
+            )
+        if not 0.0 < gamma <= 1.0:
+            raise ConfigError(f"data.gamma: must lie in (0, 1], got {gamma}.")
+        for key, value in (("clip_observation", clip_observation), ("clip_reward", clip_reward)):
+            if value is not None and value <= 0:
+                raise ConfigError(f"data.{key}: must be positive or null, got {value}.")
+        if record_video:
+            try:
+                import moviepy  # noqa: F401
+            except ImportError:
+                raise ConfigError(
+                    "data.record_video: needs moviepy; install it with `pip install 'lit-rl[video]'`, "
+                    "or set data.record_video=false."
+                ) from None
+        self.env_id = env_id
+        self.env_kwargs = dict(env_kwargs or {})
+        self.num_envs = num_envs
+        self.num_steps = num_steps
+        self.total_timesteps = total_timesteps
+        self.seed = seed
+        self.env_steps = 0
+        self.iteration = 0
+        self.collector: Optional[Collector] = None
+        self.eval_collector: Optional[Collector] = None
+        self._norm_state: dict[str, Any] = {}
+
+    # ----------------------------------------------------------------- environments
+    @property
+    def rank(self) -> int:
+        return self.trainer.global_rank if self.trainer is not None else 0
+
+    def make_envs(self, num_envs: int, training: bool, video_folder: Optional[str] = None) -> gym.vector.VectorEnv:
+        """Builds the wrapped vector env. Nothing is reset or stepped here."""
+        hp = self.hparams
+        mode = None if hp.vectorization_mode == "auto" else hp.vectorization_mode
+        kwargs = dict(self.env_kwargs)
+        if video_folder is not None:
+            kwargs["render_mode"] = "rgb_array"
+            mode = "sync"
+        try:
+            envs = gym.make_vec(self.env_id, num_envs=num_envs, vectorization_mode=mode, **kwargs)
+        except (gym.error.Error, TypeError, ValueError) as err:
+            raise ConfigError(
+                f"data.env_id / data.env_kwargs / data.vectorization_mode: could not build {num_envs} "
+                f"{self.env_id!r} envs with mode {hp.vectorization_mode!r} and kwargs {kwargs}: {err}"
+            ) from None
+        if video_folder is not None:
+            envs = vw.RecordVideo(envs, video_folder, episode_trigger=lambda _: True, name_prefix="eval")
+        envs = vw.RecordEpisodeStatistics(envs)
+        if isinstance(envs.single_action_space, gym.spaces.Box):
+            envs = vw.ClipAction(envs)
+        if hp.normalize_observation:
+            envs = vw.NormalizeObservation(envs)
+            envs.update_running_mean = training
+        if hp.clip_observation is not None:
+            c = float(hp.clip_observation)
+            envs = vw.TransformObservation(envs, lambda obs: np.clip(obs, -c, c))
+        if training and hp.normalize_reward:
+            envs = vw.NormalizeReward(envs, gamma=hp.gamma)
+        if training and hp.clip_reward is not None:
+            c = float(hp.clip_reward)
+            envs = vw.ClipReward(envs, -c, c)
+        self._apply_norm_state(envs)
+        return envs
+
+    @property
+    def single_observation_space(self) -> gym.Space:
+        return self._any_envs().single_observation_space
+
+    @property
+    def single_action_space(self) -> gym.Space:
+        return self._any_envs().single_action_space
+
+    def _any_envs(self) -> gym.vector.VectorEnv:
+        collector = self.collector or self.eval_collector
+        if collector is None:
+            raise RuntimeError("RolloutDataModule.setup() has not built any environments yet")
+        return collector.envs
+
+    def setup(self, stage: str) -> None:
+        from lit_rl.nets import check_spaces
+
+        if stage == "fit" and self.collector is None:
+            self.collector = Collector(self.make_envs(self.num_envs, training=True))
+            check_spaces(self.collector.envs.single_observation_space, self.collector.envs.single_action_space)
+        if self.eval_collector is None:
+            self.eval_collector = Collector(self.make_envs(min(self.hparams.eval_envs, self.hparams.eval_episodes), training=False,
+                                                           video_folder=self._video_folder()))
+            check_spaces(self.eval_collector.envs.single_observation_space,
+                         self.eval_collector.envs.single_action_space)
+
+    def _video_folder(self) -> Optional[str]:
+        if not self.hparams.record_video:
+            return None
+        if self.hparams.video_dir:
+            return self.hparams.video_dir
+        log_dir = self.trainer.log_dir if self.trainer is not None else None
+        return f"{log_dir or '.'}/videos"
+
+    def teardown(self, stage: str) -> None:
+        for collector in (self.collector, self.eval_collector):
+            if collector is not None:
+                collector.envs.close()
+        self.collector = self.eval_collector = None
+
+    # ----------------------------------------------------------------- rollouts
+    @property
+    def steps_per_iteration(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def num_iterations(self) -> int:
+        return math.ceil(self.total_timesteps / self.steps_per_iteration)
+
+    def rollouts(self, policy: Policy) -> Iterator[Rollout]:
+        """Yields rollouts collected with ``policy`` until ``total_timesteps`` env steps are taken.
+
+        Each rollout is collected when it is asked for, so it always comes from the current policy.
+        """
+        assert self.collector is not None
+        # A resumed run starts fresh episodes, seeded apart from those the run already saw.
+        seed = self.seed + self.rank * self.num_envs + self.iteration * 7919
+        self.collector.reset(seed)
+        while self.env_steps < self.total_timesteps:
+            steps = min(self.num_steps, (self.total_timesteps - self.env_steps) // self.num_envs)
+            self.env_steps += steps * self.num_envs
+            rollout = self.collector.collect(policy, steps, env_steps=self.env_steps, iteration=self.iteration)
+            self.iteration += 1
+            yield rollout
+
+    def train_dataloader(self) -> "_Stream":
+        return _Stream(lambda: self.rollouts(self.trainer.lightning_module))
+
+    def _eval_batches(self) -> "_Stream":
+        def episodes() -> Iterator[dict[str, torch.Tensor]]:
+            assert self.eval_collector is not None
+            if self.collector is not None:  # during fit: evaluate with the current normalization statistics
+                self._norm_state = {k: v for k, v in self.state_dict().items() if k.endswith("_rms")}
+                self._apply_norm_state(self.eval_collector.envs)
+            returns, lengths = self.eval_collector.evaluate(
+                self.trainer.lightning_module, self.hparams.eval_episodes, seed=self.seed + 1_000_000
+            )
+            yield {"episode_returns": torch.as_tensor(returns), "episode_lengths": torch.as_tensor(lengths)}
+
+        return _Stream(episodes)
+
+    val_dataloader = _eval_batches
+    test_dataloader = _eval_batches
+
+    # ----------------------------------------------------------------- checkpoint state
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"env_steps": self.env_steps, "iteration": self.iteration}
+        if self.collector is not None:
+            for name, rms in _running_stats(self.collector.envs).items():
+                state[name] = {"mean": torch.tensor(rms.mean), "var": torch.tensor(rms.var), "count": float(rms.count)}
+        elif self._norm_state:
+            state.update(self._norm_state)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.env_steps = int(state_dict["env_steps"])
+        self.iteration = int(state_dict["iteration"])
+        self._norm_state = {k: v for k, v in state_dict.items() if k in ("obs_rms", "return_rms")}
+        for collector in (self.collector, self.eval_collector):
+            if collector is not None:
+                self._apply_norm_state(collector.envs)
+
+    def _apply_norm_state(self, envs: gym.vector.VectorEnv) -> None:
+        for name, rms in _running_stats(envs).items():
+            if name in self._norm_state:
+                saved = self._norm_state[name]
+                rms.mean = saved["mean"].numpy().astype(rms.mean.dtype)
+                rms.var = saved["var"].numpy().astype(rms.var.dtype)
+                rms.count = saved["count"]
+
+
+def _running_stats(envs: gym.vector.VectorEnv) -> dict[str, Any]:
+    """The running statistics of the normalization wrappers around ``envs``, by name."""
+    found = {}
+    env = envs
+    while isinstance(env, gym.vector.VectorWrapper):
+        for name in ("obs_rms", "return_rms"):
+            if name in vars(env):
+                found[name] = vars(env)[name]
+        env = env.env
+    return found
+
+
+class _Stream:
+    """An iterable Lightning can take as a dataloader; each ``iter()`` starts ``make()`` anew."""
+
+    def __init__(self, make: Any) -> None:
+        self.make = make
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.make())

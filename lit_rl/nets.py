@@ -1,0 +1,229 @@
+"""Plain networks: an actor that returns an action distribution and a critic that returns a value.
+
+Two architectures:
+
+- ``separate``: the actor (policy trunk + policy head) and the critic (value trunk + value head) share
+  nothing, so each loss reaches only its own network.
+- ``shared``: one trunk feeds both heads. The trunk belongs to the actor's parameters (and so to the
+  actor optimizer); the critic's parameters are the value head alone. See ``lit_rl.algos.ppo`` for how
+  the value loss still trains the trunk.
+"""
+
+from typing import Literal, Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.distributions import Categorical, Normal
+
+from lit_rl.errors import ConfigError
+
+Arch = Literal["separate", "shared"]
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
+
+
+def layer(in_dim: int, out_dim: int, gain: float = float(np.sqrt(2))) -> nn.Linear:
+    """A linear layer with orthogonal weights and zero bias (the PPO implementation-detail init)."""
+    linear = nn.Linear(in_dim, out_dim)
+    nn.init.orthogonal_(linear.weight, gain)
+    nn.init.zeros_(linear.bias)
+    return linear
+
+
+def mlp(in_dim: int, hidden_sizes: Sequence[int], activation: str) -> nn.Sequential:
+    """Hidden layers only; the output width is ``hidden_sizes[-1]``."""
+    layers: list[nn.Module] = []
+    for size in hidden_sizes:
+        layers += [layer(in_dim, size), ACTIVATIONS[activation]()]
+        in_dim = size
+    return nn.Sequential(*layers)
+
+
+class ObsEncoder(nn.Module):
+    """Turns a batch of observations into flat float features: Box is flattened, Discrete one-hot."""
+
+    def __init__(self, space: gym.Space) -> None:
+        super().__init__()
+        if isinstance(space, gym.spaces.Box):
+            self.one_hot = 0
+            self.out_dim = int(np.prod(space.shape))
+        elif isinstance(space, gym.spaces.Discrete):
+            self.one_hot = int(space.n)
+            self.out_dim = int(space.n)
+        else:
+            raise ConfigError(
+                f"data.env_id: observation space {space} is not supported by the networks; "
+                "use an env with a Box or Discrete observation space, or flatten it with a gymnasium "
+                "wrapper (e.g. gymnasium.wrappers.FlattenObservation) in a registered env."
+            )
+
+    def forward(self, obs: Tensor) -> Tensor:
+        if self.one_hot:
+            return nn.functional.one_hot(obs.long().flatten(1)[:, 0], self.one_hot).float()
+        return obs.flatten(1).float()
+
+
+class ActionDist:
+    """The policy's distribution over a batch of actions, with the four things PPO needs."""
+
+    def sample(self) -> Tensor:
+        raise NotImplementedError
+
+    def log_prob(self, actions: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def entropy(self) -> Tensor:
+        raise NotImplementedError
+
+    def mode(self) -> Tensor:
+        raise NotImplementedError
+
+
+class CategoricalDist(ActionDist):
+    def __init__(self, logits: Tensor) -> None:
+        self.dist = Categorical(logits=logits, validate_args=False)
+
+    def sample(self) -> Tensor:
+        return self.dist.sample()
+
+    def log_prob(self, actions: Tensor) -> Tensor:
+        return self.dist.log_prob(actions.long())
+
+    def entropy(self) -> Tensor:
+        return self.dist.entropy()
+
+    def mode(self) -> Tensor:
+        return self.dist.logits.argmax(-1)
+
+
+class MultiCategoricalDist(ActionDist):
+    """Independent categoricals, one per MultiDiscrete component; log-probs and entropies add up."""
+
+    def __init__(self, logits: Tensor, nvec: Sequence[int]) -> None:
+        self.dists = [Categorical(logits=part, validate_args=False) for part in logits.split(list(nvec), -1)]
+
+    def sample(self) -> Tensor:
+        return torch.stack([d.sample() for d in self.dists], -1)
+
+    def log_prob(self, actions: Tensor) -> Tensor:
+        return sum(d.log_prob(a) for d, a in zip(self.dists, actions.long().unbind(-1)))
+
+    def entropy(self) -> Tensor:
+        return sum(d.entropy() for d in self.dists)
+
+    def mode(self) -> Tensor:
+        return torch.stack([d.logits.argmax(-1) for d in self.dists], -1)
+
+
+class DiagGaussianDist(ActionDist):
+    """Diagonal Gaussian over unbounded actions. Clipping to the env's bounds happens in the env wrapper,
+    so log-probs are of the sampled (unclipped) action."""
+
+    def __init__(self, mean: Tensor, log_std: Tensor) -> None:
+        self.dist = Normal(mean, log_std.exp().expand_as(mean), validate_args=False)
+
+    def sample(self) -> Tensor:
+        return self.dist.sample()
+
+    def log_prob(self, actions: Tensor) -> Tensor:
+        return self.dist.log_prob(actions).sum(-1)
+
+    def entropy(self) -> Tensor:
+        return self.dist.entropy().sum(-1)
+
+    def mode(self) -> Tensor:
+        return self.dist.mean
+
+
+class PolicyHead(nn.Module):
+    """Maps trunk features to an :class:`ActionDist` for a Discrete, MultiDiscrete or Box action space."""
+
+    def __init__(self, in_dim: int, space: gym.Space, log_std_init: float = 0.0) -> None:
+        super().__init__()
+        self.nvec: list[int] = []
+        if isinstance(space, gym.spaces.Discrete):
+            out_dim = int(space.n)
+        elif isinstance(space, gym.spaces.MultiDiscrete) and len(space.shape) == 1:
+            self.nvec = [int(n) for n in space.nvec]
+            out_dim = sum(self.nvec)
+        elif isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
+            out_dim = int(space.shape[0])
+            # State-independent log standard deviation, learned.
+            self.log_std = nn.Parameter(torch.full((out_dim,), float(log_std_init)))
+        else:
+            raise ConfigError(
+                f"data.env_id: action space {space} is not supported; the policy handles Discrete, "
+                "1-D MultiDiscrete and 1-D Box actions. Pick another env, or register one whose action "
+                "space a gymnasium ActionWrapper turns into one of these."
+            )
+        self.continuous = isinstance(space, gym.spaces.Box)
+        self.linear = layer(in_dim, out_dim, gain=0.01)
+
+    def forward(self, features: Tensor) -> ActionDist:
+        out = self.linear(features)
+        if self.continuous:
+            return DiagGaussianDist(out, self.log_std)
+        if self.nvec:
+            return MultiCategoricalDist(out, self.nvec)
+        return CategoricalDist(out)
+
+
+class ActorCritic(nn.Module):
+    """A policy and a value function over one observation space, in the ``separate`` or ``shared`` arch."""
+
+    def __init__(
+        self,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        hidden_sizes: Sequence[int] = (64, 64),
+        activation: str = "tanh",
+        arch: Arch = "separate",
+        log_std_init: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"model.activation: {activation!r} is not one of {sorted(ACTIVATIONS)}.")
+        if arch not in ("separate", "shared"):
+            raise ConfigError(f"model.arch: {arch!r} is not one of ['separate', 'shared'].")
+        if not hidden_sizes:
+            raise ConfigError("model.hidden_sizes: give at least one hidden layer width, e.g. [64, 64].")
+        self.arch = arch
+        self.encoder = ObsEncoder(observation_space)
+        self.policy_trunk = mlp(self.encoder.out_dim, hidden_sizes, activation)
+        self.policy_head = PolicyHead(hidden_sizes[-1], action_space, log_std_init)
+        self.value_trunk = mlp(self.encoder.out_dim, hidden_sizes, activation) if arch == "separate" else None
+        self.value_head = layer(hidden_sizes[-1], 1, gain=1.0)
+
+    def actor_parameters(self) -> list[nn.Parameter]:
+        """What the actor optimizer owns: policy trunk and head (in ``shared``, the trunk too)."""
+        return [*self.policy_trunk.parameters(), *self.policy_head.parameters()]
+
+    def critic_parameters(self) -> list[nn.Parameter]:
+        """What the critic optimizer owns: value trunk and head (in ``shared``, the value head alone)."""
+        trunk = list(self.value_trunk.parameters()) if self.value_trunk is not None else []
+        return [*trunk, *self.value_head.parameters()]
+
+    def _value_features(self, x: Tensor, policy_features: Tensor | None = None) -> Tensor:
+        if self.value_trunk is not None:
+            return self.value_trunk(x)
+        return policy_features if policy_features is not None else self.policy_trunk(x)
+
+    def dist(self, obs: Tensor) -> ActionDist:
+        return self.policy_head(self.policy_trunk(self.encoder(obs)))
+
+    def value(self, obs: Tensor) -> Tensor:
+        return self.value_head(self._value_features(self.encoder(obs))).squeeze(-1)
+
+    def forward(self, obs: Tensor) -> tuple[ActionDist, Tensor]:
+        x = self.encoder(obs)
+        features = self.policy_trunk(x)
+        value = self.value_head(self._value_features(x, features)).squeeze(-1)
+        return self.policy_head(features), value
+
+
+def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> None:
+    """Raises a ConfigError naming the fix when the networks cannot handle a space."""
+    ObsEncoder(observation_space)
+    PolicyHead(1, action_space)
