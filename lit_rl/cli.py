@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from jsonargparse import lazy_instance
@@ -14,7 +15,7 @@ from jsonargparse import lazy_instance
 from lit_rl.algos.ppo import PPO
 from lit_rl.callbacks import EnvStepCheckpoint, EnvStepProgressBar
 from lit_rl.data.datamodule import RolloutDataModule
-from lit_rl.errors import ConfigError, NonFiniteLossError
+from lit_rl.errors import ConfigError, user_error
 
 _SPECIAL_CKPT = {"best", "hpc", "registry"}
 
@@ -36,7 +37,6 @@ class LitRLCLI(LightningCLI):
             auto_configure_optimizers=False,
             seed_everything_default=False,
             save_config_kwargs={"overwrite": True},
-            trainer_defaults={"callbacks": [EnvStepProgressBar()]},
             args=args,
             run=run,
         )
@@ -48,10 +48,18 @@ class LitRLCLI(LightningCLI):
         parser.set_defaults({
             "trainer.logger": lazy_instance(CSVLogger, save_dir=".", name="lightning_logs",
                                             flush_logs_every_n_steps=1),
-            "trainer.max_epochs": 1,
+            "trainer.max_epochs": -1,  # the env-step budget ends training
             "trainer.num_sanity_val_steps": 0,
             "trainer.log_every_n_steps": 1,
         })
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        """Adds the env-step progress bar unless the progress bar is off or another one is configured."""
+        config = self._get(self.config_init, "trainer", default={})
+        callbacks = list(config.get("callbacks") or [])
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            kwargs["callbacks"] = [*callbacks, EnvStepProgressBar()]
+        return super().instantiate_trainer(**kwargs)
 
     # ------------------------------------------------------------------ config checks, before any env starts
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
@@ -122,11 +130,15 @@ def _log_root(cfg: Any) -> Optional[str]:
 
 def main(args: Any = None) -> None:
     """Entry point of the ``lit-rl`` console script."""
+    ConfigError.last = None
     try:
         LitRLCLI(args=args)
-    except (ConfigError, NonFiniteLossError) as err:
-        print(f"lit-rl: error: {err}", file=sys.stderr)
-        sys.exit(2 if isinstance(err, ConfigError) else 1)
+    except Exception as err:
+        known = user_error(err)
+        if known is None:
+            raise
+        print(f"lit-rl: error: {known}", file=sys.stderr)
+        sys.exit(2 if isinstance(known, ConfigError) else 1)
 
 
 if __name__ == "__main__":

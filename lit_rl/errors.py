@@ -1,9 +1,32 @@
 """Errors that the command line turns into one clear message instead of a traceback."""
 
+from typing import Optional
+
 
 class ConfigError(ValueError):
     """A setting, file or checkpoint that cannot work. The message names the key and the fix."""
 
+    last: Optional["ConfigError"] = None
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        # jsonargparse re-raises errors from class constructors as its own ValueError that quotes the
+        # message; remembering the original lets the CLI report it as it was raised.
+        ConfigError.last = self
+
 
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN or inf; training stops before any optimizer step is taken with it."""
+
+
+def user_error(err: BaseException) -> Optional[Exception]:
+    """The ConfigError or NonFiniteLossError behind ``err``, if there is one."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, (ConfigError, NonFiniteLossError)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    last = ConfigError.last
+    if last is not None and str(last) in str(err):
+        return last
+    return None

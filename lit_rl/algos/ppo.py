@@ -17,6 +17,7 @@ with the trunk frozen, so the critic optimizer trains the value head alone.
 
 import random
 import time
+import warnings
 from collections import defaultdict
 from typing import Any, Callable, Iterator, Literal, Optional
 
@@ -35,6 +36,9 @@ from lit_rl.errors import ConfigError, NonFiniteLossError
 from lit_rl.losses import policy_loss, value_loss
 from lit_rl.nets import ActionDist, ActorCritic, Arch
 from lit_rl.returns import gae
+
+# During critic warm-up the actor's schedule advances with the run while its optimizer does not step.
+warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
 
 UpdateOrder = Literal["critic_first", "actor_first"]
 

@@ -1,5 +1,6 @@
 """A LightningDataModule that builds gymnasium vector envs and hands the module one rollout per iteration."""
 
+import importlib
 import math
 from typing import Any, Iterator, Literal, Optional
 
@@ -18,9 +19,12 @@ VectorizationMode = Literal["auto", "sync", "async", "vector_entry_point"]
 
 def check_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
     """The registered spec of ``env_id`` (``module:Name-v0`` imports ``module`` first), or a ConfigError."""
+    module, _, name = env_id.rpartition(":")
     try:
-        return gym.spec(env_id)
-    except (gym.error.Error, ModuleNotFoundError, ImportError) as err:
+        if module:
+            importlib.import_module(module)
+        return gym.spec(name)
+    except (gym.error.Error, ImportError) as err:
         raise ConfigError(
             f"data.env_id: {env_id!r} is not a registered gymnasium environment ({err}). "
             "Use a registered id such as 'CartPole-v1', or 'my_package.my_module:MyEnv-v0' to import the "
@@ -211,7 +215,14 @@ class RolloutDataModule(L.LightningDataModule):
             self.env_steps += steps * self.num_envs
             rollout = self.collector.collect(policy, steps, env_steps=self.env_steps, iteration=self.iteration)
             self.iteration += 1
+            self._stop_at_budget()
             yield rollout
+        self._stop_at_budget()
+
+    def _stop_at_budget(self) -> None:
+        """The env-step budget, not an epoch count, ends training (also for a resumed, finished run)."""
+        if self.env_steps >= self.total_timesteps and self.trainer is not None:
+            self.trainer.should_stop = True
 
     def train_dataloader(self) -> "_Stream":
         return _Stream(lambda: self.rollouts(self.trainer.lightning_module))

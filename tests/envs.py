@@ -1,0 +1,62 @@
+"""Small registered gymnasium envs for tests: ``tests.envs:Name-v0`` imports and registers them."""
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+
+class NanRewardEnv(gym.Env):
+    """CartPole whose reward turns NaN after ``nan_after`` steps of this env instance."""
+
+    def __init__(self, nan_after: int = 200) -> None:
+        self.inner = gym.make("CartPole-v1")
+        self.observation_space = self.inner.observation_space
+        self.action_space = self.inner.action_space
+        self.nan_after = nan_after
+        self.steps = 0
+
+    def reset(self, *, seed: Any = None, options: Any = None) -> Any:
+        return self.inner.reset(seed=seed, options=options)
+
+    def step(self, action: Any) -> Any:
+        self.steps += 1
+        obs, reward, terminated, truncated, info = self.inner.step(action)
+        return obs, (float("nan") if self.steps > self.nan_after else reward), terminated, truncated, info
+
+
+class TupleActionEnv(gym.Env):
+    """An env with a Tuple action space, which the policy does not handle."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (3,), np.float32)
+    action_space = spaces.Tuple((spaces.Discrete(2), spaces.Discrete(3)))
+
+    def reset(self, *, seed: Any = None, options: Any = None) -> Any:
+        super().reset(seed=seed)
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action: Any) -> Any:
+        return np.zeros(3, np.float32), 0.0, False, False, {}
+
+
+class ChainEnv(gym.Env):
+    """Discrete observations and MultiDiscrete actions: reward 1 when the two action parts match the state."""
+
+    observation_space = spaces.Discrete(4)
+    action_space = spaces.MultiDiscrete([4, 2])
+
+    def reset(self, *, seed: Any = None, options: Any = None) -> Any:
+        super().reset(seed=seed)
+        self.state = int(self.np_random.integers(4))
+        return self.state, {}
+
+    def step(self, action: Any) -> Any:
+        reward = float(action[0] == self.state) + float(action[1] == self.state % 2)
+        self.state = int(self.np_random.integers(4))
+        return self.state, reward, False, False, {}
+
+
+gym.register("NanReward-v0", entry_point=NanRewardEnv, max_episode_steps=500)
+gym.register("TupleAction-v0", entry_point=TupleActionEnv, max_episode_steps=50)
+gym.register("Chain-v0", entry_point=ChainEnv, max_episode_steps=20)

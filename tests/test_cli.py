@@ -1,0 +1,128 @@
+"""The `lit-rl` command: every config runs, bad input gets one clear message, resume, determinism, NaN."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_rl.cli import main
+from tests.helpers import REPO, read_metrics
+
+CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml"))
+TINY = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def lit_rl(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Runs the installed console script."""
+    exe = Path(sys.executable).parent / "lit-rl"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
+    proc = subprocess.run([str(exe), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"lit-rl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def run_main(args: list[str], capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    return int(exit_info.value.code), capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if "/sweeps/" not in c])
+def test_every_config_fits_a_tiny_budget(config, tmp_path):
+    cfg = str(REPO / config)
+    proc = lit_rl("fit", "--config", cfg, "--data.num_envs", "2", "--data.num_steps", "64",
+                  "--data.total_timesteps", "256", "--model.init_args.num_minibatches", "2",
+                  "--data.eval_episodes", "1", "--trainer.limit_val_batches", "0", *TINY, cwd=tmp_path)
+    rows = read_metrics(next(tmp_path.rglob("metrics.csv")))
+    assert max(r.get("env_steps", 0) for r in rows) == 256, proc.stdout[-2000:]
+    assert list(tmp_path.rglob("last.ckpt"))
+
+
+BAD_INPUT = [
+    (["--data.env_id", "NoSuchEnv-v0"], "data.env_id"),
+    (["--data.env_id", "tests.envs:TupleAction-v0"], "action space"),
+    (["--model.init_args.num_minibatches", "7"], "model.num_minibatches"),
+    (["--model.init_args.actor_optimizer.init_args.lr", "0"], "model.actor_optimizer"),
+    (["--model.init_args.clip_coef", "-0.1"], "model.clip_coef"),
+    (["--model.init_args.update_epochs", "0"], "model.update_epochs"),
+    (["--model.init_args.gamma", "1.5"], "model.gamma"),
+    (["--model.init_args.gae_lambda", "0"], "model.gae_lambda"),
+    (["--data.total_timesteps", "1001"], "data.total_timesteps"),
+    (["--ckpt_path", "missing.ckpt"], "ckpt_path"),
+    (["--ckpt_path", "last"], "ckpt_path=last"),
+]
+
+
+@pytest.mark.parametrize("extra,key", BAD_INPUT, ids=[k for _, k in BAD_INPUT])
+def test_bad_input_gets_one_clear_message(extra, key, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(REPO))
+    code, err = run_main(["fit", "--config", str(REPO / "configs/ppo/cartpole.yaml"), *TINY, *extra], capsys)
+    assert code == 2
+    assert key in err and "Traceback" not in err
+    assert not list(tmp_path.rglob("metrics.csv")), "no run may start on bad input"
+
+
+def test_missing_config_file(tmp_path, capsys):
+    code, err = run_main(["fit", "--config", str(tmp_path / "nope.yaml")], capsys)
+    assert code == 2 and "nope.yaml" in err and "Traceback" not in err
+
+
+def test_incompatible_checkpoint(tmp_path):
+    cfg = str(REPO / "configs/ppo/cartpole.yaml")
+    lit_rl("fit", "--config", cfg, "--data.total_timesteps", "256", *TINY, cwd=tmp_path)
+    ckpt = next(tmp_path.rglob("last.ckpt"))
+    proc = lit_rl("fit", "--config", str(REPO / "configs/ppo/pendulum.yaml"), "--ckpt_path", str(ckpt), *TINY,
+                  cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "ckpt_path" in proc.stderr and "do not match" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    proc = lit_rl("fit", "--config", str(REPO / "configs/ppo/cartpole.yaml"), "--data.env_id", "tests.envs:NanReward-v0",
+                  "--data.env_kwargs", "{nan_after: 100}", "--data.num_envs", "4", "--data.num_steps", "32",
+                  "--data.total_timesteps", "4096", "--checkpoint.every_n_env_steps", "128", *TINY,
+                  cwd=tmp_path, check=False)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "loss is nan" in proc.stderr and "Traceback" not in proc.stderr
+    ckpts = list(tmp_path.rglob("*.ckpt"))
+    assert ckpts
+    for ckpt in ckpts:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        assert state["env_steps"] < 4096
+        assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
+    rows = read_metrics(next(tmp_path.rglob("metrics.csv")))
+    assert rows and max(r["env_steps"] for r in rows) >= 128
+
+
+def test_same_seed_same_metrics(tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        lit_rl("fit", "--config", str(REPO / "configs/ppo/cartpole.yaml"), "--data.total_timesteps", "2048", *TINY,
+               cwd=tmp_path / name)
+        rows = read_metrics(next((tmp_path / name).rglob("metrics.csv")))
+        runs.append([{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows])
+    assert len(runs[0]) >= 8 and runs[0] == runs[1]
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path):
+    cfg = str(REPO / "configs/ppo/cartpole.yaml")
+    common = [*TINY, "--data.normalize_observation", "true", "--data.eval_episodes", "2"]
+    lit_rl("fit", "--config", cfg, "--data.total_timesteps", "20480", *common, cwd=tmp_path)
+    saved = torch.load(next(tmp_path.rglob("last.ckpt")), map_location="cpu", weights_only=True)
+    assert saved["env_steps"] == 20480 and saved["RolloutDataModule"]["env_steps"] == 20480
+
+    lit_rl("fit", "--config", cfg, "--data.total_timesteps", "25600", "--ckpt_path", "last", *common, cwd=tmp_path)
+    first, second = sorted(tmp_path.rglob("metrics.csv"))
+    before, after = read_metrics(first), read_metrics(second)
+    steps_after = [r["env_steps"] for r in after if "env_steps" in r]
+    assert steps_after[0] == 20480 + 256 and steps_after[-1] == 25600
+    returns = lambda rows: [r["train/episodic_return"] for r in rows if "train/episodic_return" in r]
+    untrained = sum(returns(before)[:8]) / 8
+    resumed = sum(returns(after)[:8]) / 8
+    assert resumed > 3 * untrained, (untrained, resumed)

@@ -1,0 +1,160 @@
+"""The PPO module: gradients reach only their own network, update order, warm-up, the loss call site."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from lit_rl.algos.ppo import PPO
+from lit_rl.losses import policy_loss, value_loss
+from tests.helpers import fit, make
+
+OBS = gym.spaces.Box(-1, 1, (4,), np.float32)
+
+
+def random_batch(n: int = 64, action_space: gym.Space = gym.spaces.Discrete(2)) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    actions = torch.as_tensor(np.stack([action_space.sample() for _ in range(n)]))
+    return {"obs": torch.randn(n, 4, generator=gen), "actions": actions, "logprobs": -torch.rand(n, generator=gen),
+            "values": torch.randn(n, generator=gen), "advantages": torch.randn(n, generator=gen) * 3 + 1,
+            "returns": torch.randn(n, generator=gen)}
+
+
+def built(action_space: gym.Space = gym.spaces.Discrete(2), **kwargs) -> PPO:
+    module = PPO(**kwargs)
+    module.build(OBS, action_space)
+    return module
+
+
+def grads_of(params) -> list[bool]:
+    return [p.grad is not None and p.grad.abs().sum().item() > 0 for p in params]
+
+
+@pytest.mark.parametrize("space", [gym.spaces.Discrete(3), gym.spaces.MultiDiscrete([3, 2]),
+                                   gym.spaces.Box(-2, 2, (2,), np.float32)])
+def test_separate_losses_reach_only_their_network(space):
+    module = built(space)
+    batch, idx = random_batch(action_space=space), torch.arange(64)
+    actor, critic = module.agent.actor_parameters(), module.agent.critic_parameters()
+    assert not {id(p) for p in actor} & {id(p) for p in critic}
+    assert len(actor) + len(critic) == len(list(module.agent.parameters()))
+
+    loss, _ = module.actor_loss(batch, idx)
+    loss.backward()
+    assert all(grads_of(actor)) and not any(grads_of(critic))
+
+    module.agent.zero_grad(set_to_none=True)
+    loss, _ = module.critic_loss(batch, idx)
+    loss.backward()
+    assert all(grads_of(critic)) and not any(grads_of(actor))
+
+
+def test_shared_trunk_gets_the_value_loss_through_the_actor_update():
+    """In `shared`, the actor optimizer owns the trunk: its loss adds vf_coef * value loss, so the trunk's
+    gradient changes with vf_coef; the critic optimizer owns only the value head."""
+    batch, idx = random_batch(), torch.arange(64)
+    trunk_grads = {}
+    for vf_coef in (0.0, 0.5):
+        torch.manual_seed(0)
+        module = built(arch="shared", vf_coef=vf_coef)
+        trunk = list(module.agent.policy_trunk.parameters())
+        assert {id(p) for p in trunk} <= {id(p) for p in module.agent.actor_parameters()}
+        assert {id(p) for p in module.agent.critic_parameters()} == {id(p) for p in module.agent.value_head.parameters()}
+        loss, _ = module.actor_loss(batch, idx)
+        loss.backward()
+        trunk_grads[vf_coef] = trunk[0].grad.clone()
+    assert not torch.allclose(trunk_grads[0.0], trunk_grads[0.5])
+
+
+def test_shared_optimizer_steps_change_only_what_they_own(tmp_path):
+    module, dm = make({"arch": "shared", "update_epochs": 1, "num_minibatches": 1})
+    before = {}
+    roles = {}
+
+    def snapshot(tag):
+        return {name: p.detach().clone() for name, p in module.agent.named_parameters()}
+
+    original_critic, original_actor = module.update_critic, module.update_actor
+
+    def update_critic(batch):
+        before["critic"] = snapshot("critic")
+        out = original_critic(batch)
+        roles["critic"] = {n for n, p in module.agent.named_parameters() if not torch.equal(p, before["critic"][n])}
+        return out
+
+    def update_actor(batch):
+        before["actor"] = snapshot("actor")
+        out = original_actor(batch)
+        roles["actor"] = {n for n, p in module.agent.named_parameters() if not torch.equal(p, before["actor"][n])}
+        return out
+
+    module.update_critic, module.update_actor = update_critic, update_actor
+    dm.total_timesteps = 128
+    fit(module, dm, tmp_path)
+    assert roles["critic"] == {"value_head.weight", "value_head.bias"}
+    assert roles["actor"] == {n for n, _ in module.agent.named_parameters() if not n.startswith("value_head")}
+
+
+def test_actor_loss_uses_normalized_advantages():
+    module = built(norm_adv=True, ent_coef=0.0)
+    batch, idx = random_batch(), torch.arange(64)
+    loss, stats = module.actor_loss(batch, idx)
+    dist = module.agent.dist(batch["obs"])
+    adv = batch["advantages"]
+    expected, _ = policy_loss(dist.log_prob(batch["actions"]), batch["logprobs"], (adv - adv.mean()) / (adv.std() + 1e-8), 0.2)
+    raw, _ = policy_loss(dist.log_prob(batch["actions"]), batch["logprobs"], adv, 0.2)
+    torch.testing.assert_close(loss, expected)
+    assert not torch.allclose(loss, raw)
+
+
+def test_policy_and_value_loss_values():
+    adv = torch.tensor([1.0, -1.0, 2.0])
+    old = torch.zeros(3)
+    new = torch.log(torch.tensor([1.5, 0.5, 1.1]))  # ratios 1.5, 0.5, 1.1
+    loss, stats = policy_loss(new, old, adv, 0.2)
+    # min(r*A, clip(r)*A): 1.2*1, -0.8*1 -> min(-0.5, -0.8) = -0.8, 1.1*2
+    assert loss.item() == pytest.approx(-(1.2 - 0.8 + 2.2) / 3)
+    assert stats["clip_fraction"].item() == pytest.approx(2 / 3)
+    v_loss, _ = value_loss(torch.tensor([2.0]), torch.tensor([0.0]), torch.tensor([1.0]), 0.5)
+    # unclipped error 1, clipped prediction 0.5 -> error 0.25; max -> 1; times 0.5
+    assert v_loss.item() == pytest.approx(0.5)
+    v_loss, _ = value_loss(torch.tensor([2.0]), torch.tensor([0.0]), torch.tensor([3.0]), 0.5)
+    assert v_loss.item() == pytest.approx(0.5 * 2.5**2)
+
+
+@pytest.mark.parametrize("order", ["critic_first", "actor_first"])
+def test_update_order_is_honoured(tmp_path, order):
+    module, dm = make({"update_order": order})
+    calls = []
+    for role in ("critic", "actor"):
+        original = getattr(module, f"update_{role}")
+        setattr(module, f"update_{role}", lambda batch, _o=original, _r=role: (calls.append(_r), _o(batch))[1])
+    fit(module, dm, tmp_path)
+    expected = ["critic", "actor"] if order == "critic_first" else ["actor", "critic"]
+    assert calls == expected * 2  # two iterations of 128 env steps
+
+
+def test_critic_warmup_freezes_the_actor(tmp_path):
+    k = 3
+    module, dm = make({"critic_warmup": k}, {"total_timesteps": k * 128})
+    module.build(gym.spaces.Box(-np.inf, np.inf, (4,), np.float32), gym.spaces.Discrete(2))
+    actor0 = [p.detach().clone() for p in module.agent.actor_parameters()]
+    critic0 = [p.detach().clone() for p in module.agent.critic_parameters()]
+    fit(module, dm, tmp_path)
+    assert dm.env_steps == k * 128
+    assert all(torch.equal(a, b) for a, b in zip(actor0, module.agent.actor_parameters()))
+    assert all(not torch.equal(a, b) for a, b in zip(critic0, module.agent.critic_parameters()))
+
+
+def test_target_kl_stops_actor_epochs(tmp_path):
+    module, dm = make({"target_kl": 1e-9, "update_epochs": 4, "num_minibatches": 2})
+    fit(module, dm, tmp_path)
+    stats = module.trainer.callback_metrics
+    assert stats["train/actor_updates"].item() == 2  # one epoch of 2 minibatches, then the stop
+
+
+def test_training_stops_exactly_at_the_budget(tmp_path):
+    module, dm = make(data={"total_timesteps": 4 * 32 * 2 + 4 * 5})  # two full rollouts and a short one
+    fit(module, dm, tmp_path)
+    assert dm.env_steps == 276 and module.env_steps == 276
+    assert dm.iteration == 3
