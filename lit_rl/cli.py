@@ -3,6 +3,7 @@
 import glob
 import os
 import sys
+import warnings
 from typing import Any, Optional
 
 import lightning as L
@@ -18,6 +19,11 @@ from lit_rl.data.datamodule import RolloutDataModule
 from lit_rl.errors import ConfigError, user_error
 
 _SPECIAL_CKPT = {"best", "hpc", "registry"}
+
+# The module pulls each rollout itself (training_step(dataloader_iter)) so that it comes from the current
+# policy; Lightning warns about that signature on every run.
+warnings.filterwarnings("ignore", message=r".*`dataloader_iter`.*")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 class LitRLCLI(LightningCLI):

@@ -18,7 +18,8 @@ TINY = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summar
 def lit_rl(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     """Runs the installed console script."""
     exe = Path(sys.executable).parent / "lit-rl"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
+    env["PYTHONPATH"] = str(REPO)
     proc = subprocess.run([str(exe), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"lit-rl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
@@ -31,15 +32,26 @@ def run_main(args: list[str], capsys) -> tuple[int, str]:
     return int(exit_info.value.code), capsys.readouterr().err
 
 
-@pytest.mark.parametrize("config", [c for c in CONFIGS if "/sweeps/" not in c])
+def config_args(config: str) -> list[str]:
+    """An experiment config alone; a logger preset composed after the CartPole experiment."""
+    if config.startswith("configs/loggers/"):
+        return ["--config", str(REPO / "configs/ppo/cartpole.yaml"), "--config", str(REPO / config)]
+    return ["--config", str(REPO / config)]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
 def test_every_config_fits_a_tiny_budget(config, tmp_path):
-    cfg = str(REPO / config)
-    proc = lit_rl("fit", "--config", cfg, "--data.num_envs", "2", "--data.num_steps", "64",
+    proc = lit_rl("fit", *config_args(config), "--data.num_envs", "2", "--data.num_steps", "64",
                   "--data.total_timesteps", "256", "--model.init_args.num_minibatches", "2",
                   "--data.eval_episodes", "1", "--trainer.limit_val_batches", "0", *TINY, cwd=tmp_path)
-    rows = read_metrics(next(tmp_path.rglob("metrics.csv")))
-    assert max(r.get("env_steps", 0) for r in rows) == 256, proc.stdout[-2000:]
-    assert list(tmp_path.rglob("last.ckpt"))
+    assert list(tmp_path.rglob("last.ckpt")), proc.stderr[-2000:]
+    if "wandb" in config:
+        assert list(tmp_path.glob("wandb/offline-run-*")), "wandb must run offline when not logged in"
+    elif "tensorboard" in config:
+        assert list(tmp_path.rglob("events.out.tfevents.*"))
+    else:
+        rows = read_metrics(next(tmp_path.rglob("metrics.csv")))
+        assert max(r.get("env_steps", 0) for r in rows) == 256, proc.stdout[-2000:]
 
 
 BAD_INPUT = [

@@ -7,7 +7,7 @@ import torch
 
 from lit_rl.algos.ppo import PPO
 from lit_rl.losses import policy_loss, value_loss
-from tests.helpers import fit, make
+from tests.helpers import fit, make, read_metrics
 
 OBS = gym.spaces.Box(-1, 1, (4,), np.float32)
 
@@ -149,8 +149,8 @@ def test_critic_warmup_freezes_the_actor(tmp_path):
 def test_target_kl_stops_actor_epochs(tmp_path):
     module, dm = make({"target_kl": 1e-9, "update_epochs": 4, "num_minibatches": 2})
     fit(module, dm, tmp_path)
-    stats = module.trainer.callback_metrics
-    assert stats["train/actor_updates"].item() == 2  # one epoch of 2 minibatches, then the stop
+    rows = read_metrics(next(tmp_path.rglob("metrics.csv")))
+    assert [r["train/actor_updates"] for r in rows] == [2.0, 2.0]  # one epoch of 2 minibatches, then the stop
 
 
 def test_training_stops_exactly_at_the_budget(tmp_path):

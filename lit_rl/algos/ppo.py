@@ -368,8 +368,9 @@ class PPO(L.LightningModule):
         metrics = {k: float(v) for k, v in metrics.items()}
         for logger in self.loggers:
             logger.log_metrics(metrics, step=rollout.env_steps)
+        # Callbacks and the progress bar see a few metrics; each self.log costs about a millisecond.
         shown = {"train/episodic_return": "return", "perf/sps": "sps"}
-        self.log_dict({k: v for k, v in metrics.items() if k not in shown}, logger=False, on_step=True, on_epoch=False, batch_size=1)
+        self.log("env_steps", metrics["env_steps"], logger=False, on_step=True, on_epoch=False, batch_size=1)
         self.log_dict({shown[k]: metrics[k] for k in shown if k in metrics}, logger=False, prog_bar=True,
                       on_step=True, on_epoch=False, batch_size=1)
 
@@ -382,9 +383,12 @@ class PPO(L.LightningModule):
     def _log_evaluation(self, stage: str, batch: dict[str, Tensor]) -> None:
         returns, lengths = batch["episode_returns"].float(), batch["episode_lengths"].float()
         std = returns.std(unbiased=False) if returns.numel() > 1 else torch.zeros(())
-        self.log_dict({f"{stage}/episodic_return_mean": returns.mean(), f"{stage}/episodic_return_std": std,
-                       f"{stage}/episodic_length_mean": lengths.mean(), f"{stage}/episodes": float(returns.numel())},
-                      batch_size=1)
+        metrics = {f"{stage}/episodic_return_mean": returns.mean(), f"{stage}/episodic_return_std": std,
+                   f"{stage}/episodic_length_mean": lengths.mean(), f"{stage}/episodes": float(returns.numel())}
+        self.log_dict(metrics, logger=False, batch_size=1)
+        for logger in self.loggers:  # against env steps, like the training metrics
+            logger.log_metrics({"env_steps": float(self.env_steps), **{k: float(v) for k, v in metrics.items()}},
+                               step=self.env_steps)
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -1,0 +1,31 @@
+"""Learning tests (slow): fixed seed, env-step budget, return threshold. `.ci/run` runs them."""
+
+import pytest
+
+from tests.helpers import REPO, read_metrics
+from tests.test_cli import TINY, lit_rl
+
+
+def train(config: str, tmp_path) -> tuple[float, float]:
+    """Trains with a config as shipped; returns (mean training return over the episodes that ended in
+    the last 5% of the budget, mean greedy evaluation return at the end)."""
+    lit_rl("fit", "--config", str(REPO / config), *TINY, cwd=tmp_path)
+    rows = read_metrics(next(tmp_path.rglob("metrics.csv")))
+    budget = max(r["env_steps"] for r in rows if "env_steps" in r)
+    late = [r["train/episodic_return"] for r in rows if "train/episodic_return" in r and r["env_steps"] > 0.95 * budget]
+    evaluation = [r["val/episodic_return_mean"] for r in rows if "val/episodic_return_mean" in r]
+    print(f"{config}: budget {budget:.0f}, training return (last 5%) {sum(late) / len(late):.1f}, "
+          f"greedy evaluation {evaluation[-1]:.1f}")
+    return sum(late) / len(late), evaluation[-1]
+
+
+@pytest.mark.slow
+def test_ppo_cartpole_reaches_475_within_100k_steps(tmp_path):
+    train_return, eval_return = train("configs/ppo/cartpole.yaml", tmp_path)
+    assert train_return >= 475 and eval_return >= 475
+
+
+@pytest.mark.slow
+def test_ppo_pendulum_reaches_minus_300_within_300k_steps(tmp_path):
+    train_return, eval_return = train("configs/ppo/pendulum.yaml", tmp_path)
+    assert train_return >= -300 and eval_return >= -300
