@@ -61,8 +61,8 @@ class ObsEncoder(nn.Module):
 
     def forward(self, obs: Tensor) -> Tensor:
         if self.one_hot:
-            return nn.functional.one_hot(obs.long().flatten(1)[:, 0], self.one_hot).float()
-        return obs.flatten(1).float()
+            return nn.functional.one_hot(obs.long().reshape(-1), self.one_hot).float()
+        return obs.reshape(obs.shape[0], -1).float()
 
 
 class ActionDist:

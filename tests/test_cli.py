@@ -140,3 +140,11 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     mean = lambda xs: sum(xs) / len(xs)
     untrained, at_checkpoint, resumed = mean(returns(before)[:8]), mean(returns(before)[-8:]), mean(returns(after))
     assert resumed > 3 * untrained and resumed >= 0.5 * at_checkpoint, (untrained, at_checkpoint, resumed)
+
+
+def test_evaluation_records_video(tmp_path):
+    proc = lit_rl("validate", "--config", str(REPO / "configs/ppo/cartpole.yaml"), "--data.record_video", "true",
+                  "--data.eval_episodes", "1", *TINY, cwd=tmp_path)
+    assert "val: episodic return" in proc.stdout
+    videos = list(tmp_path.rglob("*.mp4"))
+    assert videos and videos[0].stat().st_size > 1000

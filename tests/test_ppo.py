@@ -158,3 +158,22 @@ def test_training_stops_exactly_at_the_budget(tmp_path):
     fit(module, dm, tmp_path)
     assert dm.env_steps == 276 and module.env_steps == 276
     assert dm.iteration == 3
+
+
+@pytest.mark.parametrize("env_id,mode", [("tests.envs:Chain-v0", "sync"), ("CartPole-v1", "async"),
+                                         ("CartPole-v1", "vector_entry_point"), ("Pendulum-v1", "sync")])
+def test_spaces_and_vectorization_modes_train(tmp_path, env_id, mode):
+    """Discrete observations with MultiDiscrete actions; async and native vector envs; Box actions."""
+    module, dm = make(data={"env_id": env_id, "vectorization_mode": mode})
+    fit(module, dm, tmp_path)
+    assert dm.env_steps == 256
+    rows = read_metrics(next(tmp_path.rglob("metrics.csv")))
+    assert all(np.isfinite(r["train/policy_loss"]) and np.isfinite(r["train/value_loss"]) for r in rows)
+
+
+def test_unsupported_observation_space_is_refused():
+    from lit_rl.errors import ConfigError
+    from lit_rl.nets import check_spaces
+
+    with pytest.raises(ConfigError, match="observation space"):
+        check_spaces(gym.spaces.Dict({"a": OBS}), gym.spaces.Discrete(2))
