@@ -365,9 +365,7 @@ class PPO(L.LightningModule):
         metrics["perf/sps"] = (rollout.env_steps - start_steps) / max(now - start_time, 1e-9)
         metrics["perf/rollout_time"] = rollout.rollout_time
         metrics["perf/update_time"] = update_time
-        metrics = {k: float(v) for k, v in metrics.items()}
-        for logger in self.loggers:
-            logger.log_metrics(metrics, step=rollout.env_steps)
+        metrics = self._log_against_env_steps(metrics)
         # Callbacks and the progress bar see a few metrics; each self.log costs about a millisecond.
         shown = {"train/episodic_return": "return", "perf/sps": "sps"}
         self.log("env_steps", metrics["env_steps"], logger=False, on_step=True, on_epoch=False, batch_size=1)
@@ -386,9 +384,14 @@ class PPO(L.LightningModule):
         metrics = {f"{stage}/episodic_return_mean": returns.mean(), f"{stage}/episodic_return_std": std,
                    f"{stage}/episodic_length_mean": lengths.mean(), f"{stage}/episodes": float(returns.numel())}
         self.log_dict(metrics, logger=False, batch_size=1)
-        for logger in self.loggers:  # against env steps, like the training metrics
-            logger.log_metrics({"env_steps": float(self.env_steps), **{k: float(v) for k, v in metrics.items()}},
-                               step=self.env_steps)
+        self._log_against_env_steps({"env_steps": float(self.env_steps), **metrics})
+
+    def _log_against_env_steps(self, metrics: dict[str, Any]) -> dict[str, float]:
+        """Writes ``metrics`` to every logger with the env-step count as the step; returns them as floats."""
+        values = {k: float(v) for k, v in metrics.items()}
+        for logger in self.loggers:
+            logger.log_metrics(values, step=int(values["env_steps"]))
+        return values
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
