@@ -1,12 +1,16 @@
 """Plain networks: an actor that returns an action distribution and a critic that returns a value.
 
-Two architectures:
+Three architectures:
 
-- ``separate``: the actor (policy trunk + policy head) and the critic (value trunk + value head) share
-  nothing, so each loss reaches only its own network.
+- ``separate`` (PPG calls it ``dual``): the actor (policy trunk + policy head) and the critic (value
+  trunk + value head) share nothing, so each loss reaches only its own network.
 - ``shared``: one trunk feeds both heads. The trunk belongs to the actor's parameters (and so to the
   actor optimizer); the critic's parameters are the value head alone. See ``lit_rl.algos.ppo`` for how
   the value loss still trains the trunk.
+- ``detach``: one trunk, but the value head reads detached features, so the value loss never reaches
+  the trunk; the trunk learns from the policy's losses alone.
+
+With ``aux_head`` (PPG) the policy trunk also feeds an auxiliary value head, owned by the actor.
 """
 
 from typing import Literal, Sequence
@@ -15,11 +19,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.distributions import Categorical, Normal
+from torch.distributions import Categorical, Normal, kl_divergence
 
 from lit_rl.errors import ConfigError
 
-Arch = Literal["separate", "shared"]
+Arch = Literal["separate", "shared", "detach"]
+ARCHS = ("separate", "shared", "detach")
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
 
@@ -80,6 +85,14 @@ class ActionDist:
     def mode(self) -> Tensor:
         raise NotImplementedError
 
+    def params(self) -> Tensor:
+        """The distribution's parameters as one ``[B, P]`` tensor; ``PolicyHead.from_params`` rebuilds it."""
+        raise NotImplementedError
+
+    def kl(self, other: "ActionDist") -> Tensor:
+        """``KL(self || other)`` per sample, exact (``[B]``)."""
+        raise NotImplementedError
+
 
 class CategoricalDist(ActionDist):
     def __init__(self, logits: Tensor) -> None:
@@ -96,6 +109,13 @@ class CategoricalDist(ActionDist):
 
     def mode(self) -> Tensor:
         return self.dist.logits.argmax(-1)
+
+    def params(self) -> Tensor:
+        return self.dist.logits
+
+    def kl(self, other: ActionDist) -> Tensor:
+        assert isinstance(other, CategoricalDist)
+        return kl_divergence(self.dist, other.dist)
 
 
 class MultiCategoricalDist(ActionDist):
@@ -116,6 +136,13 @@ class MultiCategoricalDist(ActionDist):
     def mode(self) -> Tensor:
         return torch.stack([d.logits.argmax(-1) for d in self.dists], -1)
 
+    def params(self) -> Tensor:
+        return torch.cat([d.logits for d in self.dists], -1)
+
+    def kl(self, other: ActionDist) -> Tensor:
+        assert isinstance(other, MultiCategoricalDist)
+        return sum(kl_divergence(p, q) for p, q in zip(self.dists, other.dists))
+
 
 class DiagGaussianDist(ActionDist):
     """Diagonal Gaussian over unbounded actions. Clipping to the env's bounds happens in the env wrapper,
@@ -135,6 +162,13 @@ class DiagGaussianDist(ActionDist):
 
     def mode(self) -> Tensor:
         return self.dist.mean
+
+    def params(self) -> Tensor:
+        return torch.cat([self.dist.mean, self.dist.scale.log()], -1)
+
+    def kl(self, other: ActionDist) -> Tensor:
+        assert isinstance(other, DiagGaussianDist)
+        return kl_divergence(self.dist, other.dist).sum(-1)
 
 
 class PolicyHead(nn.Module):
@@ -165,13 +199,23 @@ class PolicyHead(nn.Module):
         out = self.linear(features)
         if self.continuous:
             return DiagGaussianDist(out, self.log_std)
+        return self.from_params(out)
+
+    def from_params(self, params: Tensor) -> ActionDist:
+        """The distribution whose ``params()`` are ``params`` (e.g. a frozen copy of an earlier policy)."""
+        if self.continuous:
+            mean, log_std = params.chunk(2, -1)
+            return DiagGaussianDist(mean, log_std)
         if self.nvec:
-            return MultiCategoricalDist(out, self.nvec)
-        return CategoricalDist(out)
+            return MultiCategoricalDist(params, self.nvec)
+        return CategoricalDist(params)
 
 
 class ActorCritic(nn.Module):
-    """A policy and a value function over one observation space, in the ``separate`` or ``shared`` arch."""
+    """A policy and a value function over one observation space, in one of :data:`ARCHS`.
+
+    ``aux_head`` adds PPG's auxiliary value head on the policy trunk (an actor parameter).
+    """
 
     def __init__(
         self,
@@ -181,34 +225,44 @@ class ActorCritic(nn.Module):
         activation: str = "tanh",
         arch: Arch = "separate",
         log_std_init: float = 0.0,
+        aux_head: bool = False,
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ConfigError(f"model.activation: {activation!r} is not one of {sorted(ACTIVATIONS)}.")
-        if arch not in ("separate", "shared"):
-            raise ConfigError(f"model.arch: {arch!r} is not one of ['separate', 'shared'].")
+        if arch not in ARCHS:
+            raise ConfigError(f"model.arch: {arch!r} is not one of {list(ARCHS)}.")
         if not hidden_sizes:
             raise ConfigError("model.hidden_sizes: give at least one hidden layer width, e.g. [64, 64].")
         self.arch = arch
         self.encoder = ObsEncoder(observation_space)
         self.policy_trunk = mlp(self.encoder.out_dim, hidden_sizes, activation)
         self.policy_head = PolicyHead(hidden_sizes[-1], action_space, log_std_init)
+        self.aux_value_head = layer(hidden_sizes[-1], 1, gain=1.0) if aux_head else None
         self.value_trunk = mlp(self.encoder.out_dim, hidden_sizes, activation) if arch == "separate" else None
         self.value_head = layer(hidden_sizes[-1], 1, gain=1.0)
 
+    @property
+    def shares_trunk(self) -> bool:
+        """Whether the value loss reaches the policy trunk (only in ``shared``)."""
+        return self.arch == "shared"
+
     def actor_parameters(self) -> list[nn.Parameter]:
-        """What the actor optimizer owns: policy trunk and head (in ``shared``, the trunk too)."""
-        return [*self.policy_trunk.parameters(), *self.policy_head.parameters()]
+        """What the actor optimizer owns: policy trunk, policy head, aux value head (in ``shared`` and
+        ``detach``, the one trunk too)."""
+        aux = list(self.aux_value_head.parameters()) if self.aux_value_head is not None else []
+        return [*self.policy_trunk.parameters(), *self.policy_head.parameters(), *aux]
 
     def critic_parameters(self) -> list[nn.Parameter]:
-        """What the critic optimizer owns: value trunk and head (in ``shared``, the value head alone)."""
+        """What the critic optimizer owns: value trunk and head (in ``shared``/``detach``, the value head alone)."""
         trunk = list(self.value_trunk.parameters()) if self.value_trunk is not None else []
         return [*trunk, *self.value_head.parameters()]
 
     def _value_features(self, x: Tensor, policy_features: Tensor | None = None) -> Tensor:
         if self.value_trunk is not None:
             return self.value_trunk(x)
-        return policy_features if policy_features is not None else self.policy_trunk(x)
+        features = policy_features if policy_features is not None else self.policy_trunk(x)
+        return features.detach() if self.arch == "detach" else features
 
     def dist(self, obs: Tensor) -> ActionDist:
         return self.policy_head(self.policy_trunk(self.encoder(obs)))
@@ -221,6 +275,15 @@ class ActorCritic(nn.Module):
         features = self.policy_trunk(x)
         value = self.value_head(self._value_features(x, features)).squeeze(-1)
         return self.policy_head(features), value
+
+    def forward_aux(self, obs: Tensor) -> tuple[ActionDist, Tensor, Tensor]:
+        """``(policy, aux value, value)`` in one pass: what PPG's auxiliary phase reads."""
+        if self.aux_value_head is None:
+            raise RuntimeError("this ActorCritic was built without aux_head")
+        x = self.encoder(obs)
+        features = self.policy_trunk(x)
+        value = self.value_head(self._value_features(x, features)).squeeze(-1)
+        return self.policy_head(features), self.aux_value_head(features).squeeze(-1), value
 
 
 def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> None:

@@ -12,7 +12,10 @@ One iteration:
 In the ``shared`` architecture one trunk feeds both heads and belongs to the actor optimizer. The actor
 step minimizes ``policy loss - ent_coef * entropy + vf_coef * value loss`` with the value head frozen, so
 the value loss reaches the trunk through the actor optimizer; the critic step minimizes the value loss
-with the trunk frozen, so the critic optimizer trains the value head alone.
+with the trunk frozen, so the critic optimizer trains the value head alone. Where the two losses pull the
+trunk in opposite directions, ``gradient_surgery: pcgrad`` removes the conflicting components
+(:func:`lit_rl.gradients.pcgrad`) instead of only weighting them. In ``detach`` the value head reads
+detached trunk features: the value loss never reaches the trunk.
 """
 
 import random
@@ -33,6 +36,7 @@ from torchmetrics.functional import explained_variance
 
 from lit_rl.data.rollout import Rollout
 from lit_rl.errors import ConfigError, NonFiniteLossError
+from lit_rl.gradients import pcgrad
 from lit_rl.losses import policy_loss, value_loss
 from lit_rl.nets import ActionDist, ActorCritic, Arch
 from lit_rl.returns import gae
@@ -41,9 +45,10 @@ from lit_rl.returns import gae
 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
 
 UpdateOrder = Literal["critic_first", "actor_first"]
-
-# Names of the per-iteration training metrics; stable, so dashboards and tests can rely on them.
-LOSS_METRICS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
+GradientSurgery = Literal["none", "pcgrad"]
+Stats = dict[str, list[Tensor]]
+# A loss function for one optimizer step: the loss, or the terms to combine by gradient surgery; and stats.
+LossFn = Callable[[], tuple[Any, Any]]
 
 
 class LinearDecay:
@@ -66,7 +71,8 @@ class PPO(L.LightningModule):
             annealing to 0 over the run when ``anneal_lr``, else constant.
         critic_scheduler: Likewise for the critic.
         anneal_lr: Anneal both learning rates linearly to 0 when no scheduler is given.
-        arch: ``separate`` networks, or a ``shared`` trunk with two heads.
+        arch: ``separate`` networks, a ``shared`` trunk with two heads, or ``detach`` (shared trunk, the
+            value head reads detached features).
         hidden_sizes: Widths of the MLP trunk(s).
         activation: ``tanh``, ``relu``, ``elu`` or ``silu``.
         log_std_init: Initial log std of the Gaussian policy (Box actions).
@@ -86,7 +92,13 @@ class PPO(L.LightningModule):
         num_minibatches: Minibatches per epoch; ``num_envs * num_steps`` must divide by it.
         update_order: ``critic_first`` (default, as verl) or ``actor_first``.
         critic_warmup: Iterations at the start in which only the critic learns.
+        gradient_surgery: ``pcgrad`` projects away the conflicting parts of the policy and value
+            gradients on a ``shared`` trunk (Yu et al. 2020); ``none`` adds them as weighted.
     """
+
+    # Per-iteration training metrics (logged as ``train/<name>``); stable, so dashboards and tests can rely on them.
+    loss_metrics: tuple[str, ...] = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction",
+                                     "grad_conflict", "grad_cosine")
 
     def __init__(
         self,
@@ -116,6 +128,7 @@ class PPO(L.LightningModule):
         num_minibatches: int = 4,
         update_order: UpdateOrder = "critic_first",
         critic_warmup: int = 0,
+        gradient_surgery: GradientSurgery = "none",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["actor_optimizer", "critic_optimizer", "actor_scheduler", "critic_scheduler"])
@@ -126,10 +139,11 @@ class PPO(L.LightningModule):
         self.critic_scheduler = critic_scheduler
         self.actor_epochs = update_epochs if actor_epochs is None else actor_epochs
         self.critic_epochs = update_epochs if critic_epochs is None else critic_epochs
+        self.network_arch: str = arch  # the ActorCritic arch; PPG maps its names onto these
         self._check_hparams()
         self.agent: Optional[ActorCritic] = None
         self.env_steps = 0
-        self.metrics = torch.nn.ModuleDict({name: MeanMetric() for name in (*LOSS_METRICS, "episodic_return", "episodic_length")})
+        self.metrics = torch.nn.ModuleDict({name: MeanMetric() for name in (*self.loss_metrics, "episodic_return", "episodic_length")})
         self._fit_start: Optional[tuple[float, int]] = None
 
     # ------------------------------------------------------------------ configuration
@@ -156,6 +170,11 @@ class PPO(L.LightningModule):
                 lr = group.get("lr", 1.0)
                 if not (isinstance(lr, (int, float)) and lr > 0) and not (isinstance(lr, Tensor) and lr.item() > 0):
                     raise ConfigError(f"model.{key}: the learning rate (init_args.lr) must be > 0, got {lr}.")
+        if hp.gradient_surgery != "none" and hp.arch != "shared":
+            raise ConfigError(
+                f"model.gradient_surgery: {hp.gradient_surgery!r} only acts where two losses share a trunk; with "
+                f"model.arch={hp.arch!r} each loss has its own parameters. Use model.arch=shared or gradient_surgery=none."
+            )
 
     @staticmethod
     def check_batch(num_envs: int, num_steps: int, num_minibatches: int) -> None:
@@ -168,12 +187,14 @@ class PPO(L.LightningModule):
                 f"does not split into {num_minibatches} minibatches; pick one of {divisors} or change num_steps."
             )
 
+    uses_aux_head = False  # PPG adds an auxiliary value head to the policy trunk
+
     def build(self, observation_space: Any, action_space: Any) -> None:
         """Creates the networks for these spaces (once)."""
         if self.agent is None:
             hp = self.hparams
-            self.agent = ActorCritic(observation_space, action_space, hp.hidden_sizes, hp.activation, hp.arch,
-                                     hp.log_std_init)
+            self.agent = ActorCritic(observation_space, action_space, hp.hidden_sizes, hp.activation, self.network_arch,
+                                     hp.log_std_init, aux_head=self.uses_aux_head)
 
     def configure_model(self) -> None:
         datamodule = self.trainer.datamodule
@@ -223,22 +244,33 @@ class PPO(L.LightningModule):
         # The rollout is collected here, by next(), with the current policy: Lightning's usual
         # prefetching would collect it one update too early. StopIteration at the budget ends training.
         rollout: Rollout = next(dataloader_iter)[0].to(self.device)
-        start = time.perf_counter()
         batch = self.prepare_batch(rollout)
-        updates: list[tuple[str, Callable[[dict[str, Tensor]], dict[str, list[Tensor]]]]] = [
-            ("critic", self.update_critic), ("actor", self.update_actor)]
-        if self.hparams.update_order == "actor_first":
-            updates.reverse()
-        stats: dict[str, list[Tensor]] = defaultdict(list)
-        for role, update in updates:
-            if role == "actor" and rollout.iteration < self.hparams.critic_warmup:
-                continue  # critic warm-up: the actor does not learn yet
-            for key, values in update(batch).items():
-                stats[key] += values
+        stats, timings = self.update(rollout, batch)
         for scheduler in self.lr_schedulers():
             scheduler.step()
         self.env_steps = rollout.env_steps
-        self.log_iteration(rollout, batch, stats, update_time=time.perf_counter() - start)
+        self.log_iteration(rollout, batch, stats, timings)
+
+    def update(self, rollout: Rollout, batch: dict[str, Tensor]) -> tuple[Stats, dict[str, float]]:
+        """One iteration's learning: the critic's and the actor's epochs, in ``update_order``.
+
+        Returns the per-step stats and the phase timings in seconds (``update_time``).
+        """
+        start = time.perf_counter()
+        updates: list[tuple[str, Callable[[dict[str, Tensor]], Stats]]] = [
+            ("critic", self.update_critic), ("actor", self.update_actor)]
+        if self.hparams.update_order == "actor_first":
+            updates.reverse()
+        stats: Stats = defaultdict(list)
+        for role, update in updates:
+            if role == "actor" and self.in_critic_warmup(rollout.iteration):
+                continue  # critic warm-up: the actor does not learn yet
+            for key, values in update(batch).items():
+                stats[key] += values
+        return stats, {"update_time": time.perf_counter() - start}
+
+    def in_critic_warmup(self, iteration: int) -> bool:
+        return iteration < self.hparams.critic_warmup
 
     def prepare_batch(self, rollout: Rollout) -> dict[str, Tensor]:
         """Advantages and returns from the pre-update critic; the valid samples, flattened over ``[T, N]``."""
@@ -256,10 +288,10 @@ class PPO(L.LightningModule):
             for indices in torch.randperm(size, device=self.device).chunk(self.hparams.num_minibatches):
                 yield epoch, indices
 
-    def update_critic(self, batch: dict[str, Tensor]) -> dict[str, list[Tensor]]:
+    def update_critic(self, batch: dict[str, Tensor]) -> Stats:
         """``critic_epochs`` epochs of value-loss steps with the critic optimizer."""
         _, critic_opt = self.optimizers()
-        stats: dict[str, list[Tensor]] = defaultdict(list)
+        stats: Stats = defaultdict(list)
         for _, idx in self.minibatches(len(batch["returns"]), self.critic_epochs):
             loss = self.optimizer_step(critic_opt, lambda: self.critic_loss(batch, idx), self.hparams.critic_max_grad_norm, "critic")
             stats["value_loss"].append(loss)
@@ -271,10 +303,10 @@ class PPO(L.LightningModule):
         loss_value, _ = value_loss(new_values, batch["values"][idx], batch["returns"][idx], self._value_clip())
         return self.hparams.vf_coef * loss_value, loss_value.detach()
 
-    def update_actor(self, batch: dict[str, Tensor]) -> dict[str, list[Tensor]]:
+    def update_actor(self, batch: dict[str, Tensor]) -> Stats:
         """``actor_epochs`` epochs of clipped-surrogate steps with the actor optimizer; target-KL early stop."""
         actor_opt, _ = self.optimizers()
-        stats: dict[str, list[Tensor]] = defaultdict(list)
+        stats: Stats = defaultdict(list)
         epoch_kl: list[Tensor] = []
         for epoch, idx in self.minibatches(len(batch["returns"]), self.actor_epochs):
             step_stats = self.optimizer_step(actor_opt, lambda: self.actor_loss(batch, idx), self.hparams.actor_max_grad_norm, "actor")
@@ -288,12 +320,15 @@ class PPO(L.LightningModule):
                 epoch_kl = []
         return stats
 
-    def actor_loss(self, batch: dict[str, Tensor], idx: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """``-clipped surrogate - ent_coef * entropy`` (+ ``vf_coef * value loss`` on a shared trunk)."""
+    def actor_loss(self, batch: dict[str, Tensor], idx: Tensor) -> tuple[Any, dict[str, Tensor]]:
+        """``-clipped surrogate - ent_coef * entropy`` (+ ``vf_coef * value loss`` on a shared trunk).
+
+        With gradient surgery on a shared trunk the loss comes back as its two terms, policy and value.
+        """
         assert self.agent is not None
         hp = self.hparams
         obs = batch["obs"][idx]
-        if hp.arch == "shared":
+        if self.agent.shares_trunk:
             dist, new_values = self.agent(obs)
         else:
             dist, new_values = self.agent.dist(obs), None
@@ -306,25 +341,49 @@ class PPO(L.LightningModule):
         loss = loss_policy - hp.ent_coef * entropy
         if new_values is not None:
             loss_value, _ = value_loss(new_values, batch["values"][idx], batch["returns"][idx], self._value_clip())
-            loss = loss + hp.vf_coef * loss_value
+            loss = self.combine(loss, hp.vf_coef * loss_value)
         return loss, {"policy_loss": loss_policy.detach(), "entropy": entropy.detach(), **stats}
 
-    def optimizer_step(self, optimizer: Optimizer, loss_fn: Callable[[], tuple[Tensor, Any]],
-                       max_grad_norm: Optional[float], role: str) -> Any:
+    def combine(self, *terms: Tensor) -> Any:
+        """The sum of loss terms that share the trunk, or the terms themselves for gradient surgery."""
+        return terms if self.hparams.gradient_surgery != "none" else sum(terms)
+
+    def optimizer_step(self, optimizer: Optimizer, loss_fn: LossFn, max_grad_norm: Optional[float], role: str) -> Any:
         """One step of one optimizer: toggle, loss, zero_grad, backward, clip, step, untoggle.
 
         The toggle freezes every parameter this optimizer does not own, so a shared trunk is trained
         only by the optimizer that owns it. A non-finite loss stops training before anything is applied.
+        ``loss_fn`` may return a tuple of loss terms: their gradients are combined by gradient surgery.
         """
         with self.toggled_optimizer(optimizer):
             loss, stats = loss_fn()
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(self._non_finite_message(role, loss))
+            terms = loss if isinstance(loss, tuple) else (loss,)
+            total = sum(terms)
+            if not torch.isfinite(total):
+                raise NonFiniteLossError(self._non_finite_message(role, total))
             optimizer.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
+            if len(terms) > 1:
+                stats = {**stats, **self._backward_with_surgery(optimizer, terms)}
+            else:
+                self.manual_backward(total)
             if max_grad_norm is not None:
                 self.clip_gradients(optimizer, gradient_clip_val=max_grad_norm, gradient_clip_algorithm="norm")
             optimizer.step()
+        return stats
+
+    def _backward_with_surgery(self, optimizer: Optimizer, terms: tuple[Tensor, ...]) -> dict[str, Tensor]:
+        """Backward of each term apart, then the PCGrad combination written into ``.grad``."""
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+        flat: list[Tensor] = []
+        for i, term in enumerate(terms):
+            self.manual_backward(term, retain_graph=i < len(terms) - 1)
+            flat.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]))
+            optimizer.zero_grad(set_to_none=True)
+        combined, stats = pcgrad(flat)
+        offset = 0
+        for p in params:
+            p.grad = combined[offset:offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
         return stats
 
     def _value_clip(self) -> Optional[float]:
@@ -342,11 +401,11 @@ class PPO(L.LightningModule):
     def on_train_start(self) -> None:
         self._fit_start = (time.perf_counter(), self.trainer.datamodule.env_steps if self.trainer.datamodule else 0)
 
-    def log_iteration(self, rollout: Rollout, batch: dict[str, Tensor], stats: dict[str, list[Tensor]],
-                      update_time: float) -> None:
+    def log_iteration(self, rollout: Rollout, batch: dict[str, Tensor], stats: Stats,
+                      timings: dict[str, float]) -> None:
         """Logs the iteration's metrics against env steps, and exposes them to callbacks and the progress bar."""
         metrics: dict[str, Any] = {"env_steps": float(rollout.env_steps), "train/iteration": float(rollout.iteration)}
-        for name in LOSS_METRICS:
+        for name in self.loss_metrics:
             if stats.get(name):
                 self.metrics[name].update(torch.stack(stats[name]))
                 metrics[f"train/{name}"] = self.metrics[name].compute()
@@ -364,7 +423,7 @@ class PPO(L.LightningModule):
         start_time, start_steps = self._fit_start or (now - 1e-9, 0)
         metrics["perf/sps"] = (rollout.env_steps - start_steps) / max(now - start_time, 1e-9)
         metrics["perf/rollout_time"] = rollout.rollout_time
-        metrics["perf/update_time"] = update_time
+        metrics.update({f"perf/{key}": value for key, value in timings.items()})
         metrics = self._log_against_env_steps(metrics)
         # Callbacks and the progress bar see a few metrics; each self.log costs about a millisecond.
         shown = {"train/episodic_return": "return", "perf/sps": "sps"}

@@ -72,7 +72,8 @@ class Collector:
                 ended = info["_episode"]
                 ep_returns.append(info["episode"]["r"][ended])
                 ep_lengths.append(info["episode"]["l"][ended])
-        last_value = policy.value(torch.as_tensor(self.obs).to(device)).cpu()
+        last_obs = torch.as_tensor(self.obs)
+        last_value = policy.value(last_obs.to(device)).cpu()
         assert actions is not None and logprobs is not None and values is not None
         return Rollout(
             obs=obs_buf,
@@ -84,6 +85,7 @@ class Collector:
             truncated=truncated,
             valid=valid,
             last_value=last_value,
+            last_obs=last_obs.clone(),
             episode_returns=torch.as_tensor(np.concatenate(ep_returns) if ep_returns else np.zeros(0), dtype=torch.float32),
             episode_lengths=torch.as_tensor(np.concatenate(ep_lengths) if ep_lengths else np.zeros(0), dtype=torch.float32),
             env_steps=env_steps,

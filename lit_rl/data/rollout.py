@@ -25,6 +25,7 @@ class Rollout:
     truncated: Tensor  # [T, N] bool
     valid: Tensor  # [T, N] bool: False on an autoreset step
     last_value: Tensor  # [N]      V_old of the observation after the last step
+    last_obs: Tensor  # [N, *obs_shape] the observation after the last step (PPG recomputes its value)
     episode_returns: Tensor  # [E]  raw returns of the episodes that ended in this rollout
     episode_lengths: Tensor  # [E]
     env_steps: int  # env steps taken by the run so far, this rollout included
