@@ -194,6 +194,8 @@ class PolicyHead(nn.Module):
             )
         self.continuous = isinstance(space, gym.spaces.Box)
         self.linear = layer(in_dim, out_dim, gain=0.01)
+        # Width of ActionDist.params(): logits, or a Gaussian's mean and log std.
+        self.num_params = 2 * out_dim if self.continuous else out_dim
 
     def forward(self, features: Tensor) -> ActionDist:
         out = self.linear(features)

@@ -16,9 +16,10 @@ REPO = Path(__file__).resolve().parent.parent
 TINY_DATA = dict(env_id="CartPole-v1", num_envs=4, num_steps=32, total_timesteps=256, seed=3, eval_episodes=2)
 
 
-def make(model: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> tuple[PPO, RolloutDataModule]:
+def make(model: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
+         cls: type[PPO] = PPO) -> tuple[PPO, RolloutDataModule]:
     L.seed_everything((data or {}).get("seed", TINY_DATA["seed"]), verbose=False)
-    return PPO(**(model or {})), RolloutDataModule(**{**TINY_DATA, **(data or {})})
+    return cls(**(model or {})), RolloutDataModule(**{**TINY_DATA, **(data or {})})
 
 
 def fit(module: PPO, datamodule: RolloutDataModule, root: Path, ckpt_path: str | None = None,

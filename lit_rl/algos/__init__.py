@@ -1,5 +1,6 @@
 """Algorithms: LightningModules under manual optimization."""
 
+from lit_rl.algos.ppg import PPG
 from lit_rl.algos.ppo import PPO
 
-__all__ = ["PPO"]
+__all__ = ["PPG", "PPO"]

@@ -170,7 +170,7 @@ class PPO(L.LightningModule):
                 lr = group.get("lr", 1.0)
                 if not (isinstance(lr, (int, float)) and lr > 0) and not (isinstance(lr, Tensor) and lr.item() > 0):
                     raise ConfigError(f"model.{key}: the learning rate (init_args.lr) must be > 0, got {lr}.")
-        if hp.gradient_surgery != "none" and hp.arch != "shared":
+        if hp.gradient_surgery != "none" and self.network_arch != "shared":
             raise ConfigError(
                 f"model.gradient_surgery: {hp.gradient_surgery!r} only acts where two losses share a trunk; with "
                 f"model.arch={hp.arch!r} each loss has its own parameters. Use model.arch=shared or gradient_surgery=none."
@@ -245,16 +245,16 @@ class PPO(L.LightningModule):
         # prefetching would collect it one update too early. StopIteration at the budget ends training.
         rollout: Rollout = next(dataloader_iter)[0].to(self.device)
         batch = self.prepare_batch(rollout)
-        stats, timings = self.update(rollout, batch)
+        stats, info = self.update(rollout, batch)
         for scheduler in self.lr_schedulers():
             scheduler.step()
         self.env_steps = rollout.env_steps
-        self.log_iteration(rollout, batch, stats, timings)
+        self.log_iteration(rollout, batch, stats, info)
 
     def update(self, rollout: Rollout, batch: dict[str, Tensor]) -> tuple[Stats, dict[str, float]]:
         """One iteration's learning: the critic's and the actor's epochs, in ``update_order``.
 
-        Returns the per-step stats and the phase timings in seconds (``update_time``).
+        Returns the per-step stats and more metrics by name (``perf/update_time``, in seconds).
         """
         start = time.perf_counter()
         updates: list[tuple[str, Callable[[dict[str, Tensor]], Stats]]] = [
@@ -267,7 +267,7 @@ class PPO(L.LightningModule):
                 continue  # critic warm-up: the actor does not learn yet
             for key, values in update(batch).items():
                 stats[key] += values
-        return stats, {"update_time": time.perf_counter() - start}
+        return stats, {"perf/update_time": time.perf_counter() - start}
 
     def in_critic_warmup(self, iteration: int) -> bool:
         return iteration < self.hparams.critic_warmup
@@ -402,7 +402,7 @@ class PPO(L.LightningModule):
         self._fit_start = (time.perf_counter(), self.trainer.datamodule.env_steps if self.trainer.datamodule else 0)
 
     def log_iteration(self, rollout: Rollout, batch: dict[str, Tensor], stats: Stats,
-                      timings: dict[str, float]) -> None:
+                      info: dict[str, float]) -> None:
         """Logs the iteration's metrics against env steps, and exposes them to callbacks and the progress bar."""
         metrics: dict[str, Any] = {"env_steps": float(rollout.env_steps), "train/iteration": float(rollout.iteration)}
         for name in self.loss_metrics:
@@ -423,7 +423,7 @@ class PPO(L.LightningModule):
         start_time, start_steps = self._fit_start or (now - 1e-9, 0)
         metrics["perf/sps"] = (rollout.env_steps - start_steps) / max(now - start_time, 1e-9)
         metrics["perf/rollout_time"] = rollout.rollout_time
-        metrics.update({f"perf/{key}": value for key, value in timings.items()})
+        metrics.update(info)
         metrics = self._log_against_env_steps(metrics)
         # Callbacks and the progress bar see a few metrics; each self.log costs about a millisecond.
         shown = {"train/episodic_return": "return", "perf/sps": "sps"}

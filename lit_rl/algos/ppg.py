@@ -1,0 +1,243 @@
+"""Phasic Policy Gradient (Cobbe et al. 2020, arXiv:2009.04416): PPO plus an auxiliary phase.
+
+PPG extends :class:`~lit_rl.algos.ppo.PPO`; it adds one step to ``update()``.
+
+1. **Policy phase.** Every iteration is a PPO iteration, with ``actor_epochs`` (E_pi) and
+   ``critic_epochs`` (E_V) apart. Each rollout then goes into the :class:`~lit_rl.data.store.RolloutStore`.
+2. **Auxiliary phase**, after every ``n_pi`` (N_pi) iterations, over the stored rollouts:
+
+   - value targets are recomputed for the stored data with the current critic (GAE(lambda) returns;
+     the reference implementation reuses the targets of the policy phase, computed with older critics);
+   - the policy's distribution is frozen as ``pi_old``;
+   - ``aux_epochs`` (E_aux) epochs of minibatches, each one step of the actor optimizer on
+     ``L_joint = L_aux + beta_clone * KL(pi_old || pi)`` (the paper's joint loss; ``L_aux`` is the
+     squared error of the aux value head on the policy trunk), and one step of the critic optimizer on
+     the value network's squared error (``L_value``), in ``update_order``.
+
+Architectures (``arch``): ``dual`` (a policy network with the aux head, and a separate value network),
+``shared`` (one trunk, policy head, aux head and value head; the value loss reaches the trunk through
+the actor step, where ``gradient_surgery: pcgrad`` can resolve its conflict with the policy's losses) and
+``detach`` (one trunk; the value head reads detached features). The actor optimizer owns the trunk,
+the policy head and the aux head; the critic optimizer owns the value network (in ``shared`` and
+``detach``, the value head).
+
+Checkpoints hold the phase counter and, with ``store_in_checkpoint`` (default), the stored rollouts: a
+run resumed in the middle of a policy phase ends that phase at the same iteration, over the same data.
+Without them, the phase still ends at the same iteration, but its auxiliary phase sees only the rollouts
+collected since the resume.
+"""
+
+import time
+from collections import defaultdict
+from typing import Any, Callable, Iterator, Literal, Optional
+
+import torch
+from torch import Tensor
+
+from lit_rl.algos.ppo import PPO, Stats
+from lit_rl.data.rollout import Rollout
+from lit_rl.data.store import RolloutStore, available_memory, format_bytes, pad_time
+from lit_rl.errors import ConfigError
+from lit_rl.returns import gae
+
+PPGArch = Literal["dual", "shared", "detach"]
+AuxMinibatch = Literal["sequences", "samples"]
+
+# Observations per forward pass when the aux phase recomputes values and pi_old over the whole store.
+_CHUNK = 65536
+
+
+class PPG(PPO):
+    """Phasic Policy Gradient. The defaults are the paper's (see configs/ppg/defaults.yaml).
+
+    Args:
+        arch: ``dual``, ``shared`` or ``detach`` (see the module docstring).
+        n_pi: Policy-phase iterations per auxiliary phase (N_pi).
+        aux_epochs: Epochs of the auxiliary phase over the stored rollouts (E_aux); 0 turns it off (PPO).
+        beta_clone: Weight of the behaviour-cloning term ``KL(pi_old || pi)`` in the auxiliary phase.
+        aux_minibatch: ``sequences``: minibatches of whole per-env rollout sequences (as the reference
+            implementation; what recurrent policies need); ``samples``: of shuffled single steps.
+        aux_num_minibatches: Minibatches per auxiliary epoch.
+        aux_memory_fraction: Refuse, at start, a setting whose store and auxiliary phase would need more
+            than this fraction of the memory available on the training device.
+        store_in_checkpoint: Save the stored rollouts in checkpoints (see the module docstring).
+        actor_epochs: E_pi.
+        critic_epochs: E_V.
+        **kwargs: Everything else is PPO's (optimizers, gamma, clip_coef, ...).
+    """
+
+    loss_metrics = (*PPO.loss_metrics, "aux_value_loss", "bc_kl", "aux_phase_value_loss")
+    uses_aux_head = True
+
+    def __init__(
+        self,
+        *,
+        arch: PPGArch = "dual",
+        n_pi: int = 32,
+        aux_epochs: int = 6,
+        beta_clone: float = 1.0,
+        aux_minibatch: AuxMinibatch = "sequences",
+        aux_num_minibatches: int = 16,
+        aux_memory_fraction: float = 0.5,
+        store_in_checkpoint: bool = True,
+        actor_epochs: Optional[int] = 1,
+        critic_epochs: Optional[int] = 1,
+        **kwargs: Any,
+    ) -> None:
+        if arch not in ("dual", "shared", "detach"):
+            raise ConfigError(f"model.arch: {arch!r} is not one of ['dual', 'shared', 'detach'].")
+        super().__init__(arch="separate" if arch == "dual" else arch, actor_epochs=actor_epochs,
+                         critic_epochs=critic_epochs, **kwargs)
+        for key, value, low in (("n_pi", n_pi, 1), ("aux_epochs", aux_epochs, 0), ("aux_num_minibatches", aux_num_minibatches, 1)):
+            if value < low:
+                raise ConfigError(f"model.{key}: must be an integer >= {low}, got {value}.")
+        if beta_clone < 0:
+            raise ConfigError(f"model.beta_clone: must be >= 0, got {beta_clone}.")
+        if not 0 < aux_memory_fraction <= 1:
+            raise ConfigError(f"model.aux_memory_fraction: must lie in (0, 1], got {aux_memory_fraction}.")
+        self.store = RolloutStore()
+        self.phase_iteration = 0  # policy-phase iterations since the last auxiliary phase
+        self.aux_phases = 0
+
+    # ------------------------------------------------------------------ configuration
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if stage == "fit" and datamodule is not None and self.hparams.aux_epochs:
+            self.check_memory(datamodule.num_envs, datamodule.num_steps, datamodule.single_observation_space,
+                              datamodule.single_action_space)
+
+    def check_memory(self, num_envs: int, num_steps: int, observation_space: Any, action_space: Any) -> int:
+        """The auxiliary phase's peak memory in bytes; a ConfigError where it would not fit."""
+        from lit_rl.nets import PolicyHead
+
+        hp = self.hparams
+        dist_params = PolicyHead(1, action_space).num_params
+        needed = RolloutStore.estimate_bytes(hp.n_pi, num_envs, num_steps, observation_space, dist_params)
+        device = self.device if self._trainer is None else self.trainer.strategy.root_device
+        budget = hp.aux_memory_fraction * available_memory(device)
+        if needed > budget:
+            raise ConfigError(
+                f"model.n_pi: the PPG store of {hp.n_pi} rollouts of {num_envs} envs x {num_steps} steps of "
+                f"{observation_space} needs about {format_bytes(needed)} at the auxiliary phase, more than "
+                f"model.aux_memory_fraction={hp.aux_memory_fraction} of the {format_bytes(budget / hp.aux_memory_fraction)} "
+                f"available on {device}. Lower model.n_pi, data.num_envs or data.num_steps."
+            )
+        return needed
+
+    # ------------------------------------------------------------------ learning
+    def update(self, rollout: Rollout, batch: dict[str, Tensor]) -> tuple[Stats, dict[str, float]]:
+        """The PPO iteration (policy phase); after every ``n_pi`` of them, the auxiliary phase."""
+        stats, info = super().update(rollout, batch)
+        info["perf/policy_phase_time"] = info["perf/update_time"]
+        hp = self.hparams
+        if hp.aux_epochs:
+            self.store.add(rollout)
+        self.phase_iteration += 1
+        if self.phase_iteration == hp.n_pi:
+            start = time.perf_counter()
+            if hp.aux_epochs and len(self.store):
+                for key, values in self.auxiliary_phase(rollout.iteration).items():
+                    stats[key] += values
+                self.aux_phases += 1
+            self.store.clear()
+            self.phase_iteration = 0
+            info["perf/aux_phase_time"] = time.perf_counter() - start
+            info["perf/update_time"] += info["perf/aux_phase_time"]
+        info["train/aux_phases"] = float(self.aux_phases)
+        return stats, info
+
+    def auxiliary_phase(self, iteration: int) -> Stats:
+        """E_aux epochs over the stored rollouts: L_joint with the actor optimizer, L_value with the critic's."""
+        hp = self.hparams
+        data = self.aux_data()
+        actor_opt, critic_opt = self.optimizers()
+        steps: list[tuple[str, Any, Callable[[dict[str, Tensor]], Any], Optional[float]]] = [
+            ("critic", critic_opt, self.aux_critic_loss, hp.critic_max_grad_norm),
+            ("actor", actor_opt, self.aux_actor_loss, hp.actor_max_grad_norm),
+        ]
+        if hp.update_order == "actor_first":
+            steps.reverse()
+        if self.in_critic_warmup(iteration):
+            steps = [step for step in steps if step[0] == "critic"]
+        stats: Stats = defaultdict(list)
+        for _ in range(hp.aux_epochs):
+            for minibatch in self.aux_minibatches(data):
+                for role, opt, loss_fn, max_norm in steps:
+                    step_stats = self.optimizer_step(opt, lambda: loss_fn(minibatch), max_norm, f"auxiliary-phase {role}")
+                    for key, value in step_stats.items():
+                        stats[key].append(value)
+        return stats
+
+    @torch.no_grad()
+    def aux_data(self) -> dict[str, Tensor]:
+        """The stored rollouts as ``[sequences, T, ...]`` tensors (one sequence per env and rollout), with
+        value targets from the current critic and the current policy's parameters as ``old_params``."""
+        assert self.agent is not None
+        hp = self.hparams
+        length = max(r["rewards"].shape[0] for r in self.store.rollouts)
+        fields: dict[str, list[Tensor]] = defaultdict(list)
+        for stored in self.store.rollouts:
+            r = {key: t.to(self.device) for key, t in stored.items()}
+            T, N = r["rewards"].shape
+            values = _chunked(self.agent.value, r["obs"].flatten(0, 1)).view(T, N)
+            next_values = torch.cat([values[1:], self.agent.value(r["last_obs"]).unsqueeze(0)])
+            _, returns = gae(r["rewards"], values, next_values, r["terminated"], r["truncated"], hp.gamma, hp.gae_lambda)
+            old_params = _chunked(lambda o: self.agent.dist(o).params(), r["obs"].flatten(0, 1)).view(T, N, -1)
+            for key, value in (("obs", r["obs"]), ("returns", returns), ("old_params", old_params),
+                               ("valid", r["valid"])):
+                # Time-major [T, N, ...] -> [N, T, ...] sequences; a shorter last rollout is padded as invalid.
+                fields[key].append(pad_time(value, length, False if key == "valid" else 0).transpose(0, 1))
+        self.store.clear()
+        return {key: torch.cat(parts) for key, parts in fields.items()}
+
+    def aux_minibatches(self, data: dict[str, Tensor]) -> Iterator[dict[str, Tensor]]:
+        """One epoch of minibatches of valid samples, drawn as whole sequences or as single steps."""
+        n = self.hparams.aux_num_minibatches
+        if self.hparams.aux_minibatch == "sequences":
+            for idx in torch.randperm(len(data["valid"]), device=self.device).chunk(n):
+                valid = data["valid"][idx].flatten()
+                yield {key: value[idx].flatten(0, 1)[valid] for key, value in data.items() if key != "valid"}
+        else:
+            valid = data["valid"].flatten()
+            flat = {key: value.flatten(0, 1)[valid] for key, value in data.items() if key != "valid"}
+            for idx in torch.randperm(int(valid.sum()), device=self.device).chunk(n):
+                yield {key: value[idx] for key, value in flat.items()}
+
+    def aux_actor_loss(self, mb: dict[str, Tensor]) -> tuple[Any, dict[str, Tensor]]:
+        """``L_joint = L_aux + beta_clone * KL(pi_old || pi)`` (+ the value head's loss on a shared trunk)."""
+        assert self.agent is not None
+        dist, aux_values, values = self.agent.forward_aux(mb["obs"])
+        pi_old = self.agent.policy_head.from_params(mb["old_params"])
+        bc_kl = pi_old.kl(dist).mean()
+        loss_aux = 0.5 * (aux_values - mb["returns"]).pow(2).mean()
+        loss = loss_aux + self.hparams.beta_clone * bc_kl
+        if self.agent.shares_trunk:
+            loss = self.combine(loss, 0.5 * (values - mb["returns"]).pow(2).mean())
+        return loss, {"aux_value_loss": loss_aux.detach(), "bc_kl": bc_kl.detach()}
+
+    def aux_critic_loss(self, mb: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """``L_value``: the value network's squared error on the recomputed targets."""
+        assert self.agent is not None
+        loss = 0.5 * (self.agent.value(mb["obs"]) - mb["returns"]).pow(2).mean()
+        return loss, {"aux_phase_value_loss": loss.detach()}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["ppg"] = {"phase_iteration": self.phase_iteration, "aux_phases": self.aux_phases,
+                             "store": self.store.state_dict() if self.hparams.store_in_checkpoint else []}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("ppg")
+        if state is None:
+            raise ConfigError("ckpt_path: the checkpoint was not written by PPG (no 'ppg' state); resume it with "
+                              "the model class that wrote it, or start without --ckpt_path.")
+        self.phase_iteration = int(state["phase_iteration"])
+        self.aux_phases = int(state["aux_phases"])
+        self.store.load_state_dict(state["store"])
+
+
+def _chunked(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    return torch.cat([fn(part) for part in x.split(_CHUNK)])

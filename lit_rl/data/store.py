@@ -1,0 +1,97 @@
+"""PPG's rollout store: what the auxiliary phase needs from the last ``N_pi`` rollouts, and no more.
+
+Per rollout it keeps the observations, rewards, termination/truncation flags, the valid mask and the
+observation after the last step: enough to recompute value targets with the current critic and the
+policy's distribution at the phase start. Actions, log-probs, advantages and the old values are not kept.
+
+Memory (bytes), with ``B = num_envs * num_steps`` samples per rollout and ``o`` bytes per observation:
+
+- the store itself: ``N_pi * (B * (o + 4 + 3) + num_envs * o)``;
+- during the auxiliary phase, for a moment, a stacked copy of it plus ``N_pi * B * (4 + 4 * P)`` bytes
+  of value targets and frozen policy parameters (``P`` floats per sample: the logits, or a Gaussian's
+  mean and log std).
+
+:meth:`RolloutStore.estimate_bytes` gives the peak; PPG refuses a setting whose peak does not fit.
+"""
+
+import os
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor
+
+from lit_rl.data.rollout import Rollout
+
+KEPT = ("obs", "rewards", "terminated", "truncated", "valid", "last_obs")
+
+
+class RolloutStore:
+    """The rollouts of the current policy phase, in the order they were collected."""
+
+    def __init__(self) -> None:
+        self.rollouts: list[dict[str, Tensor]] = []
+
+    def __len__(self) -> int:
+        return len(self.rollouts)
+
+    def add(self, rollout: Rollout) -> None:
+        self.rollouts.append({key: getattr(rollout, key) for key in KEPT})
+
+    def clear(self) -> None:
+        self.rollouts = []
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for r in self.rollouts for t in r.values())
+
+    def state_dict(self) -> list[dict[str, Tensor]]:
+        return [{key: t.cpu() for key, t in r.items()} for r in self.rollouts]
+
+    def load_state_dict(self, state: list[dict[str, Tensor]]) -> None:
+        self.rollouts = [dict(r) for r in state]
+
+    @staticmethod
+    def store_bytes(n_pi: int, num_envs: int, num_steps: int, observation_space: gym.Space) -> int:
+        """Bytes of ``n_pi`` stored rollouts (see the module docstring)."""
+        obs_bytes = int(np.prod(observation_space.shape or (1,))) * np.dtype(observation_space.dtype or np.int64).itemsize
+        return n_pi * (num_envs * num_steps * (obs_bytes + 4 + 3) + num_envs * obs_bytes)
+
+    @classmethod
+    def estimate_bytes(cls, n_pi: int, num_envs: int, num_steps: int, observation_space: gym.Space,
+                       dist_params: int) -> int:
+        """Peak bytes of the store and its auxiliary phase (see the module docstring)."""
+        samples = n_pi * num_envs * num_steps
+        return 2 * cls.store_bytes(n_pi, num_envs, num_steps, observation_space) + samples * (4 + 4 * dist_params)
+
+
+def available_memory(device: torch.device) -> int:
+    """Free bytes on ``device``: free GPU memory, or the host's available RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def pad_time(x: Tensor, length: int, value: Any = 0) -> Tensor:
+    """``x`` ([T, ...]) padded with ``value`` to ``length`` steps."""
+    if x.shape[0] == length:
+        return x
+    pad = x.new_full((length - x.shape[0], *x.shape[1:]), value)
+    return torch.cat([x, pad])

@@ -1,0 +1,280 @@
+"""PPG: gradient routing per architecture, the auxiliary phase's two jobs, gradient surgery, memory, resume."""
+
+import copy
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from lit_rl.algos.ppg import PPG
+from lit_rl.algos.ppo import PPO
+from lit_rl.data.store import RolloutStore
+from lit_rl.errors import ConfigError
+from lit_rl.gradients import pcgrad
+from tests.helpers import fit, make, read_metrics
+from tests.test_ppo import OBS, grads_of, random_batch
+
+CARTPOLE = dict(env_id="CartPole-v1", num_envs=4, num_steps=32, seed=3)
+
+
+def built(arch: str, space: gym.Space = gym.spaces.Discrete(2), **kwargs) -> PPG:
+    module = PPG(arch=arch, **kwargs)
+    module.build(OBS, space)
+    return module
+
+
+def aux_minibatch(module: PPG, n: int = 64) -> dict[str, torch.Tensor]:
+    batch = random_batch(n)
+    with torch.no_grad():
+        old = module.agent.dist(batch["obs"]).params() + 0.3 * torch.randn(n, 2)
+    return {"obs": batch["obs"], "returns": batch["returns"] * 5, "old_params": old}
+
+
+# ---------------------------------------------------------------- architectures: who owns what, who gets gradients
+@pytest.mark.parametrize("arch", ["dual", "shared", "detach"])
+def test_optimizers_own_disjoint_parts_and_the_actor_owns_the_aux_head(arch):
+    agent = built(arch).agent
+    actor, critic = agent.actor_parameters(), agent.critic_parameters()
+    assert not {id(p) for p in actor} & {id(p) for p in critic}
+    assert len(actor) + len(critic) == len(list(agent.parameters()))
+    assert {id(p) for p in agent.aux_value_head.parameters()} <= {id(p) for p in actor}
+    assert {id(p) for p in agent.policy_trunk.parameters()} <= {id(p) for p in actor}
+
+
+@pytest.mark.parametrize("space", [gym.spaces.Discrete(3), gym.spaces.Box(-2, 2, (2,), np.float32)])
+def test_dual_policy_losses_give_no_gradient_to_the_value_network(space):
+    module = built("dual", space)
+    critic = module.agent.critic_parameters()
+    batch = random_batch(action_space=space)
+    loss, _ = module.actor_loss(batch, torch.arange(64))
+    loss.backward()
+    assert not any(grads_of(critic)) and all(grads_of(module.agent.policy_head.parameters()))
+
+    module.agent.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        old = module.agent.dist(batch["obs"]).params() + 0.3 * torch.randn(64, module.agent.policy_head.num_params)
+    loss, _ = module.aux_actor_loss({"obs": batch["obs"], "returns": batch["returns"] * 5, "old_params": old})
+    loss.backward()
+    assert not any(grads_of(critic))
+    assert all(grads_of(module.agent.aux_value_head.parameters())) and all(grads_of(module.agent.policy_trunk.parameters()))
+
+
+def test_detach_value_losses_give_no_gradient_to_the_trunk():
+    module = built("detach")
+    trunk = list(module.agent.policy_trunk.parameters())
+    for loss_fn in (lambda: module.critic_loss(random_batch(), torch.arange(64))[0],
+                    lambda: module.aux_critic_loss(aux_minibatch(module))[0]):
+        module.agent.zero_grad(set_to_none=True)
+        loss_fn().backward()
+        assert not any(grads_of(trunk))
+        assert all(grads_of(module.agent.value_head.parameters()))
+    # The trunk learns from the policy's losses alone: the actor loss has no value term.
+    module.agent.zero_grad(set_to_none=True)
+    module.actor_loss(random_batch(), torch.arange(64))[0].backward()
+    assert not any(grads_of(module.agent.value_head.parameters())) and all(grads_of(trunk))
+
+
+def test_shared_value_loss_reaches_the_trunk_in_both_phases():
+    module = built("shared")
+    loss, _ = module.aux_actor_loss(aux_minibatch(module))
+    trunk = list(module.agent.policy_trunk.parameters())
+    grads = torch.autograd.grad(loss, trunk)
+    module_aux_only = built("detach")
+    module_aux_only.agent.load_state_dict(module.agent.state_dict())
+    loss_detach, _ = module_aux_only.aux_actor_loss(aux_minibatch(module))
+    grads_detach = torch.autograd.grad(loss_detach, list(module_aux_only.agent.policy_trunk.parameters()))
+    assert not torch.allclose(grads[0], grads_detach[0])
+
+
+# ---------------------------------------------------------------- gradient surgery
+def test_pcgrad_removes_exactly_the_conflicting_component():
+    g1, g2 = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])
+    combined, stats = pcgrad([g1, g2])
+    # g1 projected onto g2's normal plane: [0.5, 0.5]; g2 onto g1's: [0, 1].
+    assert torch.allclose(combined, torch.tensor([0.5, 1.5]))
+    assert stats["grad_conflict"] == 1 and stats["grad_cosine"] < 0
+    assert combined @ g1 >= 0 and combined @ g2 >= 0
+    agreeing = [torch.tensor([1.0, 0.2]), torch.tensor([0.5, 1.0])]
+    combined, stats = pcgrad(agreeing)
+    assert torch.equal(combined, agreeing[0] + agreeing[1]) and stats["grad_conflict"] == 0
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        a, b = torch.randn(50, generator=gen), torch.randn(50, generator=gen)
+        combined, _ = pcgrad([a, b])
+        if a @ b < 0:
+            a_proj = a - (a @ b) / (b @ b) * b
+            assert abs(float(a_proj @ b)) < 1e-4  # the opposing component is gone
+            assert combined @ a >= -1e-4 and combined @ b >= -1e-4
+
+
+def test_pcgrad_actor_step_writes_the_projected_gradient_on_a_shared_trunk():
+    """The actor step of shared PPO with gradient_surgery=pcgrad: the .grad it leaves is PCGrad of the policy
+    and value terms' gradients, so no part of it opposes either loss."""
+    torch.manual_seed(0)
+    module = PPO(arch="shared", gradient_surgery="pcgrad", vf_coef=1.0)
+    module.build(OBS, gym.spaces.Discrete(2))
+    module.manual_backward = lambda loss, **kw: loss.backward(**kw)  # no Trainer here; Lightning's is loss.backward
+    params = module.agent.actor_parameters()
+    opt = torch.optim.SGD(params, lr=0.0)
+    for seed in range(50):
+        batch = random_batch()
+        batch["advantages"] = torch.randn(64, generator=torch.Generator().manual_seed(seed))
+        terms, _ = module.actor_loss(batch, torch.arange(64))
+        assert isinstance(terms, tuple) and len(terms) == 2
+        flat = [torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in
+                           zip(torch.autograd.grad(t, params, retain_graph=True, allow_unused=True), params)])
+                for t in terms]
+        if flat[0] @ flat[1] < 0:
+            break
+    else:
+        pytest.fail("no batch with conflicting policy and value gradients")
+    stats = module._backward_with_surgery(opt, terms)
+    written = torch.cat([p.grad.flatten() for p in params])
+    expected, _ = pcgrad(flat)
+    assert torch.allclose(written, expected, atol=1e-6)
+    assert stats["grad_conflict"] == 1
+    assert written @ flat[0] >= -1e-6 and written @ flat[1] >= -1e-6
+
+
+def test_gradient_surgery_needs_a_shared_trunk():
+    with pytest.raises(ConfigError, match="model.gradient_surgery"):
+        PPG(arch="dual", gradient_surgery="pcgrad")
+    with pytest.raises(ConfigError, match="model.gradient_surgery"):
+        PPO(arch="separate", gradient_surgery="pcgrad")
+
+
+# ---------------------------------------------------------------- the auxiliary phase does its two jobs
+def run_aux_phase(tmp_path, beta_clone: float, arch: str = "dual", **data: object) -> dict[str, float]:
+    """One auxiliary phase after 2 CartPole iterations; measures KL(pi_old || pi) and the aux value loss over
+    the stored observations, before and after the phase."""
+    # The policy phase first makes the policy far from uniform, so that trunk changes show in it.
+    module, dm = make({"arch": arch, "n_pi": 4, "aux_epochs": 6, "beta_clone": beta_clone, "aux_num_minibatches": 4,
+                       "actor_epochs": 10, "critic_epochs": 10, "num_minibatches": 2, "anneal_lr": False,
+                       "actor_max_grad_norm": None, "actor_optimizer": lambda p: torch.optim.Adam(p, lr=3e-3)},
+                      {**CARTPOLE, "total_timesteps": 512, **data}, cls=PPG)
+    measured: dict[str, float] = {}
+    captured: dict[str, torch.Tensor] = {}
+    original_data, original_phase = module.aux_data, module.auxiliary_phase
+
+    def aux_loss(data):
+        valid = data["valid"]
+        with torch.no_grad():
+            _, aux_values, _ = module.agent.forward_aux(data["obs"][valid])
+        return float(0.5 * (aux_values - data["returns"][valid]).pow(2).mean())
+
+    def aux_data():
+        measured["stored_rollouts"] = len(module.store)
+        data = original_data()
+        captured.update(data)
+        measured["aux_loss_before"] = aux_loss(data)
+        return data
+
+    def auxiliary_phase(iteration):
+        stats = original_phase(iteration)
+        valid = captured["valid"]
+        with torch.no_grad():
+            obs = captured["obs"][valid]
+            pi_old = module.agent.policy_head.from_params(captured["old_params"][valid])
+            measured["kl"] = float(pi_old.kl(module.agent.dist(obs)).mean())
+        measured["aux_loss_after"] = aux_loss(captured)
+        return stats
+
+    module.aux_data, module.auxiliary_phase = aux_data, auxiliary_phase
+    fit(module, dm, tmp_path)
+    assert module.aux_phases == 1 and measured["stored_rollouts"] == 4
+    return measured
+
+
+def test_bc_term_keeps_the_policy_close_and_without_it_the_policy_drifts(tmp_path):
+    # Reward normalization, as in the paper, keeps the value targets (and so the aux loss) at the scale the
+    # BC term is weighed against.
+    with_bc = run_aux_phase(tmp_path / "bc", beta_clone=1.0, normalize_reward=True)
+    without = run_aux_phase(tmp_path / "nobc", beta_clone=0.0, normalize_reward=True)
+    print(f"KL(pi_old || pi) after the aux phase: beta_clone=1: {with_bc['kl']:.2e}, beta_clone=0: {without['kl']:.2e}")
+    assert with_bc["kl"] < 1e-3
+    assert without["kl"] > 5 * with_bc["kl"]
+
+
+@pytest.mark.parametrize("arch", ["dual", "detach", "shared"])
+def test_aux_phase_lowers_the_aux_value_loss_on_the_stored_data(tmp_path, arch):
+    measured = run_aux_phase(tmp_path, beta_clone=1.0, arch=arch)
+    assert measured["aux_loss_after"] < 0.7 * measured["aux_loss_before"], measured
+
+
+def test_aux_phase_metrics_are_logged(tmp_path):
+    module, dm = make({"n_pi": 2, "aux_epochs": 1, "aux_minibatch": "samples"}, {**CARTPOLE, "total_timesteps": 512}, cls=PPG)
+    fit(module, dm, tmp_path)
+    rows = read_metrics(next(tmp_path.rglob("metrics.csv")))
+    aux_rows = [r for r in rows if "train/bc_kl" in r]
+    assert [r["train/iteration"] for r in aux_rows] == [1.0, 3.0]
+    for key in ("train/aux_value_loss", "train/aux_phase_value_loss", "perf/aux_phase_time", "perf/policy_phase_time"):
+        assert all(key in r for r in aux_rows), key
+    assert rows[-1]["train/aux_phases"] == 2
+
+
+# ---------------------------------------------------------------- memory
+def test_store_keeps_what_the_formula_says_and_big_settings_are_refused(tmp_path):
+    module, dm = make({"n_pi": 3, "aux_epochs": 1}, {**CARTPOLE, "total_timesteps": 256}, cls=PPG)
+    sizes = []
+    original = module.auxiliary_phase
+
+    def auxiliary_phase(iteration):
+        sizes.append(module.store.nbytes)
+        return original(iteration)
+
+    module.auxiliary_phase = auxiliary_phase
+    module.aux_data = lambda: (sizes.append(module.store.nbytes), PPG.aux_data(module))[1]
+    fit(module, dm, tmp_path)  # 2 iterations: the store fills to 2 rollouts, no phase yet
+    assert len(module.store) == 2
+    assert module.store.nbytes == RolloutStore.store_bytes(2, 4, 32, OBS)
+
+    with pytest.raises(ConfigError, match=r"model\.n_pi.*Lower model\.n_pi"):
+        PPG(n_pi=10**9).check_memory(4, 32, OBS, gym.spaces.Discrete(2))
+    image = gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
+    assert PPG(n_pi=32).check_memory(8, 256, image, gym.spaces.Discrete(15)) == (
+        2 * 32 * (8 * 256 * (12288 + 7) + 8 * 12288) + 32 * 8 * 256 * (4 + 60))
+
+
+# ---------------------------------------------------------------- resume in the middle of a policy phase
+@pytest.mark.parametrize("store_in_checkpoint", [True, False])
+def test_resume_mid_policy_phase_keeps_the_phase_counter(tmp_path, store_in_checkpoint):
+    """n_pi=4, checkpoint after 6 iterations (2 into the second phase). The resumed run has the right
+    counter, the stored rollouts when they were checkpointed, and its next aux phase at iteration 7."""
+    model = {"n_pi": 4, "aux_epochs": 1, "store_in_checkpoint": store_in_checkpoint}
+    data = {**CARTPOLE, "total_timesteps": 10 * 128}
+    first, dm = make(model, {**data, "total_timesteps": 6 * 128}, cls=PPG)
+    fit(first, dm, tmp_path / "a")
+    ckpt_path = tmp_path / "a" / "ckpt" / "last.ckpt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    assert ckpt["ppg"]["phase_iteration"] == 2 and ckpt["ppg"]["aux_phases"] == 1
+    assert len(ckpt["ppg"]["store"]) == (2 if store_in_checkpoint else 0)
+    stored = copy.deepcopy(ckpt["ppg"]["store"])
+
+    resumed, dm = make(model, data, cls=PPG)
+    seen = {}
+    original = resumed.aux_data
+
+    def aux_data():
+        seen["store"] = [dict(r) for r in resumed.store.rollouts]
+        return original()
+
+    resumed.aux_data = aux_data
+    fit(resumed, dm, tmp_path / "b", ckpt_path=str(ckpt_path))
+    rows = read_metrics(next((tmp_path / "b").rglob("metrics.csv")))
+    aux_iterations = [r["train/iteration"] for r in rows if "train/bc_kl" in r]
+    assert aux_iterations == [7.0]
+    assert resumed.aux_phases == 2 and resumed.phase_iteration == 2
+    assert len(seen["store"]) == (4 if store_in_checkpoint else 2)
+    if store_in_checkpoint:
+        for saved, used in zip(stored, seen["store"][:2]):
+            assert all(torch.equal(saved[k], used[k].cpu()) for k in saved)
+
+
+def test_a_ppo_checkpoint_cannot_resume_ppg(tmp_path):
+    ppo, dm = make({}, {**CARTPOLE, "total_timesteps": 128})
+    fit(ppo, dm, tmp_path / "a")
+    ppg, dm = make({"arch": "dual"}, {**CARTPOLE, "total_timesteps": 256}, cls=PPG)
+    with pytest.raises(ConfigError, match="ckpt_path"):
+        fit(ppg, dm, tmp_path / "b", ckpt_path=str(tmp_path / "a" / "ckpt" / "last.ckpt"))
