@@ -148,3 +148,22 @@ def test_evaluation_records_video(tmp_path):
     assert "val: episodic return" in proc.stdout
     videos = list(tmp_path.rglob("*.mp4"))
     assert videos and videos[0].stat().st_size > 1000
+
+
+def test_ppg_from_the_command_line_with_a_shared_trunk_and_pcgrad(tmp_path):
+    lit_rl("fit", "--config", str(REPO / "configs/ppg/cartpole.yaml"), "--model.arch", "shared",
+           "--model.gradient_surgery", "pcgrad", "--model.n_pi", "2", "--data.total_timesteps", "1024",
+           "--data.eval_episodes", "1", *TINY, cwd=tmp_path)
+    rows = read_metrics(next(tmp_path.rglob("metrics.csv")))
+    assert max(r.get("train/aux_phases", 0) for r in rows) == 2
+    assert any("train/bc_kl" in r and "train/grad_conflict" in r for r in rows)
+    hparams = next(tmp_path.rglob("hparams.yaml")).read_text()
+    assert "arch: shared" in hparams and "gradient_surgery: pcgrad" in hparams
+
+
+def test_ppg_store_that_cannot_fit_is_refused_before_training(tmp_path):
+    proc = lit_rl("fit", "--config", str(REPO / "configs/ppg/cartpole.yaml"), "--model.n_pi", "1000000000", *TINY,
+                  cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "lit-rl: error: model.n_pi" in proc.stderr and "Lower model.n_pi" in proc.stderr
+    assert not list(tmp_path.rglob("metrics.csv")) or "train/" not in next(tmp_path.rglob("metrics.csv")).read_text()

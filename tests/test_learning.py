@@ -29,3 +29,9 @@ def test_ppo_cartpole_reaches_475_within_100k_steps(tmp_path):
 def test_ppo_pendulum_reaches_minus_300_within_300k_steps(tmp_path):
     train_return, eval_return = train("configs/ppo/pendulum.yaml", tmp_path)
     assert train_return >= -300 and eval_return >= -300
+
+
+@pytest.mark.slow
+def test_ppg_cartpole_reaches_475_within_150k_steps(tmp_path):
+    train_return, eval_return = train("configs/ppg/cartpole.yaml", tmp_path)
+    assert train_return >= 475 and eval_return >= 475

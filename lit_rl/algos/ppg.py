@@ -119,7 +119,7 @@ class PPG(PPO):
         if needed > budget:
             raise ConfigError(
                 f"model.n_pi: the PPG store of {hp.n_pi} rollouts of {num_envs} envs x {num_steps} steps of "
-                f"{observation_space} needs about {format_bytes(needed)} at the auxiliary phase, more than "
+                f"{observation_space.dtype} observations of shape {observation_space.shape} needs about {format_bytes(needed)} at the auxiliary phase, more than "
                 f"model.aux_memory_fraction={hp.aux_memory_fraction} of the {format_bytes(budget / hp.aux_memory_fraction)} "
                 f"available on {device}. Lower model.n_pi, data.num_envs or data.num_steps."
             )
