@@ -64,8 +64,9 @@ def summarize(runs: list[dict], budget: int, threshold: float) -> dict[str, obje
     finals, evals, reached = [], [], []
     for r in runs:
         steps, returns = r["steps"], r["returns"]
-        late = returns[steps > 0.95 * budget]
-        finals.append(float(late.mean()) if late.size else float("nan"))
+        # Episodes that ended in the last 5% of the budget (at least the last iteration that logged any).
+        late = returns[steps >= min(0.95 * budget, steps[-1])]
+        finals.append(float(late.mean()))
         if r["eval"] is not None:
             evals.append(r["eval"])
         smooth = smoothed(returns)
