@@ -134,7 +134,7 @@ class PPG(PPO):
         if hp.aux_epochs:
             self.store.add(rollout)
         self.phase_iteration += 1
-        if self.phase_iteration == hp.n_pi:
+        if self.phase_iteration >= hp.n_pi:  # >=: a run resumed with a smaller n_pi ends its phase now
             start = time.perf_counter()
             if hp.aux_epochs and len(self.store):
                 for key, values in self.auxiliary_phase(rollout.iteration).items():
