@@ -13,7 +13,7 @@ Three architectures:
 With ``aux_head`` (PPG) the policy trunk also feeds an auxiliary value head, owned by the actor.
 """
 
-from typing import Literal, Sequence
+from typing import Literal, Optional, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -278,13 +278,13 @@ class ActorCritic(nn.Module):
         value = self.value_head(self._value_features(x, features)).squeeze(-1)
         return self.policy_head(features), value
 
-    def forward_aux(self, obs: Tensor) -> tuple[ActionDist, Tensor, Tensor]:
-        """``(policy, aux value, value)`` in one pass: what PPG's auxiliary phase reads."""
+    def forward_aux(self, obs: Tensor, with_value: bool = True) -> tuple[ActionDist, Tensor, Optional[Tensor]]:
+        """``(policy, aux value, value or None)`` in one pass: what PPG's auxiliary phase reads."""
         if self.aux_value_head is None:
             raise RuntimeError("this ActorCritic was built without aux_head")
         x = self.encoder(obs)
         features = self.policy_trunk(x)
-        value = self.value_head(self._value_features(x, features)).squeeze(-1)
+        value = self.value_head(self._value_features(x, features)).squeeze(-1) if with_value else None
         return self.policy_head(features), self.aux_value_head(features).squeeze(-1), value
 
 

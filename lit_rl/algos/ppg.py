@@ -207,12 +207,12 @@ class PPG(PPO):
     def aux_actor_loss(self, mb: dict[str, Tensor]) -> tuple[Any, dict[str, Tensor]]:
         """``L_joint = L_aux + beta_clone * KL(pi_old || pi)`` (+ the value head's loss on a shared trunk)."""
         assert self.agent is not None
-        dist, aux_values, values = self.agent.forward_aux(mb["obs"])
+        dist, aux_values, values = self.agent.forward_aux(mb["obs"], with_value=self.agent.shares_trunk)
         pi_old = self.agent.policy_head.from_params(mb["old_params"])
         bc_kl = pi_old.kl(dist).mean()
         loss_aux = 0.5 * (aux_values - mb["returns"]).pow(2).mean()
         loss = loss_aux + self.hparams.beta_clone * bc_kl
-        if self.agent.shares_trunk:
+        if values is not None:  # shared trunk: the value head's loss reaches the trunk here
             loss = self.combine(loss, 0.5 * (values - mb["returns"]).pow(2).mean())
         return loss, {"aux_value_loss": loss_aux.detach(), "bc_kl": bc_kl.detach()}
 
