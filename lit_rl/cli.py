@@ -98,9 +98,12 @@ class LitRLCLI(LightningCLI):
         data = cfg.data
         PPO.check_batch(data.num_envs, data.num_steps, model_args.num_minibatches)
         if data.normalize_reward and data.gamma != model_args.gamma:
+            # With --ckpt_path, LightningCLI has replaced model.* with the checkpoint's hyperparameters.
+            hint = (f" model.gamma comes from the checkpoint {cfg.ckpt_path}, so it was trained with another config: "
+                    "resume it with that config.") if cfg.get("ckpt_path") else ""
             raise ConfigError(
                 f"data.gamma ({data.gamma}) differs from model.gamma ({model_args.gamma}); reward normalization "
-                "must use the discount being learned. Set data.gamma: ${model.gamma} in the config, or pass both."
+                "must use the discount being learned. Set data.gamma: ${model.gamma} in the config, or pass both." + hint
             )
         L.seed_everything(data.seed, workers=True, verbose=False)
 

@@ -110,7 +110,8 @@ def main() -> None:
     print(table)
     stamp = datetime.date.today().isoformat()
     with open(REPO / "results" / "benchmark_ppg.md", "a") as f:
-        f.write(f"\n## {stamp}: PPG vs PPO, seeds {args.seeds}\n\nMachine: {machine()}\n\n{table}\n\n"
+        f.write(f"\n## {stamp}: PPG vs PPO, seeds {args.seeds}\n\nMachine: {machine()} (driver); each run has 1 "
+                f"torch thread, {args.jobs} runs at a time\n\n{table}\n\n"
                 f"Learning curves: ![PPG vs PPO]({png.name}) (mean and min-max band over seeds, smoothed training return).\n")
 
 

@@ -44,6 +44,7 @@ def plot(curves: dict[tuple[str, str], list[dict]], thresholds: Optional[dict[st
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     tasks = list(dict.fromkeys(task for task, _ in curves))
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
@@ -59,6 +60,7 @@ def plot(curves: dict[tuple[str, str], list[dict]], thresholds: Optional[dict[st
         if thresholds and task in thresholds:
             ax.axhline(thresholds[task], color="grey", linestyle=":", linewidth=1)
         ax.set_title(task)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1000:.0f}k"))
         ax.set_xlabel("env steps")
         ax.set_ylabel("training episodic return")
         ax.legend(loc="lower right")
