@@ -8,7 +8,7 @@ Three architectures:
   actor optimizer); the critic's parameters are the value head alone. See ``lit_rl.algos.ppo`` for how
   the value loss still trains the trunk.
 - ``detach``: one trunk, but the value head reads detached features, so the value loss never reaches
-  the trunk; the trunk learns from the policy's losses alone.
+  the trunk; the trunk learns from the actor's losses alone (in PPG, these include the aux value loss).
 
 With ``aux_head`` (PPG) the policy trunk also feeds an auxiliary value head, owned by the actor.
 """

@@ -76,15 +76,19 @@ def test_detach_value_losses_give_no_gradient_to_the_trunk():
 
 
 def test_shared_value_loss_reaches_the_trunk_in_both_phases():
-    module = built("shared")
-    loss, _ = module.aux_actor_loss(aux_minibatch(module))
-    trunk = list(module.agent.policy_trunk.parameters())
-    grads = torch.autograd.grad(loss, trunk)
-    module_aux_only = built("detach")
-    module_aux_only.agent.load_state_dict(module.agent.state_dict())
-    loss_detach, _ = module_aux_only.aux_actor_loss(aux_minibatch(module))
-    grads_detach = torch.autograd.grad(loss_detach, list(module_aux_only.agent.policy_trunk.parameters()))
-    assert not torch.allclose(grads[0], grads_detach[0])
+    """Same weights, same data: the trunk's gradient differs between shared and detach only by the value term."""
+    shared, detach = built("shared"), built("detach")
+    detach.agent.load_state_dict(shared.agent.state_dict())
+    mb, batch = aux_minibatch(shared), random_batch()
+    for loss_fn in (lambda m: m.aux_actor_loss(mb)[0], lambda m: m.actor_loss(batch, torch.arange(64))[0]):
+        grads = [torch.autograd.grad(loss_fn(m), next(m.agent.policy_trunk.parameters())) for m in (shared, detach)]
+        assert not torch.allclose(grads[0][0], grads[1][0])
+    # With no value term (vf_coef=0) the policy-phase trunk gradients are the same.
+    shared0, detach0 = built("shared", vf_coef=0.0), built("detach", vf_coef=0.0)
+    detach0.agent.load_state_dict(shared0.agent.state_dict())
+    grads = [torch.autograd.grad(m.actor_loss(batch, torch.arange(64))[0], next(m.agent.policy_trunk.parameters()))
+             for m in (shared0, detach0)]
+    assert torch.allclose(grads[0][0], grads[1][0])
 
 
 # ---------------------------------------------------------------- gradient surgery
@@ -100,42 +104,50 @@ def test_pcgrad_removes_exactly_the_conflicting_component():
     assert torch.equal(combined, agreeing[0] + agreeing[1]) and stats["grad_conflict"] == 0
 
     gen = torch.Generator().manual_seed(0)
+    conflicts = 0
     for _ in range(20):
         a, b = torch.randn(50, generator=gen), torch.randn(50, generator=gen)
         combined, _ = pcgrad([a, b])
         if a @ b < 0:
-            a_proj = a - (a @ b) / (b @ b) * b
-            assert abs(float(a_proj @ b)) < 1e-4  # the opposing component is gone
+            conflicts += 1
+            # combined = a' + b'; a' (a without its component along b) is orthogonal to b, and vice versa.
+            a_proj, b_proj = combined - (b - (b @ a) / (a @ a) * a), combined - (a - (a @ b) / (b @ b) * b)
+            assert abs(float(a_proj @ b)) < 1e-4 and abs(float(b_proj @ a)) < 1e-4
             assert combined @ a >= -1e-4 and combined @ b >= -1e-4
+        else:
+            assert torch.allclose(combined, a + b)
+    assert conflicts > 0
 
 
 def test_pcgrad_actor_step_writes_the_projected_gradient_on_a_shared_trunk():
-    """The actor step of shared PPO with gradient_surgery=pcgrad: the .grad it leaves is PCGrad of the policy
-    and value terms' gradients, so no part of it opposes either loss."""
+    """The actor step of shared PPG with gradient_surgery=pcgrad: on the trunk (reached by the policy and the
+    value terms) .grad is PCGrad of the two; the policy head keeps the policy term's gradient; the aux head,
+    which neither term reaches, keeps no gradient, so the optimizer does not move it."""
     torch.manual_seed(0)
-    module = PPO(arch="shared", gradient_surgery="pcgrad", vf_coef=1.0)
-    module.build(OBS, gym.spaces.Discrete(2))
+    module = built("shared", gradient_surgery="pcgrad", vf_coef=1.0)
     module.manual_backward = lambda loss, **kw: loss.backward(**kw)  # no Trainer here; Lightning's is loss.backward
-    params = module.agent.actor_parameters()
-    opt = torch.optim.SGD(params, lr=0.0)
+    agent = module.agent
+    trunk, head = list(agent.policy_trunk.parameters()), list(agent.policy_head.parameters())
+    opt = torch.optim.SGD(agent.actor_parameters(), lr=0.0)
     for seed in range(50):
         batch = random_batch()
         batch["advantages"] = torch.randn(64, generator=torch.Generator().manual_seed(seed))
         terms, _ = module.actor_loss(batch, torch.arange(64))
         assert isinstance(terms, tuple) and len(terms) == 2
-        flat = [torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in
-                           zip(torch.autograd.grad(t, params, retain_graph=True, allow_unused=True), params)])
-                for t in terms]
+        flat = [torch.cat([g.flatten() for g in torch.autograd.grad(t, trunk, retain_graph=True)]) for t in terms]
         if flat[0] @ flat[1] < 0:
             break
     else:
         pytest.fail("no batch with conflicting policy and value gradients")
+    head_grads = torch.autograd.grad(terms[0], head, retain_graph=True)
     stats = module._backward_with_surgery(opt, terms)
-    written = torch.cat([p.grad.flatten() for p in params])
+    written = torch.cat([p.grad.flatten() for p in trunk])
     expected, _ = pcgrad(flat)
     assert torch.allclose(written, expected, atol=1e-6)
-    assert stats["grad_conflict"] == 1
+    assert stats["grad_conflict"] == 1 and stats["grad_cosine"] < 0
     assert written @ flat[0] >= -1e-6 and written @ flat[1] >= -1e-6
+    assert all(torch.equal(p.grad, g) for p, g in zip(head, head_grads))
+    assert all(p.grad is None for p in agent.aux_value_head.parameters())
 
 
 def test_gradient_surgery_needs_a_shared_trunk():
@@ -216,16 +228,7 @@ def test_aux_phase_metrics_are_logged(tmp_path):
 
 # ---------------------------------------------------------------- memory
 def test_store_keeps_what_the_formula_says_and_big_settings_are_refused(tmp_path):
-    module, dm = make({"n_pi": 3, "aux_epochs": 1}, {**CARTPOLE, "total_timesteps": 256}, cls=PPG)
-    sizes = []
-    original = module.auxiliary_phase
-
-    def auxiliary_phase(iteration):
-        sizes.append(module.store.nbytes)
-        return original(iteration)
-
-    module.auxiliary_phase = auxiliary_phase
-    module.aux_data = lambda: (sizes.append(module.store.nbytes), PPG.aux_data(module))[1]
+    module, dm = make({"n_pi": 3, "aux_epochs": 1, "aux_num_minibatches": 4}, {**CARTPOLE, "total_timesteps": 256}, cls=PPG)
     fit(module, dm, tmp_path)  # 2 iterations: the store fills to 2 rollouts, no phase yet
     assert len(module.store) == 2
     assert module.store.nbytes == RolloutStore.store_bytes(2, 4, 32, OBS)
@@ -233,8 +236,17 @@ def test_store_keeps_what_the_formula_says_and_big_settings_are_refused(tmp_path
     with pytest.raises(ConfigError, match=r"model\.n_pi.*Lower model\.n_pi"):
         PPG(n_pi=10**9).check_memory(4, 32, OBS, gym.spaces.Discrete(2))
     image = gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
-    assert PPG(n_pi=32).check_memory(8, 256, image, gym.spaces.Discrete(15)) == (
-        2 * 32 * (8 * 256 * (12288 + 7) + 8 * 12288) + 32 * 8 * 256 * (4 + 60))
+    samples, frame = 32 * 8 * 256, 64 * 64 * 3
+    store = 32 * (8 * 256 * (frame + 7) + 8 * frame)
+    minibatch = samples // 16 * (frame + 4 * frame)
+    assert PPG(n_pi=32, aux_num_minibatches=16).check_memory(8, 256, image, gym.spaces.Discrete(15)) == (
+        2 * store + samples * (4 + 4 * 15) + minibatch)
+
+
+def test_too_few_sequences_for_the_aux_minibatches_is_refused():
+    with pytest.raises(ConfigError, match="model.aux_num_minibatches"):
+        PPG(n_pi=2, aux_num_minibatches=16).check_minibatches(num_envs=4)
+    PPG(n_pi=2, aux_num_minibatches=16, aux_minibatch="samples").check_minibatches(num_envs=4)
 
 
 # ---------------------------------------------------------------- resume in the middle of a policy phase

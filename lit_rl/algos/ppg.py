@@ -14,6 +14,10 @@ PPG extends :class:`~lit_rl.algos.ppo.PPO`; it adds one step to ``update()``.
      squared error of the aux value head on the policy trunk), and one step of the critic optimizer on
      the value network's squared error (``L_value``), in ``update_order``.
 
+The auxiliary phase's value losses are ``0.5 * MSE`` with weight 1, as in the reference implementation (its
+``vf_aux`` and ``vf_true``), not ``vf_coef``; the stored observations and rewards keep the normalization
+statistics of the iteration that collected them.
+
 Architectures (``arch``): ``dual`` (a policy network with the aux head, and a separate value network),
 ``shared`` (one trunk, policy head, aux head and value head; the value loss reaches the trunk through
 the actor step, where ``gradient_surgery: pcgrad`` can resolve its conflict with the policy's losses) and
@@ -36,15 +40,12 @@ from torch import Tensor
 
 from lit_rl.algos.ppo import PPO, Stats
 from lit_rl.data.rollout import Rollout
-from lit_rl.data.store import RolloutStore, available_memory, format_bytes, pad_time
+from lit_rl.data.store import FORWARD_CHUNK, RolloutStore, available_memory, format_bytes, pad_time
 from lit_rl.errors import ConfigError
 from lit_rl.returns import gae
 
 PPGArch = Literal["dual", "shared", "detach"]
 AuxMinibatch = Literal["sequences", "samples"]
-
-# Observations per forward pass when the aux phase recomputes values and pi_old over the whole store.
-_CHUNK = 65536
 
 
 class PPG(PPO):
@@ -97,6 +98,7 @@ class PPG(PPO):
             raise ConfigError(f"model.aux_memory_fraction: must lie in (0, 1], got {aux_memory_fraction}.")
         self.store = RolloutStore()
         self.phase_iteration = 0  # policy-phase iterations since the last auxiliary phase
+        self.policy_phase_time = 0.0  # their update seconds
         self.aux_phases = 0
 
     # ------------------------------------------------------------------ configuration
@@ -104,8 +106,19 @@ class PPG(PPO):
         super().setup(stage)
         datamodule = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and datamodule is not None and self.hparams.aux_epochs:
+            self.check_minibatches(datamodule.num_envs)
             self.check_memory(datamodule.num_envs, datamodule.num_steps, datamodule.single_observation_space,
                               datamodule.single_action_space)
+
+    def check_minibatches(self, num_envs: int) -> None:
+        """``sequences`` minibatches split ``n_pi * num_envs`` sequences: there must be enough of them."""
+        hp = self.hparams
+        if hp.aux_minibatch == "sequences" and hp.n_pi * num_envs < hp.aux_num_minibatches:
+            raise ConfigError(
+                f"model.aux_num_minibatches: {hp.aux_num_minibatches} minibatches of whole sequences need at least as "
+                f"many sequences, but the store holds model.n_pi * data.num_envs = {hp.n_pi} * {num_envs}. Lower "
+                "model.aux_num_minibatches, raise model.n_pi or data.num_envs, or use model.aux_minibatch=samples."
+            )
 
     def check_memory(self, num_envs: int, num_steps: int, observation_space: Any, action_space: Any) -> int:
         """The auxiliary phase's peak memory in bytes; a ConfigError where it would not fit."""
@@ -113,7 +126,8 @@ class PPG(PPO):
 
         hp = self.hparams
         dist_params = PolicyHead(1, action_space).num_params
-        needed = RolloutStore.estimate_bytes(hp.n_pi, num_envs, num_steps, observation_space, dist_params)
+        needed = RolloutStore.estimate_bytes(hp.n_pi, num_envs, num_steps, observation_space, dist_params,
+                                             hp.aux_num_minibatches)
         device = self.device if self._trainer is None else self.trainer.strategy.root_device
         budget = hp.aux_memory_fraction * available_memory(device)
         if needed > budget:
@@ -129,7 +143,7 @@ class PPG(PPO):
     def update(self, rollout: Rollout, batch: dict[str, Tensor]) -> tuple[Stats, dict[str, float]]:
         """The PPO iteration (policy phase); after every ``n_pi`` of them, the auxiliary phase."""
         stats, info = super().update(rollout, batch)
-        info["perf/policy_phase_time"] = info["perf/update_time"]
+        self.policy_phase_time += info["perf/update_time"]
         hp = self.hparams
         if hp.aux_epochs:
             self.store.add(rollout)
@@ -142,6 +156,8 @@ class PPG(PPO):
                 self.aux_phases += 1
             self.store.clear()
             self.phase_iteration = 0
+            # Update time of the whole phase (rollout collection is perf/rollout_time, per iteration).
+            info["perf/policy_phase_time"], self.policy_phase_time = self.policy_phase_time, 0.0
             info["perf/aux_phase_time"] = time.perf_counter() - start
             info["perf/update_time"] += info["perf/aux_phase_time"]
         info["train/aux_phases"] = float(self.aux_phases)
@@ -226,6 +242,7 @@ class PPG(PPO):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["ppg"] = {"phase_iteration": self.phase_iteration, "aux_phases": self.aux_phases,
+                             "policy_phase_time": self.policy_phase_time,
                              "store": self.store.state_dict() if self.hparams.store_in_checkpoint else []}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -236,8 +253,9 @@ class PPG(PPO):
                               "the model class that wrote it, or start without --ckpt_path.")
         self.phase_iteration = int(state["phase_iteration"])
         self.aux_phases = int(state["aux_phases"])
+        self.policy_phase_time = float(state.get("policy_phase_time", 0.0))
         self.store.load_state_dict(state["store"])
 
 
 def _chunked(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    return torch.cat([fn(part) for part in x.split(_CHUNK)])
+    return torch.cat([fn(part) for part in x.split(FORWARD_CHUNK)])

@@ -372,18 +372,27 @@ class PPO(L.LightningModule):
         return stats
 
     def _backward_with_surgery(self, optimizer: Optimizer, terms: tuple[Tensor, ...]) -> dict[str, Tensor]:
-        """Backward of each term apart, then the PCGrad combination written into ``.grad``."""
+        """Backward of each term apart, then PCGrad on the parameters that two or more terms reach (the
+        shared trunk); a parameter one term reaches keeps that gradient, one no term reaches keeps none."""
         params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
-        flat: list[Tensor] = []
+        per_term: list[list[Optional[Tensor]]] = []
         for i, term in enumerate(terms):
             self.manual_backward(term, retain_graph=i < len(terms) - 1)
-            flat.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]))
+            per_term.append([p.grad for p in params])
             optimizer.zero_grad(set_to_none=True)
+        shared = [j for j in range(len(params)) if sum(g[j] is not None for g in per_term) > 1]
+        for j, p in enumerate(params):
+            grads = [g[j] for g in per_term if g[j] is not None]
+            p.grad = grads[0] if len(grads) == 1 else None
+        if not shared:
+            return {}
+        flat = [torch.cat([(g[j] if g[j] is not None else torch.zeros_like(params[j])).flatten() for j in shared])
+                for g in per_term]
         combined, stats = pcgrad(flat)
         offset = 0
-        for p in params:
-            p.grad = combined[offset:offset + p.numel()].view_as(p).clone()
-            offset += p.numel()
+        for j in shared:
+            params[j].grad = combined[offset:offset + params[j].numel()].view_as(params[j]).clone()
+            offset += params[j].numel()
         return stats
 
     def _value_clip(self) -> Optional[float]:

@@ -9,7 +9,10 @@ Memory (bytes), with ``B = num_envs * num_steps`` samples per rollout and ``o`` 
 - the store itself: ``N_pi * (B * (o + 4 + 3) + num_envs * o)``;
 - during the auxiliary phase, for a moment, a stacked copy of it plus ``N_pi * B * (4 + 4 * P)`` bytes
   of value targets and frozen policy parameters (``P`` floats per sample: the logits, or a Gaussian's
-  mean and log std).
+  mean and log std);
+- and the largest batch the networks see at once, with its float32 copy of the observations (``e``
+  elements each): a minibatch of ``M = N_pi * B / aux_num_minibatches`` samples, ``M * (o + 4 * e)``
+  bytes, or a forward chunk of :data:`FORWARD_CHUNK` observations, ``FORWARD_CHUNK * 4 * e`` bytes.
 
 :meth:`RolloutStore.estimate_bytes` gives the peak; PPG refuses a setting whose peak does not fit.
 """
@@ -25,6 +28,8 @@ from torch import Tensor
 from lit_rl.data.rollout import Rollout
 
 KEPT = ("obs", "rewards", "terminated", "truncated", "valid", "last_obs")
+# Observations per forward pass when the auxiliary phase recomputes values and pi_old over the store.
+FORWARD_CHUNK = 16384
 
 
 class RolloutStore:
@@ -55,15 +60,22 @@ class RolloutStore:
     @staticmethod
     def store_bytes(n_pi: int, num_envs: int, num_steps: int, observation_space: gym.Space) -> int:
         """Bytes of ``n_pi`` stored rollouts (see the module docstring)."""
-        obs_bytes = int(np.prod(observation_space.shape or (1,))) * np.dtype(observation_space.dtype or np.int64).itemsize
-        return n_pi * (num_envs * num_steps * (obs_bytes + 4 + 3) + num_envs * obs_bytes)
+        return n_pi * (num_envs * num_steps * (_obs_bytes(observation_space) + 4 + 3) + num_envs * _obs_bytes(observation_space))
 
     @classmethod
     def estimate_bytes(cls, n_pi: int, num_envs: int, num_steps: int, observation_space: gym.Space,
-                       dist_params: int) -> int:
+                       dist_params: int, aux_num_minibatches: int) -> int:
         """Peak bytes of the store and its auxiliary phase (see the module docstring)."""
         samples = n_pi * num_envs * num_steps
-        return 2 * cls.store_bytes(n_pi, num_envs, num_steps, observation_space) + samples * (4 + 4 * dist_params)
+        elements = int(np.prod(observation_space.shape or (1,)))
+        minibatch = -(-samples // aux_num_minibatches) * (_obs_bytes(observation_space) + 4 * elements)
+        chunk = min(FORWARD_CHUNK, num_envs * num_steps) * 4 * elements
+        return (2 * cls.store_bytes(n_pi, num_envs, num_steps, observation_space) + samples * (4 + 4 * dist_params)
+                + max(minibatch, chunk))
+
+
+def _obs_bytes(space: gym.Space) -> int:
+    return int(np.prod(space.shape or (1,))) * np.dtype(space.dtype or np.int64).itemsize
 
 
 def available_memory(device: torch.device) -> int:
