@@ -150,6 +150,31 @@ def test_pcgrad_actor_step_writes_the_projected_gradient_on_a_shared_trunk():
     assert all(p.grad is None for p in agent.aux_value_head.parameters())
 
 
+def test_pcgrad_policy_phase_through_the_trainer_leaves_the_aux_head_alone(tmp_path):
+    """End to end (toggle, Lightning's manual_backward, clipping, Adam): after an aux phase has given the aux
+    head Adam momentum, the policy phase's surgery steps, which no loss of the aux head takes part in, must
+    not move it (a zero gradient would: Adam steps on its momentum)."""
+    module, dm = make({"arch": "shared", "gradient_surgery": "pcgrad", "n_pi": 2, "aux_num_minibatches": 4},
+                      {**CARTPOLE, "total_timesteps": 3 * 128}, cls=PPG)
+    snapshots = {}
+    original = module.auxiliary_phase
+
+    def auxiliary_phase(iteration):
+        stats = original(iteration)
+        snapshots["aux_head"] = copy.deepcopy(module.agent.aux_value_head.state_dict())
+        snapshots["trunk"] = module.agent.policy_trunk[0].weight.detach().clone()
+        return stats
+
+    module.auxiliary_phase = auxiliary_phase
+    fit(module, dm, tmp_path)  # iterations 0, 1 (+ aux phase), 2
+    assert module.aux_phases == 1
+    final = module.agent.aux_value_head.state_dict()
+    assert all(torch.equal(snapshots["aux_head"][k], final[k]) for k in final)
+    assert not torch.equal(snapshots["trunk"], module.agent.policy_trunk[0].weight)
+    rows = read_metrics(next(tmp_path.rglob("metrics.csv")))
+    assert any("train/grad_conflict" in r for r in rows)
+
+
 def test_gradient_surgery_needs_a_shared_trunk():
     with pytest.raises(ConfigError, match="model.gradient_surgery"):
         PPG(arch="dual", gradient_surgery="pcgrad")
