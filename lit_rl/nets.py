@@ -76,6 +76,11 @@ class ActionDist:
     def sample(self) -> Tensor:
         raise NotImplementedError
 
+    def sample_from(self, noise: Tensor) -> Tensor:
+        """A sample drawn with the given uniform noise in [0, 1) (``[B, PolicyHead.noise_dim]``): the same
+        noise gives the same actions, whichever process or batch layout draws them."""
+        raise NotImplementedError
+
     def log_prob(self, actions: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -100,6 +105,9 @@ class CategoricalDist(ActionDist):
 
     def sample(self) -> Tensor:
         return self.dist.sample()
+
+    def sample_from(self, noise: Tensor) -> Tensor:
+        return _inverse_cdf(self.dist.probs, noise[..., 0])
 
     def log_prob(self, actions: Tensor) -> Tensor:
         return self.dist.log_prob(actions.long())
@@ -127,6 +135,9 @@ class MultiCategoricalDist(ActionDist):
     def sample(self) -> Tensor:
         return torch.stack([d.sample() for d in self.dists], -1)
 
+    def sample_from(self, noise: Tensor) -> Tensor:
+        return torch.stack([_inverse_cdf(d.probs, noise[..., k]) for k, d in enumerate(self.dists)], -1)
+
     def log_prob(self, actions: Tensor) -> Tensor:
         return sum(d.log_prob(a) for d, a in zip(self.dists, actions.long().unbind(-1)))
 
@@ -153,6 +164,10 @@ class DiagGaussianDist(ActionDist):
 
     def sample(self) -> Tensor:
         return self.dist.sample()
+
+    def sample_from(self, noise: Tensor) -> Tensor:
+        u = noise.clamp(1e-7, 1 - 1e-7)
+        return self.dist.mean + self.dist.stddev * (2.0**0.5) * torch.erfinv(2 * u - 1)
 
     def log_prob(self, actions: Tensor) -> Tensor:
         return self.dist.log_prob(actions).sum(-1)
@@ -196,6 +211,7 @@ class PolicyHead(nn.Module):
         self.linear = layer(in_dim, out_dim, gain=0.01)
         # Width of ActionDist.params(): logits, or a Gaussian's mean and log std.
         self.num_params = 2 * out_dim if self.continuous else out_dim
+        self.noise_dim = noise_dim(space)
 
     def forward(self, features: Tensor) -> ActionDist:
         out = self.linear(features)
@@ -286,6 +302,21 @@ class ActorCritic(nn.Module):
         features = self.policy_trunk(x)
         value = self.value_head(self._value_features(x, features)).squeeze(-1) if with_value else None
         return self.policy_head(features), self.aux_value_head(features).squeeze(-1), value
+
+
+def noise_dim(space: gym.Space) -> int:
+    """Uniform numbers :meth:`ActionDist.sample_from` needs per action in ``space``."""
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return len(space.nvec)
+    if isinstance(space, gym.spaces.Box):
+        return int(np.prod(space.shape))
+    return 1
+
+
+def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
+    """The category whose cumulative probability first reaches ``u``."""
+    cdf = probs.cumsum(-1)
+    return (cdf < u.unsqueeze(-1)).sum(-1).clamp(max=probs.shape[-1] - 1)
 
 
 def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> None:

@@ -211,13 +211,13 @@ class PPG(PPO):
         """One epoch of minibatches of valid samples, drawn as whole sequences or as single steps."""
         n = self.hparams.aux_num_minibatches
         if self.hparams.aux_minibatch == "sequences":
-            for idx in torch.randperm(len(data["valid"]), device=self.device).chunk(n):
+            for idx in self.shuffle(len(data["valid"]), "aux").chunk(n):
                 valid = data["valid"][idx].flatten()
                 yield {key: value[idx].flatten(0, 1)[valid] for key, value in data.items() if key != "valid"}
         else:
             valid = data["valid"].flatten()
             flat = {key: value.flatten(0, 1)[valid] for key, value in data.items() if key != "valid"}
-            for idx in torch.randperm(int(valid.sum()), device=self.device).chunk(n):
+            for idx in self.shuffle(int(valid.sum()), "aux").chunk(n):
                 yield {key: value[idx] for key, value in flat.items()}
 
     def aux_actor_loss(self, mb: dict[str, Tensor]) -> tuple[Any, dict[str, Tensor]]:

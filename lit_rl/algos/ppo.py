@@ -20,6 +20,7 @@ detached trunk features: the value loss never reaches the trunk.
 
 import random
 import time
+import zlib
 import warnings
 from collections import defaultdict
 from typing import Any, Callable, Iterator, Literal, Optional
@@ -145,6 +146,8 @@ class PPO(L.LightningModule):
         self.env_steps = 0
         self.metrics = torch.nn.ModuleDict({name: MeanMetric() for name in (*self.loss_metrics, "episodic_return", "episodic_length")})
         self._fit_start: Optional[tuple[float, int]] = None
+        self.generators: dict[str, torch.Generator] = {}  # minibatch shuffling, one stream per role
+        self.shuffle_seed = 0
 
     # ------------------------------------------------------------------ configuration
     def _check_hparams(self) -> None:
@@ -204,6 +207,9 @@ class PPO(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and datamodule is not None:
             self.check_batch(datamodule.num_envs, datamodule.num_steps, self.hparams.num_minibatches)
+        if stage == "fit":
+            self.shuffle_seed = int(getattr(datamodule, "seed", 0))
+            self.generators = {}
 
     def configure_optimizers(self) -> Any:
         assert self.agent is not None
@@ -227,11 +233,15 @@ class PPO(L.LightningModule):
 
     # ------------------------------------------------------------------ acting
     @torch.inference_mode()
-    def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        """Actions, their log-probs and the state values for a batch of observations."""
+    def act(self, obs: Tensor, deterministic: bool = False, noise: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Actions, their log-probs and the state values for a batch of observations. Actions are the
+        mode, or drawn with ``noise`` (uniform, a row per observation), or sampled."""
         assert self.agent is not None
         dist, value = self.agent(obs)
-        action = dist.mode() if deterministic else dist.sample()
+        if deterministic:
+            action = dist.mode()
+        else:
+            action = dist.sample_from(noise) if noise is not None else dist.sample()
         return action, dist.log_prob(action), value
 
     @torch.inference_mode()
@@ -282,17 +292,26 @@ class PPO(L.LightningModule):
                   "values": rollout.values, "advantages": advantages, "returns": returns}
         return {key: value.flatten(0, 1)[valid] for key, value in fields.items()}
 
-    def minibatches(self, size: int, epochs: int) -> Iterator[tuple[int, Tensor]]:
+    def minibatches(self, size: int, epochs: int, role: str) -> Iterator[tuple[int, Tensor]]:
         """``(epoch, indices)`` for ``epochs`` shuffled passes of ``num_minibatches`` minibatches each."""
         for epoch in range(epochs):
-            for indices in torch.randperm(size, device=self.device).chunk(self.hparams.num_minibatches):
+            for indices in self.shuffle(size, role).chunk(self.hparams.num_minibatches):
                 yield epoch, indices
+
+    def shuffle(self, size: int, role: str) -> Tensor:
+        """A random permutation from ``role``'s own generator. Each role (actor, critic, PPG's aux) draws
+        from its own stream, so its minibatches do not depend on which other roles ran before it, or on
+        which process runs it."""
+        if role not in self.generators:
+            # crc32, not hash(): str hashes differ between processes.
+            self.generators[role] = torch.Generator().manual_seed(hash((self.shuffle_seed, zlib.crc32(role.encode()))) & (2**63 - 1))
+        return torch.randperm(size, generator=self.generators[role]).to(self.device)
 
     def update_critic(self, batch: dict[str, Tensor]) -> Stats:
         """``critic_epochs`` epochs of value-loss steps with the critic optimizer."""
         _, critic_opt = self.optimizers()
         stats: Stats = defaultdict(list)
-        for _, idx in self.minibatches(len(batch["returns"]), self.critic_epochs):
+        for _, idx in self.minibatches(len(batch["returns"]), self.critic_epochs, "critic"):
             loss = self.optimizer_step(critic_opt, lambda: self.critic_loss(batch, idx), self.hparams.critic_max_grad_norm, "critic")
             stats["value_loss"].append(loss)
         return stats
@@ -308,7 +327,7 @@ class PPO(L.LightningModule):
         actor_opt, _ = self.optimizers()
         stats: Stats = defaultdict(list)
         epoch_kl: list[Tensor] = []
-        for epoch, idx in self.minibatches(len(batch["returns"]), self.actor_epochs):
+        for epoch, idx in self.minibatches(len(batch["returns"]), self.actor_epochs, "actor"):
             step_stats = self.optimizer_step(actor_opt, lambda: self.actor_loss(batch, idx), self.hparams.actor_max_grad_norm, "actor")
             for key, value in step_stats.items():
                 stats[key].append(value)
@@ -464,6 +483,7 @@ class PPO(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["env_steps"] = self.env_steps
+        checkpoint["shuffle_generators"] = {role: g.get_state() for role, g in self.generators.items()}
         np_state = np.random.get_state()
         checkpoint["rng_states"] = {
             "torch": torch.get_rng_state(),
@@ -476,6 +496,9 @@ class PPO(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._check_compatible(checkpoint.get("state_dict", {}))
         self.env_steps = int(checkpoint.get("env_steps", 0))
+        for role, state in checkpoint.get("shuffle_generators", {}).items():
+            self.generators[role] = torch.Generator()
+            self.generators[role].set_state(state)
         rng = checkpoint.get("rng_states")
         if rng:
             torch.set_rng_state(rng["torch"])

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from lit_rl.data.rollout import Rollout
+from lit_rl.nets import noise_dim
 
 
 class Policy(Protocol):
@@ -17,19 +18,29 @@ class Policy(Protocol):
     @property
     def device(self) -> torch.device: ...
 
-    def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        """Returns ``(actions, logprobs, values)`` for a batch of observations."""
+    def act(self, obs: Tensor, deterministic: bool = False, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns ``(actions, logprobs, values)`` for a batch of observations; actions are drawn with
+        ``noise`` (uniform, one row per observation) when it is given."""
         ...
 
     def value(self, obs: Tensor) -> Tensor: ...
 
 
 class Collector:
-    """Steps ``envs`` (next-step autoreset) and records rollouts on the CPU."""
+    """Steps ``envs`` (next-step autoreset) and records rollouts on the CPU.
 
-    def __init__(self, envs: gym.vector.VectorEnv) -> None:
+    Env ``i`` of this collector is env ``env_offset + i`` of the run. Each env draws its actions from its own
+    noise stream, seeded by ``(noise_seed, env index, iteration)``, so a rollout does not depend on how the
+    run's envs are split among processes: one process with 4 envs collects what two with 2 envs each do
+    (log-probs and values up to the float rounding of a different batch size).
+    """
+
+    def __init__(self, envs: gym.vector.VectorEnv, env_offset: int = 0, noise_seed: int = 0) -> None:
         self.envs = envs
         self.num_envs = envs.num_envs
+        self.env_offset = env_offset
+        self.noise_seed = noise_seed
+        self.noise_dim = noise_dim(envs.single_action_space)
         self.obs: np.ndarray | None = None
         self.prev_done = np.zeros(self.num_envs, dtype=bool)
 
@@ -54,9 +65,10 @@ class Collector:
         valid = torch.empty((T, N), dtype=torch.bool)
         ep_returns: list[np.ndarray] = []
         ep_lengths: list[np.ndarray] = []
+        noise = self.noise(T, iteration).to(device)
         for t in range(T):
             obs = torch.as_tensor(self.obs)
-            action, logprob, value = policy.act(obs.to(device))
+            action, logprob, value = policy.act(obs.to(device), noise=noise[t])
             action = action.cpu()
             if actions is None:
                 actions = torch.empty((T, *action.shape), dtype=action.dtype)
@@ -92,6 +104,14 @@ class Collector:
             iteration=iteration,
             rollout_time=time.perf_counter() - start,
         )
+
+    def noise(self, num_steps: int, iteration: int) -> Tensor:
+        """``[T, N, noise_dim]`` uniform noise: env ``i``'s from its own stream for this iteration."""
+        streams = []
+        for i in range(self.num_envs):
+            seed = hash((self.noise_seed, self.env_offset + i, iteration)) & (2**63 - 1)
+            streams.append(torch.rand((num_steps, self.noise_dim), generator=torch.Generator().manual_seed(seed)))
+        return torch.stack(streams, 1)
 
     def evaluate(self, policy: Policy, num_episodes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Runs ``num_episodes`` whole episodes with the greedy action; returns (returns, lengths).

@@ -170,7 +170,8 @@ class RolloutDataModule(L.LightningDataModule):
         from lit_rl.nets import check_spaces
 
         if stage == "fit" and self.collector is None:
-            self.collector = Collector(self.make_envs(self.num_envs, training=True))
+            self.collector = Collector(self.make_envs(self.num_envs, training=True),
+                                       env_offset=self.rank * self.num_envs, noise_seed=self.seed)
             check_spaces(self.collector.envs.single_observation_space, self.collector.envs.single_action_space)
         if self.eval_collector is None:
             self.eval_collector = Collector(self.make_envs(min(self.hparams.eval_envs, self.hparams.eval_episodes), training=False,
