@@ -151,6 +151,10 @@ class PPG(PPO):
         if self.phase_iteration >= hp.n_pi:  # >=: a run resumed with a smaller n_pi ends its phase now
             start = time.perf_counter()
             if hp.aux_epochs and len(self.store):
+                if self.placement:  # the aux phase reads the new critic (targets) and the new policy (pi_old)
+                    assert self.agent is not None
+                    self.placement.sync_weights({"actor": self.agent.actor_parameters(),
+                                                 "critic": self.agent.critic_parameters()})
                 for key, values in self.auxiliary_phase(rollout.iteration).items():
                     stats[key] += values
                 self.aux_phases += 1
@@ -174,13 +178,18 @@ class PPG(PPO):
         ]
         if hp.update_order == "actor_first":
             steps.reverse()
+        mine = self.placement.roles if self.placement else ["actor", "critic"]
+        steps = [step for step in steps if step[0] in mine]
         if self.in_critic_warmup(iteration):
             steps = [step for step in steps if step[0] == "critic"]
         stats: Stats = defaultdict(list)
         for _ in range(hp.aux_epochs):
             for minibatch in self.aux_minibatches(data):
                 for role, opt, loss_fn, max_norm in steps:
-                    step_stats = self.optimizer_step(opt, lambda: loss_fn(minibatch), max_norm, f"auxiliary-phase {role}")
+                    part, weight = self.local_part(minibatch["returns"], role)
+                    local = {key: value[part] for key, value in minibatch.items()}
+                    step_stats = self.optimizer_step(opt, lambda: _weighted(loss_fn(local), weight), max_norm,
+                                                     f"auxiliary-phase {role}")
                     for key, value in step_stats.items():
                         stats[key].append(value)
         return stats
@@ -255,6 +264,11 @@ class PPG(PPO):
         self.aux_phases = int(state["aux_phases"])
         self.policy_phase_time = float(state.get("policy_phase_time", 0.0))
         self.store.load_state_dict(state["store"])
+
+
+def _weighted(loss_and_stats: tuple[Any, Any], weight: float) -> tuple[Any, Any]:
+    loss, stats = loss_and_stats
+    return (tuple(weight * t for t in loss) if isinstance(loss, tuple) else weight * loss), stats
 
 
 def _chunked(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:

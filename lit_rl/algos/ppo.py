@@ -201,12 +201,16 @@ class PPO(L.LightningModule):
 
     def configure_model(self) -> None:
         datamodule = self.trainer.datamodule
-        self.build(datamodule.single_observation_space, datamodule.single_action_space)
+        # The initial weights come from data.seed alone, whatever used the global RNG before: every process
+        # of a distributed run, and a single process, build the same networks.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(getattr(datamodule, "seed", 0)))
+            self.build(datamodule.single_observation_space, datamodule.single_action_space)
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and datamodule is not None:
-            self.check_batch(datamodule.num_envs, datamodule.num_steps, self.hparams.num_minibatches)
+            self.check_batch(datamodule.num_envs * datamodule.world_size, datamodule.num_steps, self.hparams.num_minibatches)
         if stage == "fit":
             self.shuffle_seed = int(getattr(datamodule, "seed", 0))
             self.generators = {}
@@ -254,8 +258,14 @@ class PPO(L.LightningModule):
         # The rollout is collected here, by next(), with the current policy: Lightning's usual
         # prefetching would collect it one update too early. StopIteration at the budget ends training.
         rollout: Rollout = next(dataloader_iter)[0].to(self.device)
+        if self.placement:  # every rank's shard, so all ranks compute the same advantages
+            rollout = self.placement.gather_rollout(rollout)
         batch = self.prepare_batch(rollout)
         stats, info = self.update(rollout, batch)
+        if self.placement:  # every rank gets the new actor and critic, and the stats of the roles it did not run
+            assert self.agent is not None
+            self.placement.sync_weights({"actor": self.agent.actor_parameters(), "critic": self.agent.critic_parameters()})
+            stats = self.placement.merge_stats(stats)
         for scheduler in self.lr_schedulers():
             scheduler.step()
         self.env_steps = rollout.env_steps
@@ -271,10 +281,13 @@ class PPO(L.LightningModule):
             ("critic", self.update_critic), ("actor", self.update_actor)]
         if self.hparams.update_order == "actor_first":
             updates.reverse()
+        mine = self.placement.roles if self.placement else ["actor", "critic"]
         stats: Stats = defaultdict(list)
-        for role, update in updates:
-            if role == "actor" and self.in_critic_warmup(rollout.iteration):
-                continue  # critic warm-up: the actor does not learn yet
+        for i, (role, update) in enumerate(updates):
+            if i == 1 and self.placement:
+                self.placement.wait_for_role()  # serial mode: the second role starts when the first is done
+            if role not in mine or (role == "actor" and self.in_critic_warmup(rollout.iteration)):
+                continue  # another rank's role, or critic warm-up: the actor does not learn yet
             for key, values in update(batch).items():
                 stats[key] += values
         return stats, {"perf/update_time": time.perf_counter() - start}
@@ -318,9 +331,11 @@ class PPO(L.LightningModule):
 
     def critic_loss(self, batch: dict[str, Tensor], idx: Tensor) -> tuple[Tensor, Tensor]:
         assert self.agent is not None
+        part, weight = self.local_part(idx, "critic")
+        idx = idx[part]
         new_values = self.agent.value(batch["obs"][idx])
         loss_value, _ = value_loss(new_values, batch["values"][idx], batch["returns"][idx], self._value_clip())
-        return self.hparams.vf_coef * loss_value, loss_value.detach()
+        return weight * self.hparams.vf_coef * loss_value, loss_value.detach()
 
     def update_actor(self, batch: dict[str, Tensor]) -> Stats:
         """``actor_epochs`` epochs of clipped-surrogate steps with the actor optimizer; target-KL early stop."""
@@ -334,7 +349,10 @@ class PPO(L.LightningModule):
             epoch_kl.append(step_stats["approx_kl"])
             last_of_epoch = len(epoch_kl) == self.hparams.num_minibatches
             if last_of_epoch:
-                if self.hparams.target_kl is not None and torch.stack(epoch_kl).mean() > self.hparams.target_kl:
+                # Every rank of the actor group decides on the same KL, so they stop at the same epoch.
+                kl = torch.stack(epoch_kl).mean()
+                kl = self.placement.reduce_mean(kl, "actor") if self.placement else kl
+                if self.hparams.target_kl is not None and kl > self.hparams.target_kl:
                     break
                 epoch_kl = []
         return stats
@@ -346,22 +364,47 @@ class PPO(L.LightningModule):
         """
         assert self.agent is not None
         hp = self.hparams
+        advantages = batch["advantages"][idx]
+        if hp.norm_adv and advantages.numel() > 1:  # over the whole minibatch, also when ranks share it
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        part, weight = self.local_part(idx, "actor")
+        idx, advantages = idx[part], advantages[part]
         obs = batch["obs"][idx]
         if self.agent.shares_trunk:
             dist, new_values = self.agent(obs)
         else:
             dist, new_values = self.agent.dist(obs), None
-        advantages = batch["advantages"][idx]
-        if hp.norm_adv and advantages.numel() > 1:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         loss_policy, stats = policy_loss(dist.log_prob(batch["actions"][idx]), batch["logprobs"][idx], advantages,
                                          hp.clip_coef)
         entropy = dist.entropy().mean()
-        loss = loss_policy - hp.ent_coef * entropy
+        loss = weight * (loss_policy - hp.ent_coef * entropy)
         if new_values is not None:
             loss_value, _ = value_loss(new_values, batch["values"][idx], batch["returns"][idx], self._value_clip())
-            loss = self.combine(loss, hp.vf_coef * loss_value)
+            loss = self.combine(loss, weight * hp.vf_coef * loss_value)
         return loss, {"policy_loss": loss_policy.detach(), "entropy": entropy.detach(), **stats}
+
+    def local_part(self, idx: Tensor, role: str) -> tuple[Tensor, float]:
+        """The part of a minibatch this rank computes for ``role`` and its weight: with several ranks in the
+        role's group, each takes a contiguous share, weighted by its size, and the summed gradients are the
+        whole minibatch's mean gradient. One rank: all of it, weight 1."""
+        if self.placement is None:
+            return torch.arange(len(idx), device=idx.device), 1.0
+        member, size = self.placement.member(role)
+        shares = torch.arange(len(idx), device=idx.device).tensor_split(size)
+        return shares[member], len(shares[member]) / max(len(idx), 1)
+
+    @property
+    def placement(self) -> Any:
+        """The :class:`~lit_rl.distributed.ActorCriticPlacement` strategy, when training runs under it."""
+        from lit_rl.distributed.placement import ActorCriticPlacement
+
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        return strategy if isinstance(strategy, ActorCriticPlacement) else None
+
+    def optimizer_role(self, optimizer: Any) -> str:
+        """``actor`` or ``critic``: whose optimizer this is."""
+        optimizers = [getattr(o, "optimizer", o) for o in self.trainer.optimizers]
+        return "actor" if getattr(optimizer, "optimizer", optimizer) is optimizers[0] else "critic"
 
     def combine(self, *terms: Tensor) -> Any:
         """The sum of loss terms that share the trunk, or the terms themselves for gradient surgery."""
@@ -385,6 +428,9 @@ class PPO(L.LightningModule):
                 stats = {**stats, **self._backward_with_surgery(optimizer, terms)}
             else:
                 self.manual_backward(total)
+            if self.placement is not None:  # sum the shares of the role's ranks
+                params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+                self.placement.reduce_gradients(params, self.optimizer_role(optimizer))
             if max_grad_norm is not None:
                 self.clip_gradients(optimizer, gradient_clip_val=max_grad_norm, gradient_clip_algorithm="norm")
             optimizer.step()
@@ -483,7 +529,12 @@ class PPO(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["env_steps"] = self.env_steps
-        checkpoint["shuffle_generators"] = {role: g.get_state() for role, g in self.generators.items()}
+        generators = {role: g.get_state() for role, g in self.generators.items()}
+        if self.placement:  # each role's stream as the role's first rank has drawn it
+            generators = {role: self.placement.from_role(generators, "critic" if role == "critic" else "actor").get(role)
+                          for role in ("actor", "critic", "aux")}
+            generators = {role: state for role, state in generators.items() if state is not None}
+        checkpoint["shuffle_generators"] = generators
         np_state = np.random.get_state()
         checkpoint["rng_states"] = {
             "torch": torch.get_rng_state(),

@@ -39,9 +39,9 @@ class RolloutDataModule(L.LightningDataModule):
         env_id: A registered gymnasium id; ``module:Name-v0`` imports ``module`` to register it.
         env_kwargs: Keyword arguments for ``gymnasium.make_vec`` / the env constructor.
         num_envs: Parallel environments per process.
-        num_steps: Steps per env in one rollout; a rollout has ``num_envs * num_steps`` env steps.
-        total_timesteps: The env-step budget. Training stops exactly there: the last rollout is shorter
-            when the budget is not a multiple of ``num_envs * num_steps``.
+        num_steps: Steps per env in one rollout; a rollout has ``num_envs * num_steps`` env steps per process.
+        total_timesteps: The env-step budget, over all processes. Training stops exactly there: the last
+            rollout is shorter when the budget is not a multiple of the steps of one iteration.
         seed: Env ``i`` of rank ``r`` is seeded with ``seed + r * num_envs + i``; also the run's torch seed.
         vectorization_mode: ``sync``, ``async`` (one process per env), ``vector_entry_point`` (the env's
             native vectorized implementation) or ``auto`` (native where the env registers one, else sync).
@@ -118,6 +118,11 @@ class RolloutDataModule(L.LightningDataModule):
     def rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0
 
+    @property
+    def world_size(self) -> int:
+        """Processes that collect; each steps ``num_envs`` envs, and ``total_timesteps`` counts them all."""
+        return self.trainer.world_size if self.trainer is not None else 1
+
     def make_envs(self, num_envs: int, training: bool, video_folder: Optional[str] = None) -> gym.vector.VectorEnv:
         """Builds the wrapped vector env. Nothing is reset or stepped here."""
         hp = self.hparams
@@ -169,6 +174,11 @@ class RolloutDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         from lit_rl.nets import check_spaces
 
+        if stage == "fit" and self.total_timesteps % (self.num_envs * self.world_size):
+            raise ConfigError(
+                f"data.total_timesteps: {self.total_timesteps} is not a multiple of data.num_envs x processes = "
+                f"{self.num_envs} x {self.world_size}, so the run could not stop exactly at the budget."
+            )
         if stage == "fit" and self.collector is None:
             self.collector = Collector(self.make_envs(self.num_envs, training=True),
                                        env_offset=self.rank * self.num_envs, noise_seed=self.seed)
@@ -196,7 +206,8 @@ class RolloutDataModule(L.LightningDataModule):
     # ----------------------------------------------------------------- rollouts
     @property
     def steps_per_iteration(self) -> int:
-        return self.num_envs * self.num_steps
+        """Env steps of one iteration, over all processes."""
+        return self.num_envs * self.num_steps * self.world_size
 
     @property
     def num_iterations(self) -> int:
@@ -211,9 +222,10 @@ class RolloutDataModule(L.LightningDataModule):
         # A resumed run starts fresh episodes, seeded apart from those the run already saw.
         seed = self.seed + self.rank * self.num_envs + self.iteration * 7919
         self.collector.reset(seed)
+        envs = self.num_envs * self.world_size  # the run's envs, over all processes
         while self.env_steps < self.total_timesteps:
-            steps = min(self.num_steps, (self.total_timesteps - self.env_steps) // self.num_envs)
-            self.env_steps += steps * self.num_envs
+            steps = min(self.num_steps, (self.total_timesteps - self.env_steps) // envs)
+            self.env_steps += steps * envs
             rollout = self.collector.collect(policy, steps, env_steps=self.env_steps, iteration=self.iteration)
             self.iteration += 1
             self._stop_at_budget()
