@@ -151,10 +151,7 @@ class PPG(PPO):
         if self.phase_iteration >= hp.n_pi:  # >=: a run resumed with a smaller n_pi ends its phase now
             start = time.perf_counter()
             if hp.aux_epochs and len(self.store):
-                if self.placement:  # the aux phase reads the new critic (targets) and the new policy (pi_old)
-                    assert self.agent is not None
-                    self.placement.sync_weights({"actor": self.agent.actor_parameters(),
-                                                 "critic": self.agent.critic_parameters()})
+                self.sync_weights()  # the aux phase reads the new critic (targets) and the new policy (pi_old)
                 for key, values in self.auxiliary_phase(rollout.iteration).items():
                     stats[key] += values
                 self.aux_phases += 1
@@ -186,8 +183,8 @@ class PPG(PPO):
         for _ in range(hp.aux_epochs):
             for minibatch in self.aux_minibatches(data):
                 for role, opt, loss_fn, max_norm in steps:
-                    part, weight = self.local_part(minibatch["returns"], role)
-                    local = {key: value[part] for key, value in minibatch.items()}
+                    part, weight = self.local_part(len(minibatch["returns"]), role)
+                    local = {key: value[part] for key, value in minibatch.items()}  # views
                     step_stats = self.optimizer_step(opt, lambda: _weighted(loss_fn(local), weight), max_norm,
                                                      f"auxiliary-phase {role}")
                     for key, value in step_stats.items():

@@ -20,8 +20,8 @@ detached trunk features: the value loss never reaches the trunk.
 
 import random
 import time
-import zlib
 import warnings
+import zlib
 from collections import defaultdict
 from typing import Any, Callable, Iterator, Literal, Optional
 
@@ -36,10 +36,11 @@ from torchmetrics import MeanMetric
 from torchmetrics.functional import explained_variance
 
 from lit_rl.data.rollout import Rollout
+from lit_rl.distributed.placement import ActorCriticPlacement
 from lit_rl.errors import ConfigError, NonFiniteLossError
 from lit_rl.gradients import pcgrad
 from lit_rl.losses import policy_loss, value_loss
-from lit_rl.nets import ActionDist, ActorCritic, Arch
+from lit_rl.nets import ActorCritic, Arch
 from lit_rl.returns import gae
 
 # During critic warm-up the actor's schedule advances with the run while its optimizer does not step.
@@ -263,8 +264,7 @@ class PPO(L.LightningModule):
         batch = self.prepare_batch(rollout)
         stats, info = self.update(rollout, batch)
         if self.placement:  # every rank gets the new actor and critic, and the stats of the roles it did not run
-            assert self.agent is not None
-            self.placement.sync_weights({"actor": self.agent.actor_parameters(), "critic": self.agent.critic_parameters()})
+            self.sync_weights()
             stats = self.placement.merge_stats(stats)
         for scheduler in self.lr_schedulers():
             scheduler.step()
@@ -291,6 +291,12 @@ class PPO(L.LightningModule):
             for key, values in update(batch).items():
                 stats[key] += values
         return stats, {"perf/update_time": time.perf_counter() - start}
+
+    def sync_weights(self) -> None:
+        """Under placement: every rank takes the actor from the actor's ranks and the critic from the critic's."""
+        if self.placement:
+            assert self.agent is not None
+            self.placement.sync_weights({"actor": self.agent.actor_parameters(), "critic": self.agent.critic_parameters()})
 
     def in_critic_warmup(self, iteration: int) -> bool:
         return iteration < self.hparams.critic_warmup
@@ -331,7 +337,7 @@ class PPO(L.LightningModule):
 
     def critic_loss(self, batch: dict[str, Tensor], idx: Tensor) -> tuple[Tensor, Tensor]:
         assert self.agent is not None
-        part, weight = self.local_part(idx, "critic")
+        part, weight = self.local_part(len(idx), "critic")
         idx = idx[part]
         new_values = self.agent.value(batch["obs"][idx])
         loss_value, _ = value_loss(new_values, batch["values"][idx], batch["returns"][idx], self._value_clip())
@@ -367,7 +373,7 @@ class PPO(L.LightningModule):
         advantages = batch["advantages"][idx]
         if hp.norm_adv and advantages.numel() > 1:  # over the whole minibatch, also when ranks share it
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        part, weight = self.local_part(idx, "actor")
+        part, weight = self.local_part(len(idx), "actor")
         idx, advantages = idx[part], advantages[part]
         obs = batch["obs"][idx]
         if self.agent.shares_trunk:
@@ -383,21 +389,19 @@ class PPO(L.LightningModule):
             loss = self.combine(loss, weight * hp.vf_coef * loss_value)
         return loss, {"policy_loss": loss_policy.detach(), "entropy": entropy.detach(), **stats}
 
-    def local_part(self, idx: Tensor, role: str) -> tuple[Tensor, float]:
-        """The part of a minibatch this rank computes for ``role`` and its weight: with several ranks in the
-        role's group, each takes a contiguous share, weighted by its size, and the summed gradients are the
-        whole minibatch's mean gradient. One rank: all of it, weight 1."""
+    def local_part(self, size: int, role: str) -> tuple[slice, float]:
+        """The rows of a ``size``-row minibatch this rank computes for ``role``, and their weight: with several
+        ranks in the role's group, each takes a contiguous share, weighted by its size, and the summed
+        gradients are the whole minibatch's mean gradient. One rank: all rows (a view, no copy), weight 1."""
         if self.placement is None:
-            return torch.arange(len(idx), device=idx.device), 1.0
-        member, size = self.placement.member(role)
-        shares = torch.arange(len(idx), device=idx.device).tensor_split(size)
-        return shares[member], len(shares[member]) / max(len(idx), 1)
+            return slice(None), 1.0
+        member, ranks = self.placement.member(role)
+        start, stop = member * size // ranks, (member + 1) * size // ranks
+        return slice(start, stop), (stop - start) / max(size, 1)
 
     @property
-    def placement(self) -> Any:
+    def placement(self) -> Optional[ActorCriticPlacement]:
         """The :class:`~lit_rl.distributed.ActorCriticPlacement` strategy, when training runs under it."""
-        from lit_rl.distributed.placement import ActorCriticPlacement
-
         strategy = self._trainer.strategy if self._trainer is not None else None
         return strategy if isinstance(strategy, ActorCriticPlacement) else None
 
@@ -429,8 +433,7 @@ class PPO(L.LightningModule):
             else:
                 self.manual_backward(total)
             if self.placement is not None:  # sum the shares of the role's ranks
-                params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
-                self.placement.reduce_gradients(params, self.optimizer_role(optimizer))
+                self.placement.reduce_gradients(_trainable(optimizer), self.optimizer_role(optimizer))
             if max_grad_norm is not None:
                 self.clip_gradients(optimizer, gradient_clip_val=max_grad_norm, gradient_clip_algorithm="norm")
             optimizer.step()
@@ -439,7 +442,7 @@ class PPO(L.LightningModule):
     def _backward_with_surgery(self, optimizer: Optimizer, terms: tuple[Tensor, ...]) -> dict[str, Tensor]:
         """Backward of each term apart, then PCGrad on the parameters that two or more terms reach (the
         shared trunk); a parameter one term reaches keeps that gradient, one no term reaches keeps none."""
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+        params = _trainable(optimizer)
         per_term: list[list[Optional[Tensor]]] = []
         for i, term in enumerate(terms):
             self.manual_backward(term, retain_graph=i < len(terms) - 1)
@@ -530,10 +533,10 @@ class PPO(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["env_steps"] = self.env_steps
         generators = {role: g.get_state() for role, g in self.generators.items()}
-        if self.placement:  # each role's stream as the role's first rank has drawn it
-            generators = {role: self.placement.from_role(generators, "critic" if role == "critic" else "actor").get(role)
-                          for role in ("actor", "critic", "aux")}
-            generators = {role: state for role, state in generators.items() if state is not None}
+        if self.placement:  # the critic's stream from the critic's first rank, the others from the actor's
+            by_actor, by_critic = (self.placement.from_role(generators, role) for role in ("actor", "critic"))
+            generators = {**{k: v for k, v in by_actor.items() if k != "critic"},
+                          **{k: v for k, v in by_critic.items() if k == "critic"}}
         checkpoint["shuffle_generators"] = generators
         np_state = np.random.get_state()
         checkpoint["rng_states"] = {
@@ -571,6 +574,11 @@ class PPO(L.LightningModule):
                 "Use the config the checkpoint was trained with (same data.env_id, model.arch, model.hidden_sizes), "
                 "or start without --ckpt_path."
             )
+
+
+def _trainable(optimizer: Optimizer) -> list[Tensor]:
+    """The parameters ``optimizer`` steps that the toggle left trainable."""
+    return [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
 
 
 def _constant(_: int) -> float:

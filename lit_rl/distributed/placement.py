@@ -110,17 +110,17 @@ class ActorCriticPlacement(DDPStrategy):
             dist.all_gather(parts, local.contiguous())
             joined = torch.cat(parts, 1 if key in _TIME_MAJOR else 0)
             fields[key] = joined.bool() if as_int else joined
-        episodes: list[Any] = [None] * self.world_size
-        dist.all_gather_object(episodes, (fields["episode_returns"].cpu(), fields["episode_lengths"].cpu()))
+        episodes = self.all_gather_object((fields["episode_returns"].cpu(), fields["episode_lengths"].cpu()))
         fields["episode_returns"] = torch.cat([e[0] for e in episodes]).to(rollout.episode_returns.device)
         fields["episode_lengths"] = torch.cat([e[1] for e in episodes]).to(rollout.episode_lengths.device)
-        fields["rollout_time"] = max(t for t in self._all_floats(rollout.rollout_time))
+        fields["rollout_time"] = max(self.all_gather_object(rollout.rollout_time))
         return Rollout(**fields)
 
-    def _all_floats(self, value: float) -> list[float]:
-        values: list[Any] = [None] * self.world_size
-        dist.all_gather_object(values, value)
-        return values
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """``obj`` from every rank, in rank order."""
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
 
     def reduce_gradients(self, params: list[Tensor], role: str) -> None:
         """Sums the gradients of ``params`` over ``role``'s group (the losses are pre-weighted)."""
@@ -162,10 +162,8 @@ class ActorCriticPlacement(DDPStrategy):
         if self.world_size == 1:
             return stats
         mine = {key: [float(v) for v in values] for key, values in stats.items()}
-        everyone: list[Any] = [None] * self.world_size
-        dist.all_gather_object(everyone, mine)
         merged: dict[str, list[Tensor]] = {}
-        for theirs in everyone:
+        for theirs in self.all_gather_object(mine):
             for key, values in theirs.items():
                 merged.setdefault(key, []).extend(torch.tensor(v) for v in values)
         return merged
