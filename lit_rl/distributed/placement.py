@@ -12,12 +12,15 @@ same parameters and collects the next rollout with them.
 (in the module's ``update_order``) wait for the first. The numbers are the same either way: both roles
 read the advantages computed before any update.
 
-Collectives time out after ``timeout_s`` seconds, so a dead rank ends the others with an error instead of
-a hang.
+Every collective, the strategy's own and Lightning's, is bounded: a rank that dies or stops answering
+ends the others with a :class:`~lit_rl.errors.PeerLostError` within ``timeout_s`` seconds (at once when its
+connection closes), instead of a hang.
 """
 
+import time
+from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, Literal, Optional
+from typing import Any, Iterator, Literal, Optional
 
 import torch
 import torch.distributed as dist
@@ -26,7 +29,7 @@ from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from lit_rl.data.rollout import Rollout
-from lit_rl.errors import ConfigError
+from lit_rl.errors import ConfigError, PeerLostError
 
 ROLES = ("actor", "critic")
 UpdateMode = Literal["serial", "parallel"]
@@ -41,29 +44,69 @@ class ActorCriticPlacement(DDPStrategy):
     Args:
         actor_ranks: Global ranks that train the actor; default: all.
         critic_ranks: Global ranks that train the critic; default: all. The groups may overlap.
+        actor_nodes: Instead of ``actor_ranks``: the nodes (``NODE_RANK``) whose processes train the actor.
+        critic_nodes: Instead of ``critic_ranks``: the nodes whose processes train the critic.
         update_mode: ``parallel`` or ``serial`` (see the module docstring).
-        timeout_s: Seconds a collective waits for the other ranks before it fails.
+        timeout_s: Seconds a collective waits for the other ranks before it fails. In parallel mode a rank
+            waits for the other group's update at the weight exchange, so keep it above the longest update
+            (a PPG auxiliary phase included).
         **kwargs: DDPStrategy's arguments (``process_group_backend``: ``gloo`` on CPU, ``nccl`` on GPUs).
     """
 
     strategy_name = "actor_critic_placement"
 
     def __init__(self, actor_ranks: Optional[list[int]] = None, critic_ranks: Optional[list[int]] = None,
+                 actor_nodes: Optional[list[int]] = None, critic_nodes: Optional[list[int]] = None,
                  update_mode: UpdateMode = "parallel", timeout_s: float = 300.0, **kwargs: Any) -> None:
         if update_mode not in ("serial", "parallel"):
-            raise ConfigError(f"trainer.strategy.update_mode: {update_mode!r} is not one of ['serial', 'parallel'].")
+            raise ConfigError(f"trainer.strategy.init_args.update_mode: {update_mode!r} is not one of "
+                              "['serial', 'parallel'].")
+        if not timeout_s > 0:
+            raise ConfigError(f"trainer.strategy.init_args.timeout_s: {timeout_s} must be a positive number of seconds.")
+        for role, ranks, nodes in (("actor", actor_ranks, actor_nodes), ("critic", critic_ranks, critic_nodes)):
+            if ranks is not None and nodes is not None:
+                raise ConfigError(f"trainer.strategy.init_args: {role}_ranks and {role}_nodes are both set; "
+                                  "give one of them.")
         super().__init__(timeout=timedelta(seconds=timeout_s), **kwargs)
         self.requested = {"actor": actor_ranks, "critic": critic_ranks}
+        self.requested_nodes = {"actor": actor_nodes, "critic": critic_nodes}
         self.update_mode = update_mode
+        self.timeout_s = timeout_s
         self.ranks: dict[str, list[int]] = {}
         self.groups: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ groups
     def setup_distributed(self) -> None:
-        super().setup_distributed()
-        self.ranks = self.check_ranks(self.requested, self.world_size)
+        env = self.cluster_environment
+        hint = (f"All {self.num_nodes * self.num_processes} processes (trainer.num_nodes={self.num_nodes} x "
+                f"trainer.devices={self.num_processes}) must join at {env.main_address}:{env.main_port}. On "
+                "several nodes, start the same command on every node with its NODE_RANK and the same MASTER_ADDR "
+                "and MASTER_PORT (a cluster launcher such as SLURM's srun sets them)")
+        with self.bounded("joining the process group", list(range(self.num_nodes * self.num_processes)), hint):
+            super().setup_distributed()
+        requested = self.nodes_to_ranks(self.requested, self.requested_nodes, self.num_nodes, self.num_processes)
+        self.ranks = self.check_ranks(requested, self.world_size)
         # Every rank creates every group, in the same order (torch.distributed requires it).
-        self.groups = {role: dist.new_group(self.ranks[role]) for role in ROLES}
+        with self.bounded("creating the actor and critic groups", list(range(self.world_size))):
+            self.groups = {role: dist.new_group(self.ranks[role], timeout=self._timeout) for role in ROLES}
+
+    @staticmethod
+    def nodes_to_ranks(ranks: dict[str, Optional[list[int]]], nodes: dict[str, Optional[list[int]]],
+                       num_nodes: int, per_node: int) -> dict[str, Optional[list[int]]]:
+        """``ranks``, with each role given by nodes replaced by the global ranks of those nodes' processes."""
+        out = dict(ranks)
+        for role, chosen in nodes.items():
+            if chosen is None:
+                continue
+            bad = [n for n in chosen if not 0 <= n < num_nodes]
+            if not chosen or bad:
+                raise ConfigError(
+                    f"trainer.strategy.init_args.{role}_nodes: {chosen} cannot be hosted by {num_nodes} node(s) "
+                    f"(nodes 0..{num_nodes - 1}; trainer.num_nodes). Give nodes in that range, or raise "
+                    "trainer.num_nodes."
+                )
+            out[role] = [node * per_node + local for node in chosen for local in range(per_node)]
+        return out
 
     @staticmethod
     def check_ranks(requested: dict[str, Optional[list[int]]], world_size: int) -> dict[str, list[int]]:
@@ -80,6 +123,43 @@ class ActorCriticPlacement(DDPStrategy):
                 )
             ranks[role] = chosen
         return ranks
+
+    # ------------------------------------------------------------------ bounded collectives
+    @contextmanager
+    def bounded(self, what: str, ranks: Optional[list[int]] = None, hint: Optional[str] = None) -> Iterator[None]:
+        """Turns a collective that fails (a rank died, or did not answer within ``timeout_s``) into one
+        clear :class:`PeerLostError`; ``hint`` replaces the usual advice."""
+        start = time.monotonic()
+        try:
+            yield
+        except RuntimeError as err:  # torch.distributed.DistError and gloo/nccl errors are RuntimeErrors
+            if isinstance(err, PeerLostError):
+                raise
+            ranks = list(range(self.world_size)) if ranks is None else ranks
+            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            hint = hint or ("Its own log says why; if it is only slower (a long update or PPG auxiliary phase), "
+                            "raise timeout_s")
+            raise PeerLostError(
+                f"rank {self.global_rank}: {what} with ranks {ranks} failed after {time.monotonic() - start:.1f} s: "
+                "another rank died or did not answer within trainer.strategy.init_args.timeout_s="
+                f"{self.timeout_s:g} s. {hint}. ({type(err).__name__}: {first_line})"
+            ) from err
+
+    def barrier(self, *args: Any, **kwargs: Any) -> None:
+        with self.bounded(f"barrier {args[0] if args else ''}".strip()):
+            super().barrier(*args, **kwargs)
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        with self.bounded(f"broadcast from rank {src}"):
+            return super().broadcast(obj, src)
+
+    def reduce(self, *args: Any, **kwargs: Any) -> Any:
+        with self.bounded("all-reduce"):
+            return super().reduce(*args, **kwargs)
+
+    def all_gather(self, *args: Any, **kwargs: Any) -> Tensor:
+        with self.bounded("all-gather"):
+            return super().all_gather(*args, **kwargs)
 
     @property
     def roles(self) -> list[str]:
@@ -107,7 +187,8 @@ class ActorCriticPlacement(DDPStrategy):
             as_int = tensor.dtype == torch.bool
             local = tensor.to(torch.uint8) if as_int else tensor
             parts = [torch.empty_like(local) for _ in range(self.world_size)]
-            dist.all_gather(parts, local.contiguous())
+            with self.bounded(f"gathering the rollout ({key})"):
+                dist.all_gather(parts, local.contiguous())
             joined = torch.cat(parts, 1 if key in _TIME_MAJOR else 0)
             fields[key] = joined.bool() if as_int else joined
         episodes = self.all_gather_object((fields["episode_returns"].cpu(), fields["episode_lengths"].cpu()))
@@ -119,16 +200,25 @@ class ActorCriticPlacement(DDPStrategy):
     def all_gather_object(self, obj: Any) -> list[Any]:
         """``obj`` from every rank, in rank order."""
         gathered: list[Any] = [None] * self.world_size
-        dist.all_gather_object(gathered, obj)
+        with self.bounded("all-gather of an object"):
+            dist.all_gather_object(gathered, obj)
         return gathered
 
     def reduce_gradients(self, params: list[Tensor], role: str) -> None:
-        """Sums the gradients of ``params`` over ``role``'s group (the losses are pre-weighted)."""
+        """Sums the gradients of ``params`` over ``role``'s group (the losses are pre-weighted).
+
+        A parameter the loss does not reach keeps ``grad=None`` (as with one rank), so the optimizer skips
+        it rather than stepping on a zero gradient: Adam's momentum would move it. Every rank of the group
+        runs the same loss, so all agree on which parameters have gradients.
+        """
         if self.world_size == 1 or self.group_size(role) == 1:
             return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.flatten() for g in grads])
-        dist.all_reduce(flat, group=self.groups[role])
+        params = [p for p in params if p.grad is not None]
+        if not params:
+            return
+        flat = torch.cat([p.grad.flatten() for p in params])
+        with self.bounded(f"summing the {role}'s gradients", self.ranks[role]):
+            dist.all_reduce(flat, group=self.groups[role])
         offset = 0
         for p in params:
             p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
@@ -139,7 +229,8 @@ class ActorCriticPlacement(DDPStrategy):
         if self.world_size == 1 or self.group_size(role) == 1:
             return value
         value = value.clone()
-        dist.all_reduce(value, group=self.groups[role])
+        with self.bounded(f"averaging over the {role}'s group", self.ranks[role]):
+            dist.all_reduce(value, group=self.groups[role])
         return value / self.group_size(role)
 
     def member(self, role: str) -> tuple[int, int]:
@@ -153,7 +244,8 @@ class ActorCriticPlacement(DDPStrategy):
         for role in ROLES:
             params = params_by_role[role]
             flat = parameters_to_vector([p.detach() for p in params])
-            dist.broadcast(flat, src=self.ranks[role][0])
+            with self.bounded(f"sending the {role}'s weights from rank {self.ranks[role][0]}"):
+                dist.broadcast(flat, src=self.ranks[role][0])
             with torch.no_grad():
                 vector_to_parameters(flat, params)
 
@@ -173,7 +265,8 @@ class ActorCriticPlacement(DDPStrategy):
         if self.world_size == 1:
             return obj
         box = [obj]
-        dist.broadcast_object_list(box, src=self.ranks[role][0])
+        with self.bounded(f"sending the {role}'s state from rank {self.ranks[role][0]}"):
+            dist.broadcast_object_list(box, src=self.ranks[role][0])
         return box[0]
 
     def wait_for_role(self) -> None:
