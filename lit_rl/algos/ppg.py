@@ -151,9 +151,11 @@ class PPG(PPO):
         if self.phase_iteration >= hp.n_pi:  # >=: a run resumed with a smaller n_pi ends its phase now
             start = time.perf_counter()
             if hp.aux_epochs and len(self.store):
-                self.sync_weights()  # the aux phase reads the new critic (targets) and the new policy (pi_old)
+                # The policy phase ended with the weight exchange, so every rank computes the targets with
+                # the new critic and pi_old with the new policy.
                 for key, values in self.auxiliary_phase(rollout.iteration).items():
                     stats[key] += values
+                self.sync_weights()  # the phase's wall time ends when every rank holds its result
                 self.aux_phases += 1
             self.store.clear()
             self.phase_iteration = 0

@@ -263,8 +263,7 @@ class PPO(L.LightningModule):
             rollout = self.placement.gather_rollout(rollout)
         batch = self.prepare_batch(rollout)
         stats, info = self.update(rollout, batch)
-        if self.placement:  # every rank gets the new actor and critic, and the stats of the roles it did not run
-            self.sync_weights()
+        if self.placement:  # every rank logs the stats of the roles it did not run, too
             stats = self.placement.merge_stats(stats)
         for scheduler in self.lr_schedulers():
             scheduler.step()
@@ -272,9 +271,11 @@ class PPO(L.LightningModule):
         self.log_iteration(rollout, batch, stats, info)
 
     def update(self, rollout: Rollout, batch: dict[str, Tensor]) -> tuple[Stats, dict[str, float]]:
-        """One iteration's learning: the critic's and the actor's epochs, in ``update_order``.
+        """One iteration's learning: the critic's and the actor's epochs, in ``update_order``; under placement,
+        then the weight exchange, so every rank holds the new actor and critic.
 
-        Returns the per-step stats and more metrics by name (``perf/update_time``, in seconds).
+        Returns the per-step stats and more metrics by name: ``perf/update_time`` is the wall time until
+        every rank has the new weights (in parallel mode: the slower group's update, plus the exchange).
         """
         start = time.perf_counter()
         updates: list[tuple[str, Callable[[dict[str, Tensor]], Stats]]] = [
@@ -290,6 +291,7 @@ class PPO(L.LightningModule):
                 continue  # another rank's role, or critic warm-up: the actor does not learn yet
             for key, values in update(batch).items():
                 stats[key] += values
+        self.sync_weights()
         return stats, {"perf/update_time": time.perf_counter() - start}
 
     def sync_weights(self) -> None:
