@@ -96,7 +96,8 @@ class LitRLCLI(LightningCLI):
         torch.set_num_threads(max(1, int(cfg.torch_threads)))
         model_args = cfg.model.init_args if "init_args" in cfg.model else cfg.model
         data = cfg.data
-        PPO.check_batch(data.num_envs, data.num_steps, model_args.num_minibatches)
+        PPO.check_batch(data.num_envs, data.num_steps, model_args.num_minibatches, model_args.get("recurrent"),
+                        model_args.get("bptt_length"))
         if data.normalize_reward and data.gamma != model_args.gamma:
             # With --ckpt_path, LightningCLI has replaced model.* with the checkpoint's hyperparameters.
             hint = (f" model.gamma comes from the checkpoint {cfg.ckpt_path}, so it was trained with another config: "

@@ -11,8 +11,16 @@ Three architectures:
   the trunk; the trunk learns from the actor's losses alone (in PPG, these include the aux value loss).
 
 With ``aux_head`` (PPG) the policy trunk also feeds an auxiliary value head, owned by the actor.
+
+With ``recurrent`` (``lstm`` or ``gru``) a history summarizer sits between the observation encoder and the
+trunk. ``separate`` gives the actor and the critic one each (each owned by its network's optimizer);
+``shared`` and ``detach`` have one summarizer whose state feeds both heads, owned by the actor optimizer
+like the shared trunk (in ``shared`` the value loss reaches it through the actor's step; in ``detach`` it
+never does). Every forward pass then takes a :class:`History`: observations are ``[L, B, ...]``
+sequences, the state is reset wherever an episode starts, and outputs come back flattened time-major.
 """
 
+from dataclasses import dataclass
 from typing import Literal, Optional, Sequence
 
 import gymnasium as gym
@@ -44,6 +52,63 @@ def mlp(in_dim: int, hidden_sizes: Sequence[int], activation: str) -> nn.Sequent
         layers += [layer(in_dim, size), ACTIVATIONS[activation]()]
         in_dim = size
     return nn.Sequential(*layers)
+
+
+Recurrent = Literal["lstm", "gru"]
+RECURRENT = ("lstm", "gru")
+
+
+@dataclass
+class History:
+    """What a recurrent forward pass needs besides the observations ``[L, B, ...]``.
+
+    ``starts[t, b]`` marks the first step of an episode (the state is zeroed before it), ``state`` is each
+    sequence's state before its first step (``[B, state_size]``). With ``valid`` (``[L * B]``, time-major)
+    the outputs keep only those samples. The pass leaves the state after the last step in ``final_state``.
+    """
+
+    starts: Tensor
+    state: Tensor
+    valid: Optional[Tensor] = None
+    final_state: Optional[Tensor] = None
+
+
+class Summarizer(nn.Module):
+    """An LSTM or GRU over a history of features; the state restarts from zero where an episode starts.
+
+    The state travels as one ``[B, state_size]`` tensor (an LSTM's ``h`` and ``c`` side by side). A sequence
+    is run in as few calls as its episode starts allow: one call per span between steps where some env
+    starts an episode, so a step-by-step pass (collection) and a whole-sequence pass (training) do the
+    same arithmetic.
+    """
+
+    def __init__(self, kind: str, in_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.kind, self.hidden = kind, hidden
+        self.rnn = nn.LSTM(in_dim, hidden) if kind == "lstm" else nn.GRU(in_dim, hidden)
+        for name, param in self.rnn.named_parameters():
+            if "weight" in name:
+                nn.init.orthogonal_(param, 1.0)
+            else:
+                nn.init.zeros_(param)
+        self.state_size = 2 * hidden if kind == "lstm" else hidden
+
+    def forward(self, x: Tensor, starts: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """``x [L, B, F]``, ``starts [L, B]``, ``state [B, state_size]`` -> ``(outputs [L, B, H], final state)``."""
+        L = x.shape[0]
+        cuts = [0, *(starts[1:].any(1).nonzero().flatten() + 1).tolist(), L]
+        outputs = []
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            state = state * (~starts[a]).unsqueeze(-1).to(state.dtype)
+            if self.kind == "lstm":
+                h, c = state.unsqueeze(0).chunk(2, -1)
+                y, (h, c) = self.rnn(x[a:b], (h.contiguous(), c.contiguous()))
+                state = torch.cat([h, c], -1).squeeze(0)
+            else:
+                y, h = self.rnn(x[a:b], state.unsqueeze(0).contiguous())
+                state = h.squeeze(0)
+            outputs.append(y)
+        return torch.cat(outputs), state
 
 
 class ObsEncoder(nn.Module):
@@ -244,6 +309,8 @@ class ActorCritic(nn.Module):
         arch: Arch = "separate",
         log_std_init: float = 0.0,
         aux_head: bool = False,
+        recurrent: Optional[str] = None,
+        recurrent_size: int = 128,
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
@@ -252,13 +319,32 @@ class ActorCritic(nn.Module):
             raise ConfigError(f"model.arch: {arch!r} is not one of {list(ARCHS)}.")
         if not hidden_sizes:
             raise ConfigError("model.hidden_sizes: give at least one hidden layer width, e.g. [64, 64].")
+        if recurrent is not None and recurrent not in RECURRENT:
+            raise ConfigError(f"model.recurrent: {recurrent!r} is not one of {list(RECURRENT)} (or null for none).")
+        if recurrent is not None and recurrent_size < 1:
+            raise ConfigError(f"model.recurrent_size: must be a positive integer, got {recurrent_size}.")
         self.arch = arch
         self.encoder = ObsEncoder(observation_space)
-        self.policy_trunk = mlp(self.encoder.out_dim, hidden_sizes, activation)
+        in_dim = self.encoder.out_dim
+        self.policy_memory = Summarizer(recurrent, in_dim, recurrent_size) if recurrent else None
+        self.value_memory = Summarizer(recurrent, in_dim, recurrent_size) if recurrent and arch == "separate" else None
+        in_dim = recurrent_size if recurrent else in_dim
+        self.policy_trunk = mlp(in_dim, hidden_sizes, activation)
         self.policy_head = PolicyHead(hidden_sizes[-1], action_space, log_std_init)
         self.aux_value_head = layer(hidden_sizes[-1], 1, gain=1.0) if aux_head else None
-        self.value_trunk = mlp(self.encoder.out_dim, hidden_sizes, activation) if arch == "separate" else None
+        self.value_trunk = mlp(in_dim, hidden_sizes, activation) if arch == "separate" else None
         self.value_head = layer(hidden_sizes[-1], 1, gain=1.0)
+        # The state layout: [policy summarizer's | value summarizer's].
+        self.policy_state = self.policy_memory.state_size if self.policy_memory is not None else 0
+        self.state_size = self.policy_state + (self.value_memory.state_size if self.value_memory is not None else 0)
+
+    @property
+    def recurrent(self) -> bool:
+        return self.policy_memory is not None
+
+    def initial_state(self, batch: int, device: Optional[torch.device] = None) -> Tensor:
+        """The state before any step: zeros, ``[batch, state_size]``."""
+        return torch.zeros(batch, self.state_size, device=device)
 
     @property
     def shares_trunk(self) -> bool:
@@ -268,40 +354,82 @@ class ActorCritic(nn.Module):
     def actor_parameters(self) -> list[nn.Parameter]:
         """What the actor optimizer owns: policy trunk, policy head, aux value head (in ``shared`` and
         ``detach``, the one trunk too)."""
+        memory = list(self.policy_memory.parameters()) if self.policy_memory is not None else []
         aux = list(self.aux_value_head.parameters()) if self.aux_value_head is not None else []
-        return [*self.policy_trunk.parameters(), *self.policy_head.parameters(), *aux]
+        return [*memory, *self.policy_trunk.parameters(), *self.policy_head.parameters(), *aux]
 
     def critic_parameters(self) -> list[nn.Parameter]:
-        """What the critic optimizer owns: value trunk and head (in ``shared``/``detach``, the value head alone)."""
+        """What the critic optimizer owns: value summarizer, trunk and head (in ``shared``/``detach``, the
+        value head alone)."""
+        memory = list(self.value_memory.parameters()) if self.value_memory is not None else []
         trunk = list(self.value_trunk.parameters()) if self.value_trunk is not None else []
-        return [*trunk, *self.value_head.parameters()]
+        return [*memory, *trunk, *self.value_head.parameters()]
 
-    def _value_features(self, x: Tensor, policy_features: Tensor | None = None) -> Tensor:
-        if self.value_trunk is not None:
-            return self.value_trunk(x)
-        features = policy_features if policy_features is not None else self.policy_trunk(x)
-        return features.detach() if self.arch == "detach" else features
+    # ------------------------------------------------------------------ passes
+    def _encode(self, obs: Tensor, history: Optional[History]) -> Tensor:
+        if self.recurrent and history is None:
+            raise RuntimeError("a recurrent ActorCritic needs a History with every pass")
+        return self.encoder(obs.flatten(0, 1) if history is not None else obs)
 
-    def dist(self, obs: Tensor) -> ActionDist:
-        return self.policy_head(self.policy_trunk(self.encoder(obs)))
+    def _summarize(self, memory: Optional[Summarizer], x: Tensor, history: Optional[History],
+                   part: slice, states: list[Tensor]) -> Tensor:
+        if memory is None or history is None:
+            return x
+        L, B = history.starts.shape
+        y, state = memory(x.view(L, B, -1), history.starts, history.state[:, part])
+        states.append(state)
+        return y.flatten(0, 1)
 
-    def value(self, obs: Tensor) -> Tensor:
-        return self.value_head(self._value_features(self.encoder(obs))).squeeze(-1)
+    def _features(self, obs: Tensor, history: Optional[History], policy: bool, value: bool
+                  ) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        """Policy and value features (each only when asked for), for the valid samples; the final state
+        goes to ``history.final_state`` when both summarizers ran."""
+        x = self._encode(obs, history)
+        states: list[Tensor] = []
+        policy_features = None
+        if policy or self.value_trunk is None:  # shared/detach: the value head reads the policy trunk
+            policy_features = self.policy_trunk(self._summarize(self.policy_memory, x, history,
+                                                                slice(0, self.policy_state), states))
+        value_features = None
+        if value:
+            if self.value_trunk is not None:
+                value_features = self.value_trunk(self._summarize(self.value_memory, x, history,
+                                                                  slice(self.policy_state, None), states))
+            else:
+                assert policy_features is not None
+                value_features = policy_features.detach() if self.arch == "detach" else policy_features
+        if history is not None:
+            if self.recurrent and len(states) == (2 if self.value_memory is not None else 1):
+                history.final_state = torch.cat(states, -1)
+            if history.valid is not None:
+                policy_features = policy_features[history.valid] if policy_features is not None else None
+                value_features = value_features[history.valid] if value_features is not None else None
+        return policy_features, value_features
 
-    def forward(self, obs: Tensor) -> tuple[ActionDist, Tensor]:
-        x = self.encoder(obs)
-        features = self.policy_trunk(x)
-        value = self.value_head(self._value_features(x, features)).squeeze(-1)
-        return self.policy_head(features), value
+    def dist(self, obs: Tensor, history: Optional[History] = None) -> ActionDist:
+        features, _ = self._features(obs, history, policy=True, value=False)
+        assert features is not None
+        return self.policy_head(features)
 
-    def forward_aux(self, obs: Tensor, with_value: bool = True) -> tuple[ActionDist, Tensor, Optional[Tensor]]:
+    def value(self, obs: Tensor, history: Optional[History] = None) -> Tensor:
+        _, features = self._features(obs, history, policy=False, value=True)
+        assert features is not None
+        return self.value_head(features).squeeze(-1)
+
+    def forward(self, obs: Tensor, history: Optional[History] = None) -> tuple[ActionDist, Tensor]:
+        policy_features, value_features = self._features(obs, history, policy=True, value=True)
+        assert policy_features is not None and value_features is not None
+        return self.policy_head(policy_features), self.value_head(value_features).squeeze(-1)
+
+    def forward_aux(self, obs: Tensor, with_value: bool = True, history: Optional[History] = None
+                    ) -> tuple[ActionDist, Tensor, Optional[Tensor]]:
         """``(policy, aux value, value or None)`` in one pass: what PPG's auxiliary phase reads."""
         if self.aux_value_head is None:
             raise RuntimeError("this ActorCritic was built without aux_head")
-        x = self.encoder(obs)
-        features = self.policy_trunk(x)
-        value = self.value_head(self._value_features(x, features)).squeeze(-1) if with_value else None
-        return self.policy_head(features), self.aux_value_head(features).squeeze(-1), value
+        policy_features, value_features = self._features(obs, history, policy=True, value=with_value)
+        assert policy_features is not None
+        value = self.value_head(value_features).squeeze(-1) if value_features is not None else None
+        return self.policy_head(policy_features), self.aux_value_head(policy_features).squeeze(-1), value
 
 
 def noise_dim(space: gym.Space) -> int:

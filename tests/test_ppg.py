@@ -266,7 +266,7 @@ def test_store_keeps_what_the_formula_says_and_big_settings_are_refused(tmp_path
         PPG(n_pi=10**9).check_memory(4, 32, OBS, gym.spaces.Discrete(2))
     image = gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
     samples, frame = 32 * 8 * 256, 64 * 64 * 3
-    store = 32 * (8 * 256 * (frame + 7) + 8 * frame)
+    store = 32 * (8 * 256 * (frame + 8) + 8 * (frame + 1))  # obs, reward, 4 flags; last obs and start
     minibatch = samples // 16 * (frame + 4 * frame)
     assert PPG(n_pi=32, aux_num_minibatches=16).check_memory(8, 256, image, gym.spaces.Discrete(15)) == (
         2 * store + samples * (4 + 4 * 15) + minibatch)

@@ -33,7 +33,7 @@ collected since the resume.
 
 import time
 from collections import defaultdict
-from typing import Any, Callable, Iterator, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import torch
 from torch import Tensor
@@ -42,6 +42,7 @@ from lit_rl.algos.ppo import PPO, Stats
 from lit_rl.data.rollout import Rollout
 from lit_rl.data.store import FORWARD_CHUNK, RolloutStore, available_memory, format_bytes, pad_time
 from lit_rl.errors import ConfigError
+from lit_rl.nets import History
 from lit_rl.returns import gae
 
 PPGArch = Literal["dual", "shared", "detach"]
@@ -94,6 +95,9 @@ class PPG(PPO):
                 raise ConfigError(f"model.{key}: must be an integer >= {low}, got {value}.")
         if beta_clone < 0:
             raise ConfigError(f"model.beta_clone: must be >= 0, got {beta_clone}.")
+        if kwargs.get("recurrent") is not None and aux_minibatch != "sequences":
+            raise ConfigError("model.aux_minibatch: a recurrent PPG (model.recurrent set) trains on whole sequences; "
+                              "set aux_minibatch=sequences.")
         if not 0 < aux_memory_fraction <= 1:
             raise ConfigError(f"model.aux_memory_fraction: must lie in (0, 1], got {aux_memory_fraction}.")
         self.store = RolloutStore()
@@ -106,8 +110,9 @@ class PPG(PPO):
         super().setup(stage)
         datamodule = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and datamodule is not None and self.hparams.aux_epochs:
-            self.check_minibatches(datamodule.num_envs)
-            self.check_memory(datamodule.num_envs, datamodule.num_steps, datamodule.single_observation_space,
+            envs = datamodule.num_envs * datamodule.world_size  # every process stores the gathered rollouts
+            self.check_minibatches(envs)
+            self.check_memory(envs, datamodule.num_steps, datamodule.single_observation_space,
                               datamodule.single_action_space)
 
     def check_minibatches(self, num_envs: int) -> None:
@@ -126,8 +131,11 @@ class PPG(PPO):
 
         hp = self.hparams
         dist_params = PolicyHead(1, action_space).num_params
+        # Floats of the recurrent state: an LSTM's h and c (a GRU's h), one summarizer per network in dual.
+        state_size = 0 if hp.recurrent is None else (
+            hp.recurrent_size * (2 if hp.recurrent == "lstm" else 1) * (2 if self.network_arch == "separate" else 1))
         needed = RolloutStore.estimate_bytes(hp.n_pi, num_envs, num_steps, observation_space, dist_params,
-                                             hp.aux_num_minibatches)
+                                             hp.aux_num_minibatches, state_size)
         device = self.device if self._trainer is None else self.trainer.strategy.root_device
         budget = hp.aux_memory_fraction * available_memory(device)
         if needed > budget:
@@ -181,13 +189,16 @@ class PPG(PPO):
         steps = [step for step in steps if step[0] in mine]
         if self.in_critic_warmup(iteration):
             steps = [step for step in steps if step[0] == "critic"]
+        if hp.aux_minibatch == "samples":  # single steps: the valid ones, flat
+            valid = data.pop("valid").flatten()
+            data = {key: value.flatten(0, 1)[valid] for key, value in data.items() if key != "starts"}
         stats: Stats = defaultdict(list)
         for _ in range(hp.aux_epochs):
-            for minibatch in self.aux_minibatches(data):
+            # Minibatches of whole sequences (each with its initial state, when recurrent) or of single steps.
+            for idx in self.shuffle(len(data["returns"]), "aux").chunk(hp.aux_num_minibatches):
                 for role, opt, loss_fn, max_norm in steps:
-                    part, weight = self.local_part(len(minibatch["returns"]), role)
-                    local = {key: value[part] for key, value in minibatch.items()}  # views
-                    step_stats = self.optimizer_step(opt, lambda: _weighted(loss_fn(local), weight), max_norm,
+                    mb, history, weight = self.minibatch(data, idx, role)
+                    step_stats = self.optimizer_step(opt, lambda: _weighted(loss_fn(mb, history), weight), max_norm,
                                                      f"auxiliary-phase {role}")
                     for key, value in step_stats.items():
                         stats[key].append(value)
@@ -195,8 +206,9 @@ class PPG(PPO):
 
     @torch.no_grad()
     def aux_data(self) -> dict[str, Tensor]:
-        """The stored rollouts as ``[sequences, T, ...]`` tensors (one sequence per env and rollout), with
-        value targets from the current critic and the current policy's parameters as ``old_params``."""
+        """The stored rollouts as ``[sequences, T, ...]`` tensors (one sequence per env and rollout, with its
+        ``valid`` and ``starts`` flags, and its initial ``state`` when recurrent), with value targets from the
+        current critic and the current policy's parameters as ``old_params``."""
         assert self.agent is not None
         hp = self.hparams
         length = max(r["rewards"].shape[0] for r in self.store.rollouts)
@@ -204,34 +216,33 @@ class PPG(PPO):
         for stored in self.store.rollouts:
             r = {key: t.to(self.device) for key, t in stored.items()}
             T, N = r["rewards"].shape
-            values = _chunked(self.agent.value, r["obs"].flatten(0, 1)).view(T, N)
-            next_values = torch.cat([values[1:], self.agent.value(r["last_obs"]).unsqueeze(0)])
+            if self.agent.recurrent:  # the current networks unrolled from the state stored at the rollout start
+                history = History(r["starts"], r["initial_state"])
+                dist, values = self.agent(r["obs"], history)
+                old_params = dist.params().view(T, N, -1)
+                assert history.final_state is not None
+                last = History(r["last_start"].unsqueeze(0), history.final_state)
+                last_value = self.agent.value(r["last_obs"].unsqueeze(0), last)
+                values = values.view(T, N)
+            else:
+                values = _chunked(self.agent.value, r["obs"].flatten(0, 1)).view(T, N)
+                old_params = _chunked(lambda o: self.agent.dist(o).params(), r["obs"].flatten(0, 1)).view(T, N, -1)
+                last_value = self.agent.value(r["last_obs"])
+            next_values = torch.cat([values[1:], last_value.unsqueeze(0)])
             _, returns = gae(r["rewards"], values, next_values, r["terminated"], r["truncated"], hp.gamma, hp.gae_lambda)
-            old_params = _chunked(lambda o: self.agent.dist(o).params(), r["obs"].flatten(0, 1)).view(T, N, -1)
             for key, value in (("obs", r["obs"]), ("returns", returns), ("old_params", old_params),
-                               ("valid", r["valid"])):
+                               ("valid", r["valid"]), ("starts", r["starts"])):
                 # Time-major [T, N, ...] -> [N, T, ...] sequences; a shorter last rollout is padded as invalid.
-                fields[key].append(pad_time(value, length, False if key == "valid" else 0).transpose(0, 1))
+                fields[key].append(pad_time(value, length, False if value.dtype == torch.bool else 0).transpose(0, 1))
+            if self.agent.recurrent:
+                fields["state"].append(r["initial_state"])
         self.store.clear()
         return {key: torch.cat(parts) for key, parts in fields.items()}
 
-    def aux_minibatches(self, data: dict[str, Tensor]) -> Iterator[dict[str, Tensor]]:
-        """One epoch of minibatches of valid samples, drawn as whole sequences or as single steps."""
-        n = self.hparams.aux_num_minibatches
-        if self.hparams.aux_minibatch == "sequences":
-            for idx in self.shuffle(len(data["valid"]), "aux").chunk(n):
-                valid = data["valid"][idx].flatten()
-                yield {key: value[idx].flatten(0, 1)[valid] for key, value in data.items() if key != "valid"}
-        else:
-            valid = data["valid"].flatten()
-            flat = {key: value.flatten(0, 1)[valid] for key, value in data.items() if key != "valid"}
-            for idx in self.shuffle(int(valid.sum()), "aux").chunk(n):
-                yield {key: value[idx] for key, value in flat.items()}
-
-    def aux_actor_loss(self, mb: dict[str, Tensor]) -> tuple[Any, dict[str, Tensor]]:
+    def aux_actor_loss(self, mb: dict[str, Tensor], history: Optional[History] = None) -> tuple[Any, dict[str, Tensor]]:
         """``L_joint = L_aux + beta_clone * KL(pi_old || pi)`` (+ the value head's loss on a shared trunk)."""
         assert self.agent is not None
-        dist, aux_values, values = self.agent.forward_aux(mb["obs"], with_value=self.agent.shares_trunk)
+        dist, aux_values, values = self.agent.forward_aux(mb["obs"], self.agent.shares_trunk, history)
         pi_old = self.agent.policy_head.from_params(mb["old_params"])
         bc_kl = pi_old.kl(dist).mean()
         loss_aux = 0.5 * (aux_values - mb["returns"]).pow(2).mean()
@@ -240,10 +251,10 @@ class PPG(PPO):
             loss = self.combine(loss, 0.5 * (values - mb["returns"]).pow(2).mean())
         return loss, {"aux_value_loss": loss_aux.detach(), "bc_kl": bc_kl.detach()}
 
-    def aux_critic_loss(self, mb: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    def aux_critic_loss(self, mb: dict[str, Tensor], history: Optional[History] = None) -> tuple[Tensor, dict[str, Tensor]]:
         """``L_value``: the value network's squared error on the recomputed targets."""
         assert self.agent is not None
-        loss = 0.5 * (self.agent.value(mb["obs"]) - mb["returns"]).pow(2).mean()
+        loss = 0.5 * (self.agent.value(mb["obs"], history) - mb["returns"]).pow(2).mean()
         return loss, {"aux_phase_value_loss": loss.detach()}
 
     # ------------------------------------------------------------------ checkpoints

@@ -36,11 +36,12 @@ from torchmetrics import MeanMetric
 from torchmetrics.functional import explained_variance
 
 from lit_rl.data.rollout import Rollout
+from lit_rl.data.store import pad_time
 from lit_rl.distributed.placement import ActorCriticPlacement
 from lit_rl.errors import ConfigError, NonFiniteLossError
 from lit_rl.gradients import pcgrad
 from lit_rl.losses import policy_loss, value_loss
-from lit_rl.nets import ActorCritic, Arch
+from lit_rl.nets import RECURRENT, ActorCritic, Arch, History, Recurrent
 from lit_rl.returns import gae
 
 # During critic warm-up the actor's schedule advances with the run while its optimizer does not step.
@@ -96,6 +97,12 @@ class PPO(L.LightningModule):
         critic_warmup: Iterations at the start in which only the critic learns.
         gradient_surgery: ``pcgrad`` projects away the conflicting parts of the policy and value
             gradients on a ``shared`` trunk (Yu et al. 2020); ``none`` adds them as weighted.
+        recurrent: ``lstm`` or ``gru``: a history summarizer before the trunk(s), one per network in
+            ``separate``, one shared (owned by the actor optimizer) in ``shared``/``detach``. Null: none.
+        recurrent_size: Hidden width of the summarizer.
+        bptt_length: Steps per training sequence: rollouts are cut into chunks of this length, each
+            starting from the state the pre-update networks reach there (truncated BPTT). Null: whole
+            rollouts. Minibatches are made of whole chunks, never of shuffled single steps.
     """
 
     # Per-iteration training metrics (logged as ``train/<name>``); stable, so dashboards and tests can rely on them.
@@ -131,6 +138,9 @@ class PPO(L.LightningModule):
         update_order: UpdateOrder = "critic_first",
         critic_warmup: int = 0,
         gradient_surgery: GradientSurgery = "none",
+        recurrent: Optional[Recurrent] = None,
+        recurrent_size: int = 128,
+        bptt_length: Optional[int] = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["actor_optimizer", "critic_optimizer", "actor_scheduler", "critic_scheduler"])
@@ -174,6 +184,12 @@ class PPO(L.LightningModule):
                 lr = group.get("lr", 1.0)
                 if not (isinstance(lr, (int, float)) and lr > 0) and not (isinstance(lr, Tensor) and lr.item() > 0):
                     raise ConfigError(f"model.{key}: the learning rate (init_args.lr) must be > 0, got {lr}.")
+        if hp.bptt_length is not None and hp.bptt_length < 1:
+            raise ConfigError(f"model.bptt_length: must be a positive integer or null, got {hp.bptt_length}.")
+        if hp.recurrent is not None and hp.recurrent not in RECURRENT:
+            raise ConfigError(f"model.recurrent: {hp.recurrent!r} is not one of {list(RECURRENT)} (or null for none).")
+        if hp.recurrent is not None and hp.recurrent_size < 1:
+            raise ConfigError(f"model.recurrent_size: must be a positive integer, got {hp.recurrent_size}.")
         if hp.gradient_surgery != "none" and self.network_arch != "shared":
             raise ConfigError(
                 f"model.gradient_surgery: {hp.gradient_surgery!r} only acts where two losses share a trunk; with "
@@ -181,8 +197,23 @@ class PPO(L.LightningModule):
             )
 
     @staticmethod
-    def check_batch(num_envs: int, num_steps: int, num_minibatches: int) -> None:
-        """A rollout of ``num_envs * num_steps`` samples must split into ``num_minibatches`` equal parts."""
+    def check_batch(num_envs: int, num_steps: int, num_minibatches: int, recurrent: Optional[str] = None,
+                    bptt_length: Optional[int] = None) -> None:
+        """A rollout of ``num_envs * num_steps`` samples (recurrent: of ``num_envs * num_steps / bptt_length``
+        sequences) must split into ``num_minibatches`` equal parts."""
+        if recurrent is not None:
+            length = bptt_length or num_steps
+            if num_steps % length:
+                raise ConfigError(f"model.bptt_length: data.num_steps={num_steps} is not a multiple of "
+                                  f"bptt_length={length}; pick a divisor of num_steps, or null for whole rollouts.")
+            units = num_envs * (num_steps // length)
+            if units % num_minibatches:
+                raise ConfigError(
+                    f"model.num_minibatches: a recurrent rollout has data.num_envs * data.num_steps / bptt_length "
+                    f"= {units} sequences, which do not split into {num_minibatches} equal minibatches; pick one of "
+                    f"{[d for d in range(1, units + 1) if units % d == 0][:16]}, or change bptt_length or num_envs."
+                )
+            return
         batch = num_envs * num_steps
         if batch % num_minibatches:
             divisors = [d for d in range(1, min(batch, 64) + 1) if batch % d == 0]
@@ -198,7 +229,8 @@ class PPO(L.LightningModule):
         if self.agent is None:
             hp = self.hparams
             self.agent = ActorCritic(observation_space, action_space, hp.hidden_sizes, hp.activation, self.network_arch,
-                                     hp.log_std_init, aux_head=self.uses_aux_head)
+                                     hp.log_std_init, aux_head=self.uses_aux_head, recurrent=hp.recurrent,
+                                     recurrent_size=hp.recurrent_size)
 
     def configure_model(self) -> None:
         datamodule = self.trainer.datamodule
@@ -211,7 +243,16 @@ class PPO(L.LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and datamodule is not None:
-            self.check_batch(datamodule.num_envs * datamodule.world_size, datamodule.num_steps, self.hparams.num_minibatches)
+            hp = self.hparams
+            self.check_batch(datamodule.num_envs * datamodule.world_size, datamodule.num_steps, hp.num_minibatches,
+                             hp.recurrent, hp.bptt_length)
+            placement = self.placement
+            if placement is not None and hp.gradient_surgery != "none" and placement.group_size("actor") > 1:
+                raise ConfigError(
+                    f"model.gradient_surgery: {hp.gradient_surgery!r} is not linear, so it cannot be split over the "
+                    f"{placement.group_size('actor')} ranks of the actor group (trainer.strategy.init_args.actor_ranks). "
+                    "Give the actor one rank, or set gradient_surgery=none."
+                )
         if stage == "fit":
             self.shuffle_seed = int(getattr(datamodule, "seed", 0))
             self.generators = {}
@@ -238,11 +279,13 @@ class PPO(L.LightningModule):
 
     # ------------------------------------------------------------------ acting
     @torch.inference_mode()
-    def act(self, obs: Tensor, deterministic: bool = False, noise: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+    def act(self, obs: Tensor, deterministic: bool = False, noise: Optional[Tensor] = None,
+            history: Optional[History] = None) -> tuple[Tensor, Tensor, Tensor]:
         """Actions, their log-probs and the state values for a batch of observations. Actions are the
-        mode, or drawn with ``noise`` (uniform, a row per observation), or sampled."""
+        mode, or drawn with ``noise`` (uniform, a row per observation), or sampled. A recurrent policy
+        takes one step of ``history`` and leaves its new state in ``history.final_state``."""
         assert self.agent is not None
-        dist, value = self.agent(obs)
+        dist, value = self.agent(obs.unsqueeze(0) if history is not None else obs, history)
         if deterministic:
             action = dist.mode()
         else:
@@ -250,9 +293,14 @@ class PPO(L.LightningModule):
         return action, dist.log_prob(action), value
 
     @torch.inference_mode()
-    def value(self, obs: Tensor) -> Tensor:
+    def value(self, obs: Tensor, history: Optional[History] = None) -> Tensor:
         assert self.agent is not None
-        return self.agent.value(obs)
+        return self.agent.value(obs.unsqueeze(0) if history is not None else obs, history)
+
+    def initial_state(self, batch: int) -> Optional[Tensor]:
+        """The recurrent state before any step (None without a summarizer)."""
+        assert self.agent is not None
+        return self.agent.initial_state(batch, self.device) if self.agent.recurrent else None
 
     # ------------------------------------------------------------------ learning
     def training_step(self, dataloader_iter: Iterator) -> None:
@@ -308,10 +356,39 @@ class PPO(L.LightningModule):
         hp = self.hparams
         advantages, returns = gae(rollout.rewards, rollout.values, rollout.next_values, rollout.terminated,
                                   rollout.truncated, hp.gamma, hp.gae_lambda)
-        valid = rollout.valid.flatten()
         fields = {"obs": rollout.obs, "actions": rollout.actions, "logprobs": rollout.logprobs,
                   "values": rollout.values, "advantages": advantages, "returns": returns}
+        assert self.agent is not None
+        if self.agent.recurrent:
+            assert rollout.initial_state is not None
+            length = self.hparams.bptt_length or rollout.num_steps
+            return self.sequences({**fields, "valid": rollout.valid, "starts": rollout.starts},
+                                  rollout.initial_state, length)
+        valid = rollout.valid.flatten()
         return {key: value.flatten(0, 1)[valid] for key, value in fields.items()}
+
+    @torch.no_grad()
+    def sequences(self, fields: dict[str, Tensor], initial_state: Tensor, length: int) -> dict[str, Tensor]:
+        """``[T, N, ...]`` fields cut into ``[N * ceil(T / length), length, ...]`` sequences (env-major within
+        each chunk of time; a short last chunk padded as invalid), with ``state``: each sequence's initial
+        state, as the current networks reach it from ``initial_state`` (for the first chunk, that one)."""
+        assert self.agent is not None
+        T, N = fields["valid"].shape
+        chunks = -(-T // length)
+        padded = {key: pad_time(value, chunks * length, False if value.dtype == torch.bool else 0)
+                  for key, value in fields.items()}
+        states, state = [], initial_state
+        for k in range(chunks):
+            states.append(state)
+            if k + 1 < chunks:  # run this chunk to get the next one's state
+                history = History(padded["starts"][k * length:(k + 1) * length], state)
+                self.agent(padded["obs"][k * length:(k + 1) * length], history)
+                assert history.final_state is not None
+                state = history.final_state
+        out = {key: value.view(chunks, length, N, *value.shape[2:]).transpose(1, 2).flatten(0, 1)
+               for key, value in padded.items()}
+        out["state"] = torch.stack(states).flatten(0, 1)
+        return out
 
     def minibatches(self, size: int, epochs: int, role: str) -> Iterator[tuple[int, Tensor]]:
         """``(epoch, indices)`` for ``epochs`` shuffled passes of ``num_minibatches`` minibatches each."""
@@ -339,10 +416,9 @@ class PPO(L.LightningModule):
 
     def critic_loss(self, batch: dict[str, Tensor], idx: Tensor) -> tuple[Tensor, Tensor]:
         assert self.agent is not None
-        part, weight = self.local_part(len(idx), "critic")
-        idx = idx[part]
-        new_values = self.agent.value(batch["obs"][idx])
-        loss_value, _ = value_loss(new_values, batch["values"][idx], batch["returns"][idx], self._value_clip())
+        mb, history, weight = self.minibatch(batch, idx, "critic")
+        new_values = self.agent.value(mb["obs"], history)
+        loss_value, _ = value_loss(new_values, mb["values"], mb["returns"], self._value_clip())
         return weight * self.hparams.vf_coef * loss_value, loss_value.detach()
 
     def update_actor(self, batch: dict[str, Tensor]) -> Stats:
@@ -372,24 +448,49 @@ class PPO(L.LightningModule):
         """
         assert self.agent is not None
         hp = self.hparams
-        advantages = batch["advantages"][idx]
-        if hp.norm_adv and advantages.numel() > 1:  # over the whole minibatch, also when ranks share it
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        part, weight = self.local_part(len(idx), "actor")
-        idx, advantages = idx[part], advantages[part]
-        obs = batch["obs"][idx]
+        mb, history, weight = self.minibatch(batch, idx, "actor")
+        advantages = mb["advantages"]
+        whole = batch["advantages"][idx]  # normalized over the whole minibatch, also when ranks share it
+        whole = whole[batch["valid"][idx]] if "valid" in batch else whole
+        if hp.norm_adv and whole.numel() > 1:
+            advantages = (advantages - whole.mean()) / (whole.std() + 1e-8)
         if self.agent.shares_trunk:
-            dist, new_values = self.agent(obs)
+            dist, new_values = self.agent(mb["obs"], history)
         else:
-            dist, new_values = self.agent.dist(obs), None
-        loss_policy, stats = policy_loss(dist.log_prob(batch["actions"][idx]), batch["logprobs"][idx], advantages,
-                                         hp.clip_coef)
+            dist, new_values = self.agent.dist(mb["obs"], history), None
+        loss_policy, stats = policy_loss(dist.log_prob(mb["actions"]), mb["logprobs"], advantages, hp.clip_coef)
         entropy = dist.entropy().mean()
         loss = weight * (loss_policy - hp.ent_coef * entropy)
         if new_values is not None:
-            loss_value, _ = value_loss(new_values, batch["values"][idx], batch["returns"][idx], self._value_clip())
+            loss_value, _ = value_loss(new_values, mb["values"], mb["returns"], self._value_clip())
             loss = self.combine(loss, weight * hp.vf_coef * loss_value)
         return loss, {"policy_loss": loss_policy.detach(), "entropy": entropy.detach(), **stats}
+
+    def minibatch(self, batch: dict[str, Tensor], idx: Tensor, role: str
+                  ) -> tuple[dict[str, Tensor], Optional[History], float]:
+        """This rank's share of minibatch ``idx`` for ``role``: its valid samples as flat tensors, the
+        :class:`History` a recurrent pass needs (then ``obs`` stays ``[L, B, ...]``), and the share's weight
+        (its fraction of the minibatch's valid samples).
+
+        ``batch`` holds flat samples, or sequences (``[U, L, ...]`` with ``valid`` and ``starts``; a
+        recurrent batch also has each sequence's initial ``state``); ``idx`` picks rows of it.
+        """
+        assert self.agent is not None
+        if "valid" not in batch:
+            part, weight = self.local_part(len(idx), role)
+            return {key: value[idx[part]] for key, value in batch.items()}, None, weight
+        counts = batch["valid"][idx].sum(1)
+        part, _ = self.local_part(len(idx), role)
+        weight = float(counts[part].sum() / counts.sum().clamp(min=1))
+        idx = idx[part]
+        seq = {key: value[idx].transpose(0, 1) for key, value in batch.items() if key != "state"}  # [L, B, ...]
+        valid, starts = seq.pop("valid").flatten(), seq.pop("starts", None)
+        mb = {key: value.flatten(0, 1)[valid] for key, value in seq.items()}
+        if not self.agent.recurrent:
+            return mb, None, weight
+        assert starts is not None
+        mb["obs"] = seq["obs"]
+        return mb, History(starts, batch["state"][idx], valid), weight
 
     def local_part(self, size: int, role: str) -> tuple[slice, float]:
         """The rows of a ``size``-row minibatch this rank computes for ``role``, and their weight: with several
@@ -427,7 +528,9 @@ class PPO(L.LightningModule):
             loss, stats = loss_fn()
             terms = loss if isinstance(loss, tuple) else (loss,)
             total = sum(terms)
-            if not torch.isfinite(total):
+            finite = bool(torch.isfinite(total))
+            group = self.placement.group_size(self.optimizer_role(optimizer)) if self.placement is not None else 1
+            if not finite and group == 1:
                 raise NonFiniteLossError(self._non_finite_message(role, total))
             optimizer.zero_grad(set_to_none=True)
             if len(terms) > 1:
@@ -435,7 +538,10 @@ class PPO(L.LightningModule):
             else:
                 self.manual_backward(total)
             if self.placement is not None:  # sum the shares of the role's ranks
-                self.placement.reduce_gradients(_trainable(optimizer), self.optimizer_role(optimizer))
+                # A non-finite share makes the sum non-finite on every rank of the group: all stop together.
+                summed_finite = self.placement.reduce_gradients(_trainable(optimizer), self.optimizer_role(optimizer))
+                if not (finite and summed_finite):
+                    raise NonFiniteLossError(self._non_finite_message(role, total))
             if max_grad_norm is not None:
                 self.clip_gradients(optimizer, gradient_clip_val=max_grad_norm, gradient_clip_algorithm="norm")
             optimizer.step()
@@ -494,7 +600,10 @@ class PPO(L.LightningModule):
                 self.metrics[name].update(values)
                 metrics[f"train/{name}"] = self.metrics[name].compute()
                 self.metrics[name].reset()
-        metrics["train/explained_variance"] = explained_variance(batch["values"], batch["returns"])
+        values, returns = batch["values"], batch["returns"]
+        if "valid" in batch:  # sequences: their valid samples
+            values, returns = values[batch["valid"]], returns[batch["valid"]]
+        metrics["train/explained_variance"] = explained_variance(values, returns)
         metrics["train/actor_updates"] = float(len(stats.get("policy_loss", [])))
         for role, opt in zip(("actor", "critic"), self.optimizers()):
             metrics[f"train/lr_{role}"] = opt.param_groups[0]["lr"]

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from lit_rl.data.rollout import Rollout
-from lit_rl.nets import noise_dim
+from lit_rl.nets import History, noise_dim
 
 
 class Policy(Protocol):
@@ -18,12 +18,18 @@ class Policy(Protocol):
     @property
     def device(self) -> torch.device: ...
 
-    def act(self, obs: Tensor, deterministic: bool = False, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def act(self, obs: Tensor, deterministic: bool = False, noise: Tensor | None = None,
+            history: History | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Returns ``(actions, logprobs, values)`` for a batch of observations; actions are drawn with
-        ``noise`` (uniform, one row per observation) when it is given."""
+        ``noise`` (uniform, one row per observation) when it is given. A recurrent policy takes one step
+        of its ``history`` and leaves the new state in ``history.final_state``."""
         ...
 
-    def value(self, obs: Tensor) -> Tensor: ...
+    def value(self, obs: Tensor, history: History | None = None) -> Tensor: ...
+
+    def initial_state(self, batch: int) -> Tensor | None:
+        """A recurrent policy's state before any step (``[batch, S]``); None for a feed-forward one."""
+        ...
 
 
 class Collector:
@@ -43,11 +49,16 @@ class Collector:
         self.noise_dim = noise_dim(envs.single_action_space)
         self.obs: np.ndarray | None = None
         self.prev_done = np.zeros(self.num_envs, dtype=bool)
+        # Whether self.obs is the first of an episode, and a recurrent policy's state before it.
+        self.start = np.ones(self.num_envs, dtype=bool)
+        self.state: Tensor | None = None
 
     def reset(self, seed: int) -> None:
         """Starts new episodes; env ``i`` is seeded with ``seed + i``."""
         self.obs, _ = self.envs.reset(seed=seed)
         self.prev_done[:] = False
+        self.start[:] = True
+        self.state = None
 
     def collect(self, policy: Policy, num_steps: int, env_steps: int, iteration: int) -> Rollout:
         """Runs ``num_steps`` steps in every env with ``policy``; returns them as a :class:`Rollout`.
@@ -63,18 +74,29 @@ class Collector:
         terminated = torch.empty((T, N), dtype=torch.bool)
         truncated = torch.empty((T, N), dtype=torch.bool)
         valid = torch.empty((T, N), dtype=torch.bool)
+        starts = torch.empty((T, N), dtype=torch.bool)
+        if self.state is None:
+            self.state = policy.initial_state(N)
+        initial_state = self.state.clone() if self.state is not None else None
         ep_returns: list[np.ndarray] = []
         ep_lengths: list[np.ndarray] = []
         noise = self.noise(T, iteration).to(device)
         for t in range(T):
             obs = torch.as_tensor(self.obs)
-            action, logprob, value = policy.act(obs.to(device), noise=noise[t])
+            starts[t] = torch.from_numpy(self.start)
+            history = self._history(device)
+            action, logprob, value = policy.act(obs.to(device), noise=noise[t], history=history)
+            if history is not None:
+                assert history.final_state is not None
+                self.state = history.final_state.cpu()
             action = action.cpu()
             if actions is None:
                 actions = torch.empty((T, *action.shape), dtype=action.dtype)
                 logprobs, values = torch.empty((T, N)), torch.empty((T, N))
             obs_buf[t], actions[t], logprobs[t], values[t] = obs, action, logprob.cpu(), value.cpu()
             valid[t] = torch.from_numpy(~self.prev_done)
+            # The step after an autoreset step is the first of the next episode.
+            self.start = self.prev_done.copy()
             self.obs, reward, term, trunc, info = self.envs.step(action.numpy())
             rewards[t] = torch.from_numpy(np.asarray(reward, dtype=np.float32))
             terminated[t] = torch.from_numpy(np.asarray(term, dtype=bool))
@@ -85,7 +107,8 @@ class Collector:
                 ep_returns.append(info["episode"]["r"][ended])
                 ep_lengths.append(info["episode"]["l"][ended])
         last_obs = torch.as_tensor(self.obs)
-        last_value = policy.value(last_obs.to(device)).cpu()
+        # The next rollout starts from this observation and state; only its value is taken here.
+        last_value = policy.value(last_obs.to(device), history=self._history(device)).cpu()
         assert actions is not None and logprobs is not None and values is not None
         return Rollout(
             obs=obs_buf,
@@ -96,14 +119,23 @@ class Collector:
             terminated=terminated,
             truncated=truncated,
             valid=valid,
+            starts=starts,
             last_value=last_value,
             last_obs=last_obs.clone(),
+            last_start=torch.from_numpy(self.start.copy()),
+            initial_state=initial_state,
             episode_returns=torch.as_tensor(np.concatenate(ep_returns) if ep_returns else np.zeros(0), dtype=torch.float32),
             episode_lengths=torch.as_tensor(np.concatenate(ep_lengths) if ep_lengths else np.zeros(0), dtype=torch.float32),
             env_steps=env_steps,
             iteration=iteration,
             rollout_time=time.perf_counter() - start,
         )
+
+    def _history(self, device: torch.device) -> History | None:
+        """One step of history for the current observations (None for a feed-forward policy)."""
+        if self.state is None:
+            return None
+        return History(torch.from_numpy(self.start).unsqueeze(0).to(device), self.state.to(device))
 
     def noise(self, num_steps: int, iteration: int) -> Tensor:
         """``[T, N, noise_dim]`` uniform noise: env ``i``'s from its own stream for this iteration."""
@@ -125,9 +157,20 @@ class Collector:
         lengths: list[float] = []
         obs, _ = self.envs.reset(seed=seed)
         done_count = np.zeros(self.num_envs, dtype=int)
+        # A recurrent policy carries its state through each episode and starts the next from zero.
+        state = policy.initial_state(self.num_envs)
+        start = np.ones(self.num_envs, dtype=bool)
+        prev_done = np.zeros(self.num_envs, dtype=bool)
         while (done_count < quota).any():
-            action, _, _ = policy.act(torch.as_tensor(obs).to(policy.device), deterministic=True)
-            obs, _, _, _, info = self.envs.step(action.cpu().numpy())
+            history = None
+            if state is not None:
+                history = History(torch.from_numpy(start).unsqueeze(0).to(policy.device), state.to(policy.device))
+            action, _, _ = policy.act(torch.as_tensor(obs).to(policy.device), deterministic=True, history=history)
+            if history is not None:
+                state = history.final_state
+            start = prev_done
+            obs, _, term, trunc, info = self.envs.step(action.cpu().numpy())
+            prev_done = np.logical_or(term, trunc)
             if "_episode" in info:
                 for i in np.flatnonzero(info["_episode"]):
                     if done_count[i] < quota[i]:

@@ -1,6 +1,7 @@
 """The rollout: ``[T, N]`` tensors of one collection round over ``N`` vector envs."""
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -24,13 +25,16 @@ class Rollout:
     terminated: Tensor  # [T, N] bool
     truncated: Tensor  # [T, N] bool
     valid: Tensor  # [T, N] bool: False on an autoreset step
+    starts: Tensor  # [T, N] bool: the first step of an episode (a recurrent state is zeroed before it)
     last_value: Tensor  # [N]      V_old of the observation after the last step
     last_obs: Tensor  # [N, *obs_shape] the observation after the last step (PPG recomputes its value)
+    last_start: Tensor  # [N] bool: whether last_obs starts an episode
     episode_returns: Tensor  # [E]  raw returns of the episodes that ended in this rollout
     episode_lengths: Tensor  # [E]
     env_steps: int  # env steps taken by the run so far, this rollout included
     iteration: int  # 0-based index of this rollout in the run
     rollout_time: float  # seconds spent collecting
+    initial_state: Optional[Tensor] = None  # [N, S] a recurrent policy's state before the first step
 
     @property
     def num_steps(self) -> int:

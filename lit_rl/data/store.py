@@ -1,12 +1,14 @@
 """PPG's rollout store: what the auxiliary phase needs from the last ``N_pi`` rollouts, and no more.
 
-Per rollout it keeps the observations, rewards, termination/truncation flags, the valid mask and the
-observation after the last step: enough to recompute value targets with the current critic and the
-policy's distribution at the phase start. Actions, log-probs, advantages and the old values are not kept.
+Per rollout it keeps the observations, rewards, termination/truncation flags, the valid mask, the
+episode-start flags, the observation after the last step and (recurrent policies) the state at the
+rollout's start: enough to recompute value targets with the current critic and the policy's distribution
+at the phase start. Actions, log-probs, advantages and the old values are not kept.
 
 Memory (bytes), with ``B = num_envs * num_steps`` samples per rollout and ``o`` bytes per observation:
 
-- the store itself: ``N_pi * (B * (o + 4 + 3) + num_envs * o)``;
+- the store itself: ``N_pi * (B * (o + 4 + 4) + num_envs * (o + 1 + 4 * S))``, ``S`` the floats of a
+  recurrent state (0 without one);
 - during the auxiliary phase, for a moment, a stacked copy of it plus ``N_pi * B * (4 + 4 * P)`` bytes
   of value targets and frozen policy parameters (``P`` floats per sample: the logits, or a Gaussian's
   mean and log std);
@@ -27,7 +29,7 @@ from torch import Tensor
 
 from lit_rl.data.rollout import Rollout
 
-KEPT = ("obs", "rewards", "terminated", "truncated", "valid", "last_obs")
+KEPT = ("obs", "rewards", "terminated", "truncated", "valid", "starts", "last_obs", "last_start", "initial_state")
 # Observations per forward pass when the auxiliary phase recomputes values and pi_old over the store.
 FORWARD_CHUNK = 16384
 
@@ -42,7 +44,7 @@ class RolloutStore:
         return len(self.rollouts)
 
     def add(self, rollout: Rollout) -> None:
-        self.rollouts.append({key: getattr(rollout, key) for key in KEPT})
+        self.rollouts.append({key: getattr(rollout, key) for key in KEPT if getattr(rollout, key) is not None})
 
     def clear(self) -> None:
         self.rollouts = []
@@ -58,19 +60,20 @@ class RolloutStore:
         self.rollouts = [dict(r) for r in state]
 
     @staticmethod
-    def store_bytes(n_pi: int, num_envs: int, num_steps: int, observation_space: gym.Space) -> int:
+    def store_bytes(n_pi: int, num_envs: int, num_steps: int, observation_space: gym.Space, state_size: int = 0) -> int:
         """Bytes of ``n_pi`` stored rollouts (see the module docstring)."""
-        return n_pi * (num_envs * num_steps * (_obs_bytes(observation_space) + 4 + 3) + num_envs * _obs_bytes(observation_space))
+        obs = _obs_bytes(observation_space)
+        return n_pi * (num_envs * num_steps * (obs + 4 + 4) + num_envs * (obs + 1 + 4 * state_size))
 
     @classmethod
     def estimate_bytes(cls, n_pi: int, num_envs: int, num_steps: int, observation_space: gym.Space,
-                       dist_params: int, aux_num_minibatches: int) -> int:
+                       dist_params: int, aux_num_minibatches: int, state_size: int = 0) -> int:
         """Peak bytes of the store and its auxiliary phase (see the module docstring)."""
         samples = n_pi * num_envs * num_steps
         elements = int(np.prod(observation_space.shape or (1,)))
         minibatch = -(-samples // aux_num_minibatches) * (_obs_bytes(observation_space) + 4 * elements)
         chunk = min(FORWARD_CHUNK, num_envs * num_steps) * 4 * elements
-        return (2 * cls.store_bytes(n_pi, num_envs, num_steps, observation_space) + samples * (4 + 4 * dist_params)
+        return (2 * cls.store_bytes(n_pi, num_envs, num_steps, observation_space, state_size) + samples * (4 + 4 * dist_params)
                 + max(minibatch, chunk))
 
 

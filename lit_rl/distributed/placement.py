@@ -17,6 +17,7 @@ ends the others with a :class:`~lit_rl.errors.PeerLostError` within ``timeout_s`
 connection closes), instead of a hang.
 """
 
+import os
 import time
 from contextlib import contextmanager
 from datetime import timedelta
@@ -34,8 +35,8 @@ from lit_rl.errors import ConfigError, PeerLostError
 ROLES = ("actor", "critic")
 UpdateMode = Literal["serial", "parallel"]
 # Rollout fields with the env dimension at index 1 ([T, N, ...]) and at index 0 ([N, ...]).
-_TIME_MAJOR = ("obs", "actions", "logprobs", "values", "rewards", "terminated", "truncated", "valid")
-_ENV_MAJOR = ("last_value", "last_obs")
+_TIME_MAJOR = ("obs", "actions", "logprobs", "values", "rewards", "terminated", "truncated", "valid", "starts")
+_ENV_MAJOR = ("last_value", "last_obs", "last_start", "initial_state")
 
 
 class ActorCriticPlacement(DDPStrategy):
@@ -77,6 +78,10 @@ class ActorCriticPlacement(DDPStrategy):
 
     # ------------------------------------------------------------------ groups
     def setup_distributed(self) -> None:
+        if self.process_group_backend == "nccl" or (self.process_group_backend is None and self.root_device.type == "cuda"):
+            # NCCL collectives are asynchronous; blocking wait makes a timeout raise in the caller (so it
+            # becomes a PeerLostError) instead of the watchdog aborting the process.
+            os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")
         env = self.cluster_environment
         hint = (f"All {self.num_nodes * self.num_processes} processes (trainer.num_nodes={self.num_nodes} x "
                 f"trainer.devices={self.num_processes}) must join at {env.main_address}:{env.main_port}. On "
@@ -184,6 +189,8 @@ class ActorCriticPlacement(DDPStrategy):
         fields = dict(vars(rollout))
         for key in (*_TIME_MAJOR, *_ENV_MAJOR):
             tensor = fields[key]
+            if tensor is None:  # initial_state of a feed-forward policy
+                continue
             as_int = tensor.dtype == torch.bool
             local = tensor.to(torch.uint8) if as_int else tensor
             parts = [torch.empty_like(local) for _ in range(self.world_size)]
@@ -204,18 +211,19 @@ class ActorCriticPlacement(DDPStrategy):
             dist.all_gather_object(gathered, obj)
         return gathered
 
-    def reduce_gradients(self, params: list[Tensor], role: str) -> None:
+    def reduce_gradients(self, params: list[Tensor], role: str) -> bool:
         """Sums the gradients of ``params`` over ``role``'s group (the losses are pre-weighted).
 
         A parameter the loss does not reach keeps ``grad=None`` (as with one rank), so the optimizer skips
         it rather than stepping on a zero gradient: Adam's momentum would move it. Every rank of the group
-        runs the same loss, so all agree on which parameters have gradients.
+        runs the same loss, so all agree on which parameters have gradients. Returns whether the summed
+        gradients are finite (the same answer on every rank of the group).
         """
         if self.world_size == 1 or self.group_size(role) == 1:
-            return
+            return True
         params = [p for p in params if p.grad is not None]
         if not params:
-            return
+            return True
         flat = torch.cat([p.grad.flatten() for p in params])
         with self.bounded(f"summing the {role}'s gradients", self.ranks[role]):
             dist.all_reduce(flat, group=self.groups[role])
@@ -223,6 +231,7 @@ class ActorCriticPlacement(DDPStrategy):
         for p in params:
             p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
             offset += p.numel()
+        return bool(torch.isfinite(flat).all())
 
     def reduce_mean(self, value: Tensor, role: str) -> Tensor:
         """The mean of ``value`` over ``role``'s group."""
@@ -250,15 +259,19 @@ class ActorCriticPlacement(DDPStrategy):
                 vector_to_parameters(flat, params)
 
     def merge_stats(self, stats: dict[str, list[Tensor]]) -> dict[str, list[Tensor]]:
-        """Every rank's per-step stats, merged by name (rank 0 logs them all)."""
+        """Every rank's per-step stats, merged by name, so rank 0 logs those of the roles it did not run.
+
+        The ranks of a group take the same steps, each on its share of every minibatch: a step's value is
+        the mean over the ranks that report it, and the number of steps stays that of one rank.
+        """
         if self.world_size == 1:
             return stats
         mine = {key: [float(v) for v in values] for key, values in stats.items()}
-        merged: dict[str, list[Tensor]] = {}
+        reports: dict[str, list[list[float]]] = {}
         for theirs in self.all_gather_object(mine):
             for key, values in theirs.items():
-                merged.setdefault(key, []).extend(torch.tensor(v) for v in values)
-        return merged
+                reports.setdefault(key, []).append(values)
+        return {key: [torch.tensor(sum(step) / len(step)) for step in zip(*lists)] for key, lists in reports.items()}
 
     def from_role(self, obj: Any, role: str) -> Any:
         """``obj`` as the first rank of ``role`` has it."""
