@@ -1,30 +1,31 @@
 """Gymnasium wrappers lit_rl adds to an env from its config."""
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.vector.utils import batch_space
+from gymnasium.wrappers import TransformObservation
+from gymnasium.wrappers import vector as vw
 
 from lit_rl.errors import ConfigError
 
 
-class MaskObservation(gym.ObservationWrapper):
+class MaskObservation(TransformObservation):
     """Makes a task partially observable: the components ``hide`` of a 1-D Box observation are removed.
 
     CartPole without velocities (``hide=[1, 3]``) is the usual example: position and angle remain, so a
-    policy must infer the velocities from the history it has seen. On a vector env the datamodule applies
-    it through ``gymnasium.wrappers.vector.VectorizeTransformObservation`` (``data.hide_observation``).
+    policy must infer the velocities from the history it has seen. For vector envs see
+    :func:`mask_vector_observation` (what ``data.hide_observation`` applies).
     """
 
     def __init__(self, env: gym.Env, hide: Sequence[int]) -> None:
-        super().__init__(env)
         space = env.observation_space
-        self.keep = keep_indices(space, hide)
+        keep = keep_indices(space, hide)
         assert isinstance(space, gym.spaces.Box)
-        self.observation_space = gym.spaces.Box(space.low[self.keep], space.high[self.keep], dtype=space.dtype)
-
-    def observation(self, observation: Any) -> Any:
-        return observation[..., self.keep]
+        masked = gym.spaces.Box(space.low[keep], space.high[keep], dtype=space.dtype)
+        super().__init__(env, lambda obs: obs[..., keep], masked)
+        self.keep = keep
 
 
 def keep_indices(space: gym.Space, hide: Sequence[int]) -> np.ndarray:
@@ -39,3 +40,13 @@ def keep_indices(space: gym.Space, hide: Sequence[int]) -> np.ndarray:
         raise ConfigError(f"data.hide_observation: {list(hide)} must name some, not all, of the observation's "
                           f"components 0..{size - 1}.")
     return np.array([i for i in range(size) if i not in hidden])
+
+
+def mask_vector_observation(envs: gym.vector.VectorEnv, hide: Sequence[int]) -> gym.vector.VectorEnv:
+    """:class:`MaskObservation` for a vector env, on the whole batch at once (gymnasium's vector
+    ``TransformObservation``), so it works on native vector envs too."""
+    space = envs.single_observation_space
+    keep = keep_indices(space, hide)
+    assert isinstance(space, gym.spaces.Box)
+    masked = gym.spaces.Box(space.low[keep], space.high[keep], dtype=space.dtype)
+    return vw.TransformObservation(envs, lambda obs: obs[..., keep], batch_space(masked, envs.num_envs), masked)

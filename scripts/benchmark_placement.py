@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from scripts.benchmark_ppo import machine  # noqa: E402
+from scripts.benchmark_ppo import append_results, machine  # noqa: E402
 
 CONFIGS = {"PPO": "configs/ppo/cartpole.yaml", "PPG": "configs/ppg/cartpole.yaml"}
 PRESETS = {"serial": ("configs/placement/single_device.yaml", 1),
@@ -120,13 +120,7 @@ def main() -> None:
              "|---|---|---|---|---|\n" + "\n".join("| " + " | ".join(r) + " |" for r in rows) + "\n")
     print(header)
     print(table)
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    new = not Path(args.results).exists()
-    with open(args.results, "a") as f:
-        if new:
-            f.write("# Placement benchmark results\n\nWritten by `python scripts/benchmark_placement.py`; "
-                    "newest last.\n\n")
-        f.write(header + "\n" + table + "\n")
+    append_results(args.results, "Placement benchmark results", "scripts/benchmark_placement.py", header + "\n" + table + "\n")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,16 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
 
 
+def append_results(path: str, title: str, script: str, text: str) -> None:
+    """Appends ``text`` to the results file at ``path``, which starts with ``title`` when it is new."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    new = not Path(path).exists()
+    with open(path, "a") as f:
+        if new:
+            f.write(f"# {title}\n\nWritten by `python {script}`; newest last.\n\n")
+        f.write(text)
+
+
 def train(total: int, accelerator: str, workdir: str) -> dict[str, float]:
     args = ["fit", "--config", str(CONFIG), "--data.total_timesteps", str(total), "--trainer.accelerator", accelerator,
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
@@ -109,12 +119,7 @@ def main() -> None:
     print(header)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    new = not Path(args.results).exists()
-    with open(args.results, "a") as f:
-        if new:
-            f.write("# PPO benchmark results\n\nWritten by `python scripts/benchmark_ppo.py`; newest last.\n\n")
-        f.write(header + "\n" + table + "\n")
+    append_results(args.results, "PPO benchmark results", "scripts/benchmark_ppo.py", header + "\n" + table + "\n")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from gymnasium.wrappers import vector as vw
 from lit_rl.data.collector import Collector, Policy
 from lit_rl.data.rollout import Rollout
 from lit_rl.errors import ConfigError
+from lit_rl.wrappers import mask_vector_observation
 
 VectorizationMode = Literal["auto", "sync", "async", "vector_entry_point"]
 
@@ -45,6 +46,8 @@ class RolloutDataModule(L.LightningDataModule):
         seed: Env ``i`` of rank ``r`` is seeded with ``seed + r * num_envs + i``; also the run's torch seed.
         vectorization_mode: ``sync``, ``async`` (one process per env), ``vector_entry_point`` (the env's
             native vectorized implementation) or ``auto`` (native where the env registers one, else sync).
+        hide_observation: Indices of observation components to remove (a 1-D Box), making the task
+            partially observable, e.g. ``[1, 3]``: CartPole without velocities (:class:`lit_rl.wrappers.MaskObservation`).
         normalize_observation: Running mean/std normalization of observations (gymnasium's wrapper).
         normalize_reward: Scale rewards by the running std of the discounted return (gymnasium's wrapper).
         clip_observation: Clip (normalized) observations to ``[-c, c]``.
@@ -66,6 +69,7 @@ class RolloutDataModule(L.LightningDataModule):
         total_timesteps: int = 500_000,
         seed: int = 1,
         vectorization_mode: VectorizationMode = "auto",
+        hide_observation: Optional[list[int]] = None,
         normalize_observation: bool = False,
         normalize_reward: bool = False,
         clip_observation: Optional[float] = None,
@@ -138,6 +142,8 @@ class RolloutDataModule(L.LightningDataModule):
                 f"data.env_id / data.env_kwargs / data.vectorization_mode: could not build {num_envs} "
                 f"{self.env_id!r} envs with mode {hp.vectorization_mode!r} and kwargs {kwargs}: {err}"
             ) from None
+        if hp.hide_observation is not None:
+            envs = mask_vector_observation(envs, hp.hide_observation)
         if video_folder is not None:
             envs = vw.RecordVideo(envs, video_folder, episode_trigger=lambda _: True, name_prefix="eval")
         envs = vw.RecordEpisodeStatistics(envs)
