@@ -36,11 +36,3 @@ def test_ppg_cartpole_reaches_475_within_150k_steps(tmp_path):
     train_return, eval_return = train("configs/ppg/cartpole.yaml", tmp_path)
     assert train_return >= 475 and eval_return >= 475
 
-
-@pytest.mark.slow
-def test_lstm_ppo_solves_cartpole_without_velocities_within_200k_steps_and_the_mlp_does_not(tmp_path):
-    lstm_train, lstm_eval = train("configs/ppo/cartpole_novel_lstm.yaml", tmp_path / "lstm")
-    mlp_train, mlp_eval = train("configs/ppo/cartpole_novel_mlp.yaml", tmp_path / "mlp")
-    assert lstm_train >= 475 and lstm_eval >= 475
-    # Without memory the policy cannot tell which way the pole moves: it stays far below.
-    assert mlp_train <= 0.6 * lstm_train and mlp_eval <= 0.6 * lstm_eval
