@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -53,8 +54,11 @@ def append_results(path: str, title: str, script: str, text: str) -> None:
         f.write(text)
 
 
-def train(total: int, accelerator: str, workdir: str) -> dict[str, float]:
-    args = ["fit", "--config", str(CONFIG), "--data.total_timesteps", str(total), "--trainer.accelerator", accelerator,
+def train(total: int, accelerator: str, workdir: str, config: Path = CONFIG, late_fraction: float = 0.05
+          ) -> dict[str, Any]:
+    """Trains ``config`` for ``total`` env steps in ``workdir``: wall time, rollout and update time (their sum
+    is ``loop``), the mean training return over the last ``late_fraction`` of the steps, and the module."""
+    args = ["fit", "--config", str(config), "--data.total_timesteps", str(total), "--trainer.accelerator", accelerator,
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--trainer.limit_val_batches", "0", "--checkpoint.every_n_env_steps", "0"]
     cwd = os.getcwd()
@@ -66,11 +70,11 @@ def train(total: int, accelerator: str, workdir: str) -> dict[str, float]:
     finally:
         os.chdir(cwd)
     with open(glob.glob(os.path.join(workdir, "lightning_logs", "*", "metrics.csv"))[0]) as f:
-        rows = [r for r in csv.DictReader(f) if r.get("env_steps")]
+        rows = [r for r in csv.DictReader(f) if r.get("perf/update_time")]
     rollout = sum(float(r["perf/rollout_time"]) for r in rows)
     update = sum(float(r["perf/update_time"]) for r in rows)
     late = [float(r["train/episodic_return"]) for r in rows
-            if r.get("train/episodic_return") and float(r["env_steps"]) > 0.95 * total]
+            if r.get("train/episodic_return") and float(r["env_steps"]) > (1 - late_fraction) * total]
     return {"module": cli.model, "datamodule": cli.datamodule, "wall": wall, "loop": rollout + update,
             "rollout": rollout, "update": update, "return": sum(late) / max(len(late), 1)}
 

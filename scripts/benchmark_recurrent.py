@@ -10,40 +10,17 @@ appends it, with date and machine, to results/benchmark_recurrent.md.
 """
 
 import argparse
-import csv
 import datetime
-import glob
-import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lit_rl.cli import LitRLCLI  # noqa: E402
-from scripts.benchmark_ppo import append_results, machine  # noqa: E402
+from scripts.benchmark_ppo import append_results, machine, train  # noqa: E402
 
 CONFIGS = {"LSTM": "configs/ppo/cartpole_novel_lstm.yaml", "MLP": "configs/ppo/cartpole_novel_mlp.yaml"}
-
-
-def train(config: str, total: int, accelerator: str, workdir: str) -> dict[str, float]:
-    args = ["fit", "--config", str(REPO / config), "--data.total_timesteps", str(total),
-            "--trainer.accelerator", accelerator, "--trainer.enable_progress_bar", "false",
-            "--trainer.enable_model_summary", "false", "--trainer.limit_val_batches", "0",
-            "--checkpoint.every_n_env_steps", "0", "--trainer.logger.save_dir", workdir]
-    start = time.perf_counter()
-    LitRLCLI(args=args)
-    wall = time.perf_counter() - start
-    with open(glob.glob(os.path.join(workdir, "lightning_logs", "*", "metrics.csv"))[0]) as f:
-        rows = [r for r in csv.DictReader(f) if r.get("perf/update_time")]
-    rollout = sum(float(r["perf/rollout_time"]) for r in rows)
-    update = sum(float(r["perf/update_time"]) for r in rows)
-    late = [float(r["train/episodic_return"]) for r in rows
-            if r.get("train/episodic_return") and float(r["env_steps"]) > 0.9 * total]
-    return {"wall": wall, "rollout": rollout, "update": update, "sps": total / (rollout + update),
-            "return": sum(late) / max(len(late), 1)}
 
 
 def main() -> None:
@@ -56,7 +33,8 @@ def main() -> None:
     runs = {}
     for name, config in CONFIGS.items():
         with tempfile.TemporaryDirectory() as workdir:
-            runs[name] = train(config, args.total_timesteps, args.accelerator, workdir)
+            run = train(args.total_timesteps, args.accelerator, workdir, REPO / config, late_fraction=0.1)
+            runs[name] = {**run, "sps": args.total_timesteps / run["loop"]}
     lstm, mlp = runs["LSTM"], runs["MLP"]
     rows = [(name, f"{r['sps']:,.0f}", f"{r['rollout']:.1f} s", f"{r['update']:.1f} s", f"{r['return']:.1f}")
             for name, r in runs.items()]

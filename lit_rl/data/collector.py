@@ -133,9 +133,7 @@ class Collector:
 
     def _history(self, device: torch.device) -> History | None:
         """One step of history for the current observations (None for a feed-forward policy)."""
-        if self.state is None:
-            return None
-        return History(torch.from_numpy(self.start).unsqueeze(0).to(device), self.state.to(device))
+        return one_step(self.start, self.state, device)
 
     def noise(self, num_steps: int, iteration: int) -> Tensor:
         """``[T, N, noise_dim]`` uniform noise: env ``i``'s from its own stream for this iteration."""
@@ -162,9 +160,7 @@ class Collector:
         start = np.ones(self.num_envs, dtype=bool)
         prev_done = np.zeros(self.num_envs, dtype=bool)
         while (done_count < quota).any():
-            history = None
-            if state is not None:
-                history = History(torch.from_numpy(start).unsqueeze(0).to(policy.device), state.to(policy.device))
+            history = one_step(start, state, policy.device)
             action, _, _ = policy.act(torch.as_tensor(obs).to(policy.device), deterministic=True, history=history)
             if history is not None:
                 state = history.final_state
@@ -178,3 +174,11 @@ class Collector:
                         lengths.append(float(info["episode"]["l"][i]))
                     done_count[i] += 1
         return np.asarray(returns), np.asarray(lengths)
+
+
+def one_step(start: np.ndarray, state: Tensor | None, device: torch.device) -> History | None:
+    """A :class:`History` of one step for a batch of observations: which of them start an episode, and
+    the state before them. None when there is no state (a feed-forward policy)."""
+    if state is None:
+        return None
+    return History(torch.from_numpy(start).unsqueeze(0).to(device), state.to(device))

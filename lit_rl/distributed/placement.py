@@ -103,13 +103,8 @@ class ActorCriticPlacement(DDPStrategy):
         for role, chosen in nodes.items():
             if chosen is None:
                 continue
-            bad = [n for n in chosen if not 0 <= n < num_nodes]
-            if not chosen or bad:
-                raise ConfigError(
-                    f"trainer.strategy.init_args.{role}_nodes: {chosen} cannot be hosted by {num_nodes} node(s) "
-                    f"(nodes 0..{num_nodes - 1}; trainer.num_nodes). Give nodes in that range, or raise "
-                    "trainer.num_nodes."
-                )
+            _require_within(f"{role}_nodes", chosen, chosen, num_nodes, "node(s) (nodes",
+                            "trainer.num_nodes). Give nodes in that range, or raise trainer.num_nodes.")
             out[role] = [node * per_node + local for node in chosen for local in range(per_node)]
         return out
 
@@ -119,13 +114,8 @@ class ActorCriticPlacement(DDPStrategy):
         ranks = {}
         for role in ROLES:
             chosen = sorted(set(range(world_size) if requested[role] is None else requested[role]))
-            bad = [r for r in chosen if not 0 <= r < world_size]
-            if not chosen or bad:
-                raise ConfigError(
-                    f"trainer.strategy.init_args.{role}_ranks: {requested[role]} cannot be hosted by {world_size} "
-                    f"process(es) (ranks 0..{world_size - 1}; trainer.num_nodes x trainer.devices). Give ranks in "
-                    "that range, or start more processes."
-                )
+            _require_within(f"{role}_ranks", requested[role], chosen, world_size, "process(es) (ranks",
+                            "trainer.num_nodes x trainer.devices). Give ranks in that range, or start more processes.")
             ranks[role] = chosen
         return ranks
 
@@ -297,6 +287,14 @@ class ActorCriticPlacement(DDPStrategy):
     @classmethod
     def register_strategies(cls, strategy_registry: Any) -> None:
         strategy_registry.register(cls.strategy_name, cls, description="actor and critic on their own ranks")
+
+
+def _require_within(key: str, given: Any, chosen: list[int], count: int, unit: str, fix: str) -> None:
+    """A ConfigError naming ``trainer.strategy.init_args.<key>`` unless ``chosen`` is a non-empty subset of
+    ``0..count-1``."""
+    if not chosen or any(not 0 <= i < count for i in chosen):
+        raise ConfigError(f"trainer.strategy.init_args.{key}: {given} cannot be hosted by {count} {unit} "
+                          f"0..{count - 1}; {fix}")
 
 
 ActorCriticPlacement.register_strategies(StrategyRegistry)
