@@ -1,9 +1,16 @@
-"""Callbacks that count time in env steps, not in optimizer steps."""
+"""Callbacks that count time in env steps, not in optimizer steps, and one that makes SLURM preemption
+land on an iteration boundary."""
 
+import glob
+import os
+import signal
+from types import FrameType
 from typing import Any, Optional
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities import rank_zero_info
 
 
 class EnvStepCheckpoint(ModelCheckpoint):
@@ -55,3 +62,73 @@ class EnvStepProgressBar(TQDMProgressBar):
             self.train_progress_bar.n = getattr(pl_module, "env_steps", batch_idx + 1)
             self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
             self.train_progress_bar.refresh()
+
+
+class SlurmRequeueAtIterationEnd(Callback):
+    """Lightning's SLURM auto-requeue, moved to the end of an iteration.
+
+    With ``SLURMEnvironment(auto_requeue=True)`` (Lightning's default under SLURM), the requeue signal
+    (``#SBATCH --signal=USR1@90``) makes Lightning save ``hpc_ckpt_N.ckpt`` in ``trainer.default_root_dir``
+    and ``scontrol requeue`` the job; the requeued job finds that checkpoint and resumes from it. Lightning
+    saves inside the signal handler, wherever training happens to be: in the middle of a rollout (whose
+    env steps the checkpoint would then miss or count twice) or of an update (half-stepped weights), and,
+    with several ranks, at a different point on each. This callback only notes the signal; after each
+    iteration (rollout, update and weight exchange done) the ranks agree whether any of them got it, and
+    then all call Lightning's own handler together (checkpoint, requeue) and stop. The checkpoint so holds
+    exactly the iterations done, with their env-step count.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._environment: Optional[SLURMEnvironment] = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        environment = getattr(trainer._accelerator_connector, "cluster_environment", None)
+        if not (isinstance(environment, SLURMEnvironment) and environment.auto_requeue and environment.requeue_signal):
+            return
+        self._environment = environment
+        self.requested = False
+        signal.signal(environment.requeue_signal, self._note)  # Lightning restores its handlers at teardown
+
+    def _note(self, signum: int, frame: Optional[FrameType]) -> None:
+        self.requested = True
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._environment is None:
+            return
+        if not trainer.strategy.reduce_boolean_decision(self.requested, all=False):
+            return
+        signum = self._environment.requeue_signal
+        rank_zero_info(f"SLURM requeue signal at {getattr(pl_module, 'env_steps', '?')} env steps: checkpointing "
+                       "at the end of this iteration and requeueing")
+        trainer._signal_connector._slurm_sigusr_handler_fn(signum, None)  # Lightning's save + scontrol requeue
+        self.requested = False
+        trainer.should_stop = True
+
+
+class LogEvaluationVideos(Callback):
+    """After each evaluation that recorded videos (``data.record_video``), hands the new files to every
+    logger that takes videos (``log_video``, e.g. the wandb preset), at the current env step."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log(trainer, pl_module, "val")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log(trainer, pl_module, "test")
+
+    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        loggers = [logger for logger in trainer.loggers if callable(getattr(logger, "log_video", None))]
+        datamodule = trainer.datamodule
+        folder = datamodule._video_folder() if datamodule is not None and hasattr(datamodule, "_video_folder") else None
+        if not loggers or folder is None or not trainer.is_global_zero:
+            return
+        videos = sorted(set(glob.glob(os.path.join(folder, "*.mp4"))) - self._seen, key=os.path.getmtime)
+        if not videos:
+            return
+        self._seen.update(videos)
+        for logger in loggers:
+            logger.log_video(f"{stage}/video", videos, step=int(getattr(pl_module, "env_steps", 0)))

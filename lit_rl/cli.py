@@ -8,13 +8,14 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
+import yaml
 from lightning.pytorch.callbacks import ProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
 from jsonargparse import lazy_instance
 
 from lit_rl.algos.ppo import PPO
-from lit_rl.callbacks import EnvStepCheckpoint, EnvStepProgressBar
+from lit_rl.callbacks import EnvStepCheckpoint, EnvStepProgressBar, LogEvaluationVideos, SlurmRequeueAtIterationEnd
 from lit_rl.data.datamodule import RolloutDataModule
 from lit_rl.errors import ConfigError, user_error
 
@@ -24,6 +25,18 @@ _SPECIAL_CKPT = {"best", "hpc", "registry"}
 # policy; Lightning warns about that signature on every run.
 warnings.filterwarnings("ignore", message=r".*`dataloader_iter`.*")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+class SaveConfig(SaveConfigCallback):
+    """Writes config.yaml to the log folder (Lightning's callback) and gives the whole resolved config to
+    the loggers that take one (``log_config``: the wandb preset makes it the run config)."""
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        loggers = [logger for logger in trainer.loggers if callable(getattr(logger, "log_config", None))]
+        if loggers:
+            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False, skip_check=True))
+            for logger in loggers:
+                logger.log_config(config)
 
 
 class LitRLCLI(LightningCLI):
@@ -42,6 +55,7 @@ class LitRLCLI(LightningCLI):
             parser_kwargs={"parser_mode": "omegaconf"},
             auto_configure_optimizers=False,
             seed_everything_default=False,
+            save_config_callback=SaveConfig,
             save_config_kwargs={"overwrite": True},
             args=args,
             run=run,
@@ -60,11 +74,17 @@ class LitRLCLI(LightningCLI):
         })
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
-        """Adds the env-step progress bar unless the progress bar is off or another one is configured."""
+        """Adds the env-step progress bar unless the progress bar is off or another one is configured, and
+        the callbacks that make SLURM requeues checkpoint at an iteration's end and hand evaluation videos
+        to the loggers."""
         config = self._get(self.config_init, "trainer", default={})
         callbacks = list(config.get("callbacks") or [])
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
-            kwargs["callbacks"] = [*callbacks, EnvStepProgressBar()]
+            callbacks.append(EnvStepProgressBar())
+        for kind in (SlurmRequeueAtIterationEnd, LogEvaluationVideos):
+            if not any(isinstance(c, kind) for c in callbacks):
+                callbacks.append(kind())
+        kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 
     # ------------------------------------------------------------------ config checks, before any env starts

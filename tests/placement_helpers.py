@@ -1,6 +1,8 @@
 """Callbacks for the placement tests, loaded by every process of a distributed `lit-rl fit`."""
 
+import json
 import os
+import socket
 import time
 
 import lightning as L
@@ -8,7 +10,9 @@ import torch
 
 
 class SaveRankParams(L.Callback):
-    """At the end of training, each rank writes its parameters to ``dirpath/rank<r>.pt``."""
+    """At the end of training, each rank writes its parameters to ``dirpath/rank<r>.pt``, and to
+    ``dirpath/rank<r>.json`` where it ran: node rank, SLURM node name, its roles, and which of its
+    optimizers ever stepped (a rank that only holds the critic never steps the actor optimizer)."""
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = dirpath
@@ -17,6 +21,12 @@ class SaveRankParams(L.Callback):
         os.makedirs(self.dirpath, exist_ok=True)
         state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
         torch.save(state, os.path.join(self.dirpath, f"rank{trainer.global_rank}.pt"))
+        stepped = {role: bool(opt.state) for role, opt in zip(("actor", "critic"), pl_module.optimizers())}
+        info = {"global_rank": trainer.global_rank, "node_rank": trainer.node_rank, "host": socket.gethostname(),
+                "slurm_node": os.environ.get("SLURMD_NODENAME"), "roles": getattr(trainer.strategy, "roles", None),
+                "stepped": stepped, "env_steps": int(pl_module.env_steps)}
+        with open(os.path.join(self.dirpath, f"rank{trainer.global_rank}.json"), "w") as f:
+            json.dump(info, f)
 
 
 class FailRank(L.Callback):

@@ -1,0 +1,129 @@
+"""The sbatch templates in scripts/slurm/ on a real SLURM cluster (munge, slurmctld, two slurmd daemons as
+nodes n1 and n2 on this host; tests/slurm_cluster.py): a two-node actor/critic job, and a job preempted
+mid-run that requeues itself and resumes from its checkpoint.
+
+The jobs run on CPU (gloo), one task per node; the command line overrides only what a CPU-only cluster
+would (partition, no GPUs, one task and one CPU per node)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import REPO, read_metrics
+from tests.slurm_cluster import LocalSlurm, install_reason
+
+CPU_NODES = ["--partition=debug", "--gpus-per-node=0", "--ntasks-per-node=1", "--cpus-per-task=1"]
+ITERATION = 2 * 4 * 32  # env steps per iteration: 2 ranks x 4 envs x 32 steps
+FIT = ["--data.num_envs", "4", "--data.num_steps", "32", "--data.vectorization_mode", "sync",
+       "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+       "--trainer.enable_model_summary", "false", "--trainer.limit_val_batches", "0",
+       "--checkpoint.every_n_env_steps", "0"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    reason = install_reason()
+    if reason is not None:
+        print(f"SLURM tests skipped: {reason}")
+        pytest.skip(reason)
+    slurm = LocalSlurm(tmp_path_factory.mktemp("slurm"))
+    try:
+        slurm.start()
+    except Exception:
+        slurm.stop()
+        raise
+    yield slurm
+    slurm.stop()
+
+
+def submit(cluster: LocalSlurm, template: str, workdir: Path, total: int, *extra: str) -> str:
+    """Submits ``scripts/slurm/<template>`` from the checkout (as a user would), running in ``workdir``."""
+    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
+    for key in ("WANDB_MODE", "WANDB_API_KEY"):
+        env[key] = ""
+    options = [*CPU_NODES, f"--chdir={workdir}", f"--output={workdir}/job-%j.out"]
+    args = [str(REPO / "configs/ppo/cartpole.yaml"), "--data.total_timesteps", str(total), *FIT,
+            "--trainer.callbacks+=tests.placement_helpers.SaveRankParams",
+            "--trainer.callbacks.dirpath", str(workdir / "params"), *extra]
+    return cluster.sbatch(REPO / "scripts" / "slurm" / template, options, args, cwd=REPO, env=env)
+
+
+def job_output(workdir: Path) -> str:
+    return "\n".join(p.read_text() for p in sorted(workdir.glob("job-*.out")))
+
+
+def rank_results(workdir: Path) -> list[tuple[dict, dict]]:
+    return [(json.loads((workdir / "params" / f"rank{r}.json").read_text()),
+             torch.load(workdir / "params" / f"rank{r}.pt", weights_only=True)) for r in range(2)]
+
+
+def max_diff(a: dict, b: dict) -> float:
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a if a[k].is_floating_point())
+
+
+def test_two_node_job_trains_the_actor_on_one_node_and_the_critic_on_the_other(cluster, tmp_path):
+    total = 16 * ITERATION
+    job = submit(cluster, "placement_two_nodes.sbatch", tmp_path, total)
+    state = cluster.wait(job, timeout=600)
+    assert state == "COMPLETED", f"job {job} ended {state}:\n{job_output(tmp_path)}\n{cluster.logs()}"
+    (actor, actor_params), (critic, critic_params) = rank_results(tmp_path)
+    # Rank 0 on node n1 holds the actor only, rank 1 on node n2 the critic only.
+    assert (actor["slurm_node"], actor["node_rank"], actor["roles"]) == ("n1", 0, ["actor"])
+    assert (critic["slurm_node"], critic["node_rank"], critic["roles"]) == ("n2", 1, ["critic"])
+    assert actor["stepped"] == {"actor": True, "critic": False}
+    assert critic["stepped"] == {"actor": False, "critic": True}
+    assert max_diff(actor_params, critic_params) == 0.0  # the weights were exchanged: every rank is equal
+    assert actor["env_steps"] == critic["env_steps"] == total
+    run_dir = tmp_path / "runs" / f"lit-rl-two-nodes-{job}"
+    assert run_dir.is_dir()
+    checkpoint = torch.load(next(tmp_path.rglob("last.ckpt")), weights_only=True, map_location="cpu")
+    assert checkpoint["env_steps"] == total
+    rows = read_metrics(next(tmp_path.rglob("metrics.csv")))
+    assert any("train/episodic_return" in r for r in rows) and any("train/value_loss" in r for r in rows)
+    assert max(r["env_steps"] for r in rows if "env_steps" in r) == total
+
+
+def test_preempted_job_checkpoints_requeues_and_resumes_to_the_exact_budget(cluster, tmp_path):
+    total = 48 * ITERATION
+    job = submit(cluster, "placement_two_nodes.sbatch", tmp_path, total)
+    # Preempt once training is under way: the signal SLURM sends before a time limit (--signal=USR1@90),
+    # delivered now to every task of the job.
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and cluster.state(job) in ("PENDING", "RUNNING"):
+        logs = list(tmp_path.rglob("metrics.csv"))
+        if logs and any(r.get("env_steps", 0) >= 4 * ITERATION for r in read_metrics(logs[0])):
+            break
+        time.sleep(1)
+    else:
+        pytest.fail(f"job {job} did not start training:\n{job_output(tmp_path)}")
+    subprocess.run(["scancel", "--signal=USR1", job], env=cluster.env, check=True)
+    # The job requeues itself. SLURM holds a requeued job back for a while (BeginTime); the test starts it
+    # now as an admin would, to keep the test short.
+    state = cluster.wait(job, timeout=120, until=("PENDING", "COMPLETED", "FAILED", "CANCELLED"))
+    assert state == "PENDING", f"job {job} did not requeue ({state}):\n{job_output(tmp_path)}"
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=cluster.env, check=True)
+    state = cluster.wait(job, timeout=600)
+    assert state == "COMPLETED", f"job {job} ended {state}:\n{job_output(tmp_path)}\n{cluster.logs()}"
+    assert cluster.field(job, "Restarts") == "1"
+
+    run_dir = tmp_path / "runs" / f"lit-rl-two-nodes-{job}"
+    hpc = sorted(run_dir.glob("hpc_ckpt_*.ckpt"))
+    assert len(hpc) == 1, f"expected one requeue checkpoint in {run_dir}: {hpc}"
+    saved = torch.load(hpc[0], weights_only=True, map_location="cpu")["env_steps"]
+    assert 4 * ITERATION <= saved < total and saved % ITERATION == 0
+    # The first run logged up to the checkpoint and no further; the requeued one went on from there.
+    first, second = (read_metrics(p) for p in sorted(tmp_path.glob("lightning_logs/version_*/metrics.csv")))
+    first_steps = sorted({r["env_steps"] for r in first if "train/iteration" in r})
+    second_steps = sorted({r["env_steps"] for r in second if "train/iteration" in r})
+    assert first_steps[-1] == saved
+    assert second_steps[0] == saved + ITERATION and second_steps[-1] == total
+    assert len(first_steps) + len(second_steps) == total // ITERATION  # every iteration exactly once
+    (actor, actor_params), (critic, critic_params) = rank_results(tmp_path)
+    assert actor["env_steps"] == critic["env_steps"] == total
+    assert max_diff(actor_params, critic_params) == 0.0
