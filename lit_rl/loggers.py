@@ -1,11 +1,16 @@
-"""Logger presets: wandb that stays offline unless the user is logged in."""
+"""Logger presets: wandb that stays offline unless the user is logged in, with env steps as its x-axis."""
 
 import netrc
 import os
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+
+from lit_rl.errors import ConfigError
+
+STEP_METRIC = "env_steps"
 
 
 def wandb_logged_in() -> bool:
@@ -22,10 +27,54 @@ def wandb_logged_in() -> bool:
 class WandbLogger(_LightningWandbLogger):
     """Lightning's WandbLogger, offline by default: online only when logged in (or ``offline: false``).
 
-    ``WANDB_MODE`` set in the environment still wins, as wandb documents.
+    - ``WANDB_MODE`` set in the environment still wins, as wandb documents.
+    - Metrics are plotted against ``env_steps`` (the module logs it with every metric), not Lightning's
+      ``trainer/global_step``, which counts optimizer steps of both optimizers.
+    - The ``lit-rl`` CLI sends the whole resolved config (model, data, trainer, ...) to :meth:`log_config`.
+    - ``log_model: true`` (or ``all``) uploads the checkpoints as artifacts (Lightning's option); evaluation
+      videos go up through :meth:`log_video` when ``data.record_video`` is on.
     """
 
     def __init__(self, *, offline: Optional[bool] = None, **kwargs: Any) -> None:
+        chosen = offline
         if offline is None:
             offline = os.environ.get("WANDB_MODE", "") != "online" and not wandb_logged_in()
+        if offline and kwargs.get("log_model"):
+            if chosen:
+                raise ConfigError(
+                    "trainer.logger.init_args.log_model: an offline wandb run cannot upload checkpoints as artifacts; "
+                    "set log_model: false, or log in (`wandb login`) and drop offline: true.")
+            rank_zero_warn("wandb is offline (not logged in), so log_model is off: the checkpoints stay in the run's "
+                           "checkpoints folder. `wandb login` to upload them as artifacts.")
+            kwargs["log_model"] = False
         super().__init__(offline=offline, **kwargs)
+        self._axis_defined = False
+
+    @property
+    def experiment(self) -> Any:
+        run = super().experiment
+        if not self._axis_defined and callable(getattr(run, "define_metric", None)):
+            run.define_metric(STEP_METRIC)
+            run.define_metric("*", step_metric=STEP_METRIC, step_sync=True)
+            self._axis_defined = True
+        return run
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, Any], step: Optional[int] = None) -> None:
+        """Logs with ``env_steps`` as the x-axis: the module passes the env-step count as ``step``."""
+        if step is None or STEP_METRIC not in metrics:
+            return super().log_metrics(metrics, step)
+        self.experiment.log(dict(metrics))
+
+    @rank_zero_only
+    def log_video(self, key: str, videos: list[Any], step: Optional[int] = None, **kwargs: Any) -> None:
+        """Video files (or arrays) under ``key``, at env step ``step``."""
+        import wandb
+
+        items = [wandb.Video(video, **{k: v[i] for k, v in kwargs.items()}) for i, video in enumerate(videos)]
+        self.log_metrics({key: items, **({STEP_METRIC: step} if step is not None else {})}, step)
+
+    @rank_zero_only
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        """Sets the run config to the resolved ``lit-rl`` config (nested: ``model``, ``data``, ``trainer``, ...)."""
+        self.experiment.config.update(dict(config), allow_val_change=True)

@@ -173,6 +173,13 @@ class Collector:
                         returns.append(float(info["episode"]["r"][i]))
                         lengths.append(float(info["episode"]["l"][i]))
                     done_count[i] += 1
+        # A video of the last episode is otherwise written only at the next reset or at close(): finish it now,
+        # so that it is on disk when the evaluation's results are logged.
+        env = self.envs
+        while env is not None:
+            if isinstance(env, gym.wrappers.vector.RecordVideo) and env.recording:
+                env.stop_recording()
+            env = getattr(env, "env", None)
         return np.asarray(returns), np.asarray(lengths)
 
 
