@@ -9,6 +9,7 @@ from tests.test_cli import TINY, lit_rl
 def train(config: str, tmp_path) -> tuple[float, float]:
     """Trains with a config as shipped; returns (mean training return over the episodes that ended in
     the last 5% of the budget, mean greedy evaluation return at the end)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     lit_rl("fit", "--config", str(REPO / config), *TINY, cwd=tmp_path)
     rows = read_metrics(next(tmp_path.rglob("metrics.csv")))
     budget = max(r["env_steps"] for r in rows if "env_steps" in r)
@@ -36,3 +37,12 @@ def test_ppg_cartpole_reaches_475_within_150k_steps(tmp_path):
     train_return, eval_return = train("configs/ppg/cartpole.yaml", tmp_path)
     assert train_return >= 475 and eval_return >= 475
 
+
+
+@pytest.mark.slow
+def test_lstm_ppo_solves_cartpole_without_velocities_within_200k_steps_and_the_mlp_does_not(tmp_path):
+    lstm_train, lstm_eval = train("configs/ppo/cartpole_novel_lstm.yaml", tmp_path / "lstm")
+    mlp_train, mlp_eval = train("configs/ppo/cartpole_novel_mlp.yaml", tmp_path / "mlp")
+    assert lstm_train >= 475 and lstm_eval >= 475
+    # Without memory the positions alone cannot tell which way the pole moves.
+    assert mlp_train <= 0.5 * 475 and mlp_eval <= 0.5 * 475
