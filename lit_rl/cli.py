@@ -1,6 +1,7 @@
 """The ``lit-rl`` command: LightningCLI with omegaconf interpolation, env-step checkpoints and clear errors."""
 
 import glob
+import json
 import os
 import sys
 import warnings
@@ -18,6 +19,8 @@ from lit_rl.algos.ppo import PPO
 from lit_rl.callbacks import EnvStepCheckpoint, EnvStepProgressBar, LogEvaluationVideos, SlurmRequeueAtIterationEnd
 from lit_rl.data.datamodule import RolloutDataModule
 from lit_rl.errors import ConfigError, user_error
+from lit_rl.loggers import run_dir
+from lit_rl.sweep import SUMMARY_ENV
 
 _SPECIAL_CKPT = {"best", "hpc", "registry"}
 
@@ -28,8 +31,21 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*
 
 
 class SaveConfig(SaveConfigCallback):
-    """Writes config.yaml to the log folder (Lightning's callback) and gives the whole resolved config to
-    the loggers that take one (``log_config``: the wandb preset makes it the run config)."""
+    """Writes config.yaml to the run's own folder (:func:`lit_rl.loggers.run_dir`: with wandb, beside the
+    run's checkpoints rather than in the shared save_dir) and gives the whole resolved config to the
+    loggers that take one (``log_config``: the wandb preset makes it the run config)."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.already_saved:
+            return
+        folder = run_dir(trainer)
+        if trainer.is_global_zero:
+            os.makedirs(folder, exist_ok=True)
+            self.config_path = os.path.join(folder, self.config_filename)
+            self.parser.save(self.config, self.config_path, skip_none=False, overwrite=True, multifile=self.multifile)
+            self.save_config(trainer, pl_module, stage)
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         loggers = [logger for logger in trainer.loggers if callable(getattr(logger, "log_config", None))]
@@ -128,6 +144,18 @@ class LitRLCLI(LightningCLI):
             )
         L.seed_everything(data.seed, workers=True, verbose=False)
 
+    def after_fit(self) -> None:
+        """Under ``lit-rl sweep`` (``LIT_RL_SUMMARY_FILE`` set): the run's summary for the sweep, from rank 0."""
+        path = os.environ.get(SUMMARY_ENV)
+        if not path or not self.trainer.is_global_zero:
+            return
+        saver = next((c for c in self.trainer.callbacks if isinstance(c, SaveConfig)), None)
+        summary = {"metrics": dict(getattr(self.model, "last_logged", {})),
+                   "env_steps": int(getattr(self.model, "env_steps", 0)),
+                   "config": os.path.abspath(saver.config_path) if getattr(saver, "config_path", None) else None}
+        with open(path, "w") as f:
+            json.dump(summary, f, indent=1)
+
     def after_test(self) -> None:
         self._print_evaluation("test")
 
@@ -161,7 +189,13 @@ def _log_root(cfg: Any) -> Optional[str]:
 def main(args: Any = None) -> None:
     """Entry point of the ``lit-rl`` console script."""
     ConfigError.last = None
+    argv = sys.argv[1:] if args is None else list(args)
     try:
+        if argv and argv[0] == "sweep":
+            from lit_rl.sweep import main as sweep_main
+
+            sweep_main(argv[1:])
+            return
         LitRLCLI(args=args)
     except Exception as err:
         known = user_error(err)

@@ -5,6 +5,7 @@ import os
 from typing import Any, Mapping, Optional
 from urllib.parse import urlparse
 
+import lightning as L
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
@@ -78,3 +79,15 @@ class WandbLogger(_LightningWandbLogger):
     def log_config(self, config: Mapping[str, Any]) -> None:
         """Sets the run config to the resolved ``lit-rl`` config (nested: ``model``, ``data``, ``trainer``, ...)."""
         self.experiment.config.update(dict(config), allow_val_change=True)
+
+
+def run_dir(trainer: L.Trainer) -> str:
+    """The run's own folder: the CSV/TensorBoard version folder, or, for other loggers (wandb), the one
+    Lightning's checkpoints go to (``save_dir/name/version``), not the logger's shared ``save_dir``.
+    Call it on every rank (rank 0 decides)."""
+    shared = trainer.log_dir  # broadcast from rank 0
+    logger = trainer.loggers[0] if trainer.loggers else None
+    path = shared
+    if trainer.is_global_zero and logger is not None and shared == logger.save_dir and logger.version is not None:
+        path = os.path.join(shared or trainer.default_root_dir, str(logger.name), str(logger.version))
+    return trainer.strategy.broadcast(path)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 NODES = ("n1", "n2")
+TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 BINARIES = ("slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "sacct", "munged")
 
@@ -172,12 +173,14 @@ class LocalSlurm:
             raise RuntimeError(f"sbatch failed: {done.stderr}")
         return done.stdout.strip().split(";")[0]
 
-    def state(self, job: str) -> str:
+    def states(self, job: str) -> list[str]:
+        """The state of the job, or of each task of a job array."""
         out = _run("scontrol", "show", "job", job, "-o", env=self.env, check=False).stdout
-        for field in out.split():
-            if field.startswith("JobState="):
-                return field.split("=", 1)[1]
-        return "UNKNOWN"
+        return [f.split("=", 1)[1] for line in out.splitlines() for f in line.split() if f.startswith("JobState=")]
+
+    def state(self, job: str) -> str:
+        states = self.states(job)
+        return states[0] if states else "UNKNOWN"
 
     def field(self, job: str, name: str) -> str:
         out = _run("scontrol", "show", "job", job, "-o", env=self.env, check=False).stdout
@@ -186,11 +189,12 @@ class LocalSlurm:
                 return field.split("=", 1)[1]
         return ""
 
-    def wait(self, job: str, timeout: float, until: tuple[str, ...] = ("COMPLETED", "FAILED", "CANCELLED",
-                                                                      "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")) -> str:
+    def wait(self, job: str, timeout: float, until: tuple[str, ...] = TERMINAL) -> str:
+        """Waits until the job (every task of an array) is in one of ``until``; returns the state (the
+        first task's that is not COMPLETED, for an array)."""
         deadline = time.monotonic() + timeout
-        state = self.state(job)
-        while state not in until and time.monotonic() < deadline:
+        while True:
+            states = self.states(job) or ["UNKNOWN"]
+            if all(s in until for s in states) or time.monotonic() > deadline:
+                return next((s for s in states if s != "COMPLETED"), states[0])
             time.sleep(1)
-            state = self.state(job)
-        return state

@@ -11,10 +11,11 @@ import torch
 from lit_rl.cli import main
 from tests.helpers import REPO, read_metrics
 
-# The two-node preset needs a process per node; tests/test_placement.py launches it that way.
+# The two-node preset needs a process per node; tests/test_placement.py launches it that way. Sweep files
+# are wandb's format, not lit-rl configs (tests/test_sweep.py runs them).
 MULTI_NODE = {"configs/placement/two_nodes.yaml"}
 CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")
-                 if str(p.relative_to(REPO)) not in MULTI_NODE)
+                 if str(p.relative_to(REPO)) not in MULTI_NODE and "configs/sweeps/" not in str(p.relative_to(REPO)))
 TINY = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 

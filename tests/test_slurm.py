@@ -127,3 +127,22 @@ def test_preempted_job_checkpoints_requeues_and_resumes_to_the_exact_budget(clus
     (actor, actor_params), (critic, critic_params) = rank_results(tmp_path)
     assert actor["env_steps"] == critic["env_steps"] == total
     assert max_diff(actor_params, critic_params) == 0.0
+
+
+def test_sweep_runs_as_a_job_array_sharing_one_sweep_folder(cluster, tmp_path):
+    os.symlink(REPO / "configs", tmp_path / "configs")  # the sweep's command names configs/ as from the checkout
+    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(REPO),
+           "SWEEP_DIR": str(tmp_path / "sweep"), "WANDB_MODE": "", "WANDB_API_KEY": ""}
+    options = ["--partition=debug", "--gpus-per-node=0", "--cpus-per-task=1", "--array=0-1",
+               f"--chdir={tmp_path}", f"--output={tmp_path}/job-%A_%a.out"]
+    job = cluster.sbatch(REPO / "scripts/slurm/sweep_array.sbatch", options,
+                         ["configs/sweeps/ppo_cartpole.yaml", "--", *FIT[:6], "--data.total_timesteps", "512",
+                          "--data.eval_episodes", "1", "--trainer.enable_progress_bar", "false"],
+                         cwd=REPO, env=env)
+    state = cluster.wait(job, timeout=600)
+    assert state == "COMPLETED", f"job {job} ended {state}:\n{job_output(tmp_path)}\n{cluster.logs()}"
+    trials = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("trial-[0-9][0-9][0-9].json"))]
+    assert len(trials) == 2 and all(t["state"] == "finished" for t in trials), trials
+    # Each array task ran its own trial, with its own values from the one search.
+    assert sorted(t["slurm_task"] for t in trials) == [f"{job}_0", f"{job}_1"]
+    assert trials[0]["params"] != trials[1]["params"]

@@ -155,6 +155,7 @@ class PPO(L.LightningModule):
         self._check_hparams()
         self.agent: Optional[ActorCritic] = None
         self.env_steps = 0
+        self.last_logged: dict[str, float] = {}  # the last value of every metric logged (a run summary)
         self.metrics = torch.nn.ModuleDict({name: MeanMetric() for name in (*self.loss_metrics, "episodic_return", "episodic_length")})
         self._fit_start: Optional[tuple[float, int]] = None
         self.generators: dict[str, torch.Generator] = {}  # minibatch shuffling, one stream per role
@@ -241,6 +242,13 @@ class PPO(L.LightningModule):
             self.build(datamodule.single_observation_space, datamodule.single_action_space)
 
     def setup(self, stage: str) -> None:
+        if self.trainer.world_size > 1 and self.placement is None:
+            raise ConfigError(
+                f"trainer.strategy: {type(self.trainer.strategy).__name__} cannot train this module on "
+                f"{self.trainer.world_size} processes (it updates two networks with their own optimizers, and "
+                "rollouts must be gathered); use lit_rl.distributed.ActorCriticPlacement, e.g. "
+                "--config configs/placement/data_parallel.yaml (every rank trains both networks) or another "
+                "preset in configs/placement/.")
         datamodule = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and datamodule is not None:
             hp = self.hparams
@@ -636,6 +644,7 @@ class PPO(L.LightningModule):
     def _log_against_env_steps(self, metrics: dict[str, Any]) -> dict[str, float]:
         """Writes ``metrics`` to every logger with the env-step count as the step; returns them as floats."""
         values = {k: float(v) for k, v in metrics.items()}
+        self.last_logged.update(values)
         for logger in self.loggers:
             logger.log_metrics(values, step=int(values["env_steps"]))
         return values

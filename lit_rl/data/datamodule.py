@@ -200,7 +200,9 @@ class RolloutDataModule(L.LightningDataModule):
             return None
         if self.hparams.video_dir:
             return self.hparams.video_dir
-        log_dir = self.trainer.log_dir if self.trainer is not None else None
+        from lit_rl.loggers import run_dir
+
+        log_dir = run_dir(self.trainer) if self.trainer is not None else None
         return f"{log_dir or '.'}/videos"
 
     def teardown(self, stage: str) -> None:
