@@ -4,6 +4,7 @@ land on an iteration boundary."""
 import glob
 import os
 import signal
+import threading
 from types import FrameType
 from typing import Any, Optional
 
@@ -64,6 +65,19 @@ class EnvStepProgressBar(TQDMProgressBar):
             self.train_progress_bar.refresh()
 
 
+_early_requeue_signal = [False]
+
+
+def note_requeue_signal_early() -> None:
+    """Under SLURM, notes SIGUSR1 from the start of the process (before the trainer exists, while envs and
+    process groups start): the default action would kill the process. :class:`SlurmRequeueAtIterationEnd`
+    picks the note up. Env worker processes forked later inherit the note instead of dying."""
+    if "SLURM_JOB_ID" not in os.environ or threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGUSR1) in (None, signal.SIG_DFL):
+        signal.signal(signal.SIGUSR1, lambda signum, frame: _early_requeue_signal.__setitem__(0, True))
+
+
 class SlurmRequeueAtIterationEnd(Callback):
     """Lightning's SLURM auto-requeue, moved to the end of an iteration.
 
@@ -74,21 +88,32 @@ class SlurmRequeueAtIterationEnd(Callback):
     env steps the checkpoint would then miss or count twice) or of an update (half-stepped weights), and,
     with several ranks, at a different point on each. This callback only notes the signal; after each
     iteration (rollout, update and weight exchange done) the ranks agree whether any of them got it, and
-    then all call Lightning's own handler together (checkpoint, requeue) and stop. The checkpoint so holds
-    exactly the iterations done, with their env-step count.
+    then all call Lightning's own handler together (checkpoint, requeue) and stop, without the end-of-fit
+    evaluation. The checkpoint so holds exactly the iterations done, with their env-step count. A signal
+    in the iteration that reaches the budget is ignored: the run is finishing anyway.
     """
 
     def __init__(self) -> None:
         self.requested = False
+        self.requeued = False  # this run checkpointed and requeued its job
         self._environment: Optional[SLURMEnvironment] = None
+        self._previous: Any = None
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Installed before Lightning registers its signal handlers (after on_fit_start), which then leaves an
+        # existing USR1 handler in place: from here on the signal is only noted, never acted on mid-step.
         environment = getattr(trainer._accelerator_connector, "cluster_environment", None)
-        if not (isinstance(environment, SLURMEnvironment) and environment.auto_requeue and environment.requeue_signal):
+        if stage != "fit" or not (isinstance(environment, SLURMEnvironment) and environment.auto_requeue
+                                  and environment.requeue_signal) or threading.current_thread() is not threading.main_thread():
             return
         self._environment = environment
-        self.requested = False
-        signal.signal(environment.requeue_signal, self._note)  # Lightning restores its handlers at teardown
+        self.requested = _early_requeue_signal[0] and environment.requeue_signal == signal.SIGUSR1
+        self._previous = signal.signal(environment.requeue_signal, self._note)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._environment is not None:
+            signal.signal(self._environment.requeue_signal, self._previous or signal.SIG_DFL)
+            self._environment = None
 
     def _note(self, signum: int, frame: Optional[FrameType]) -> None:
         self.requested = True
@@ -99,12 +124,19 @@ class SlurmRequeueAtIterationEnd(Callback):
             return
         if not trainer.strategy.reduce_boolean_decision(self.requested, all=False):
             return
+        self.requested = False
+        datamodule = trainer.datamodule
+        if datamodule is not None and datamodule.env_steps >= getattr(datamodule, "total_timesteps", float("inf")):
+            rank_zero_info("SLURM requeue signal in the last iteration: finishing the run instead of requeueing")
+            return
         signum = self._environment.requeue_signal
         rank_zero_info(f"SLURM requeue signal at {getattr(pl_module, 'env_steps', '?')} env steps: checkpointing "
                        "at the end of this iteration and requeueing")
         trainer._signal_connector._slurm_sigusr_handler_fn(signum, None)  # Lightning's save + scontrol requeue
-        self.requested = False
+        self.requeued = True
         trainer.should_stop = True
+        # Stopping would run the end-of-fit evaluation, which SLURM's SIGTERM (the requeue) would cut short.
+        trainer.fit_loop.epoch_loop._skip_next_val = True
 
 
 class LogEvaluationVideos(Callback):

@@ -16,7 +16,8 @@ from lightning.pytorch.loggers import CSVLogger
 from jsonargparse import lazy_instance
 
 from lit_rl.algos.ppo import PPO
-from lit_rl.callbacks import EnvStepCheckpoint, EnvStepProgressBar, LogEvaluationVideos, SlurmRequeueAtIterationEnd
+from lit_rl.callbacks import (EnvStepCheckpoint, EnvStepProgressBar, LogEvaluationVideos, SlurmRequeueAtIterationEnd,
+                              note_requeue_signal_early)
 from lit_rl.data.datamodule import RolloutDataModule
 from lit_rl.errors import ConfigError, user_error
 from lit_rl.loggers import run_dir
@@ -150,7 +151,8 @@ class LitRLCLI(LightningCLI):
         if not path or not self.trainer.is_global_zero:
             return
         saver = next((c for c in self.trainer.callbacks if isinstance(c, SaveConfig)), None)
-        summary = {"metrics": dict(getattr(self.model, "last_logged", {})),
+        requeued = any(getattr(c, "requeued", False) for c in self.trainer.callbacks)
+        summary = {"preempted": requeued, "metrics": dict(getattr(self.model, "last_logged", {})),
                    "env_steps": int(getattr(self.model, "env_steps", 0)),
                    "config": os.path.abspath(saver.config_path) if getattr(saver, "config_path", None) else None}
         with open(path, "w") as f:
@@ -189,6 +191,7 @@ def _log_root(cfg: Any) -> Optional[str]:
 def main(args: Any = None) -> None:
     """Entry point of the ``lit-rl`` console script."""
     ConfigError.last = None
+    note_requeue_signal_early()
     argv = sys.argv[1:] if args is None else list(args)
     try:
         if argv and argv[0] == "sweep":

@@ -6,6 +6,7 @@ from typing import Any, Mapping, Optional
 from urllib.parse import urlparse
 
 import lightning as L
+from lightning.fabric.utilities.logger import _add_prefix
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
@@ -65,7 +66,7 @@ class WandbLogger(_LightningWandbLogger):
         """Logs with ``env_steps`` as the x-axis: the module passes the env-step count as ``step``."""
         if step is None or STEP_METRIC not in metrics:
             return super().log_metrics(metrics, step)
-        self.experiment.log(dict(metrics))
+        self.experiment.log(_add_prefix(dict(metrics), self._prefix, self.LOGGER_JOIN_CHAR))
 
     @rank_zero_only
     def log_video(self, key: str, videos: list[Any], step: Optional[int] = None, **kwargs: Any) -> None:

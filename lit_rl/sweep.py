@@ -76,7 +76,13 @@ def load_sweep(path: str) -> dict[str, Any]:
 @contextlib.contextmanager
 def _locked(folder: Path) -> Iterator[None]:
     with open(folder / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError as err:
+            raise ConfigError(
+                f"lit-rl sweep: cannot lock {folder / '.lock'} ({err}); the sweep folder must be on a filesystem "
+                "with file locks (most local and NFS mounts; on Lustre mount with flock), or give --dir elsewhere."
+            ) from err
         try:
             yield
         finally:
@@ -86,8 +92,9 @@ def _locked(folder: Path) -> Iterator[None]:
 def read_trials(folder: Path) -> list[dict[str, Any]]:
     trials = []
     for path in sorted(p for p in folder.glob("trial-*.json") if re.fullmatch(r"trial-\d+\.json", p.name)):
-        with open(path) as f:
-            trials.append(json.load(f))
+        text = path.read_text()
+        if text:  # empty: claimed by another process that is writing it
+            trials.append(json.loads(text))
     return trials
 
 
@@ -129,7 +136,16 @@ def propose(config: dict[str, Any], folder: Path) -> Optional[dict[str, Any]]:
         suggestion = _sweeps().next_run(config, _as_sweep_runs(trials, config["metric"]["name"]), validate=False)
         if suggestion is None:
             return None
-        trial = {"name": f"trial-{len(trials):03d}", "run_id": f"{folder.name}-{len(trials):03d}-{secrets.token_hex(3)}",
+        # The trial file is created exclusively, so two processes never claim the same name even where a lock
+        # is advisory only.
+        number = len(trials)
+        while True:
+            try:
+                os.close(os.open(folder / f"trial-{number:03d}.json", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                break
+            except FileExistsError:
+                number += 1
+        trial = {"name": f"trial-{number:03d}", "run_id": f"{folder.name}-{number:03d}-{secrets.token_hex(3)}",
                  "params": {k: v["value"] for k, v in suggestion.config.items()}, "state": "running",
                  "metric": None, "started": time.time(), "slurm_task": slurm_task}
         _write_trial(folder, trial)
@@ -178,11 +194,18 @@ def run_trial(config: dict[str, Any], folder: Path, trial: dict[str, Any], extra
         env["WANDB_MODE"] = "offline"
     trial["command"] = command
     print(f"[{trial['name']}] {' '.join(f'{k}={v}' for k, v in trial['params'].items())}", flush=True)
-    with open(log_file, "w") as log:
+    summary_file.unlink(missing_ok=True)
+    with open(log_file, "a") as log:  # a resumed trial appends to its first attempt's log
         code = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    if summary.get("preempted"):
+        # Checkpointed and requeued by SLURM: the trial stays running, and the requeued task resumes it.
+        print(f"[{trial['name']}] preempted: checkpointed, its SLURM job requeued to resume it", flush=True)
+        trial["preempted"] = True
+        return trial
     value = summary.get("metrics", {}).get(config["metric"]["name"])
-    trial.update(exit_code=code, metric=value, config=summary.get("config"), log=str(log_file),
+    trial.update(exit_code=code, metric=value, config=summary.get("config"), env_steps=summary.get("env_steps"),
+                 log=str(log_file),
                  ended=time.time(), state="finished" if code == 0 and value is not None else "failed")
     with _locked(folder):
         _write_trial(folder, trial)
@@ -246,7 +269,8 @@ def main(argv: list[str]) -> None:
             if trial is None:
                 print("the search is exhausted (every grid point has a trial)")
                 break
-            run_trial(config, folder, trial, extra)
+            if run_trial(config, folder, trial, extra).get("preempted"):
+                break
     trials = read_trials(folder)
     print(f"\nsweep {args.file} ({config.get('method')}), {len(trials)} trials in {folder}:")
     print(table(config, trials))

@@ -7,6 +7,7 @@ would (partition, no GPUs, one task and one CPU per node)."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -89,11 +90,26 @@ def test_two_node_job_trains_the_actor_on_one_node_and_the_critic_on_the_other(c
     assert max(r["env_steps"] for r in rows if "env_steps" in r) == total
 
 
+def task_pid(job: str, rank: int) -> int:
+    """The pid of the job's ``lit-rl`` task with SLURM_PROCID ``rank`` (both nodes run on this host)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            environ = dict(kv.split("=", 1) for kv in open(f"/proc/{entry}/environ").read().split("\0") if "=" in kv)
+            cmdline = open(f"/proc/{entry}/cmdline").read()
+        except OSError:
+            continue
+        if (environ.get("SLURM_JOB_ID") == job and environ.get("SLURM_PROCID") == str(rank)
+                and "lit-rl" in cmdline and "fit" in cmdline):
+            return int(entry)
+    raise AssertionError(f"no lit-rl task with rank {rank} in job {job}")
+
+
 def test_preempted_job_checkpoints_requeues_and_resumes_to_the_exact_budget(cluster, tmp_path):
     total = 48 * ITERATION
-    job = submit(cluster, "placement_two_nodes.sbatch", tmp_path, total)
-    # Preempt once training is under way: the signal SLURM sends before a time limit (--signal=USR1@90),
-    # delivered now to every task of the job.
+    job = submit(cluster, "placement_two_nodes.sbatch", tmp_path, total, "--trainer.limit_val_batches", "1",
+                 "--data.eval_episodes", "2")
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and cluster.state(job) in ("PENDING", "RUNNING"):
         logs = list(tmp_path.rglob("metrics.csv"))
@@ -102,7 +118,9 @@ def test_preempted_job_checkpoints_requeues_and_resumes_to_the_exact_budget(clus
         time.sleep(1)
     else:
         pytest.fail(f"job {job} did not start training:\n{job_output(tmp_path)}")
-    subprocess.run(["scancel", "--signal=USR1", job], env=cluster.env, check=True)
+    # Preempt once training is under way, with the signal SLURM sends before a time limit
+    # (--signal=USR1@90), here to one rank only, the critic's (rank 1): the ranks must agree to stop.
+    os.kill(task_pid(job, 1), signal.SIGUSR1)
     # The job requeues itself. SLURM holds a requeued job back for a while (BeginTime); the test starts it
     # now as an admin would, to keep the test short.
     state = cluster.wait(job, timeout=120, until=("PENDING", "COMPLETED", "FAILED", "CANCELLED"))
@@ -117,13 +135,16 @@ def test_preempted_job_checkpoints_requeues_and_resumes_to_the_exact_budget(clus
     assert len(hpc) == 1, f"expected one requeue checkpoint in {run_dir}: {hpc}"
     saved = torch.load(hpc[0], weights_only=True, map_location="cpu")["env_steps"]
     assert 4 * ITERATION <= saved < total and saved % ITERATION == 0
-    # The first run logged up to the checkpoint and no further; the requeued one went on from there.
+    # The first run logged up to the checkpoint and no further (no evaluation after the requeue); the
+    # requeued one went on from there.
     first, second = (read_metrics(p) for p in sorted(tmp_path.glob("lightning_logs/version_*/metrics.csv")))
     first_steps = sorted({r["env_steps"] for r in first if "train/iteration" in r})
     second_steps = sorted({r["env_steps"] for r in second if "train/iteration" in r})
     assert first_steps[-1] == saved
+    assert not any("val/episodic_return_mean" in r for r in first)
     assert second_steps[0] == saved + ITERATION and second_steps[-1] == total
     assert len(first_steps) + len(second_steps) == total // ITERATION  # every iteration exactly once
+    assert any(r.get("val/episodic_return_mean") for r in second)  # the finished run evaluates
     (actor, actor_params), (critic, critic_params) = rank_results(tmp_path)
     assert actor["env_steps"] == critic["env_steps"] == total
     assert max_diff(actor_params, critic_params) == 0.0
@@ -146,3 +167,35 @@ def test_sweep_runs_as_a_job_array_sharing_one_sweep_folder(cluster, tmp_path):
     # Each array task ran its own trial, with its own values from the one search.
     assert sorted(t["slurm_task"] for t in trials) == [f"{job}_0", f"{job}_1"]
     assert trials[0]["params"] != trials[1]["params"]
+
+
+def test_preempted_sweep_task_resumes_its_trial(cluster, tmp_path):
+    os.symlink(REPO / "configs", tmp_path / "configs")
+    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(REPO),
+           "SWEEP_DIR": str(tmp_path / "sweep"), "WANDB_MODE": "", "WANDB_API_KEY": ""}
+    options = ["--partition=debug", "--gpus-per-node=0", "--cpus-per-task=1", "--array=0-0",
+               f"--chdir={tmp_path}", f"--output={tmp_path}/job-%A_%a.out"]
+    total = 48 * 128  # 4 envs x 32 steps per iteration
+    job = cluster.sbatch(REPO / "scripts/slurm/sweep_array.sbatch", options,
+                         ["configs/sweeps/ppo_cartpole.yaml", "--", *FIT[:6], "--data.total_timesteps", str(total),
+                          "--data.eval_episodes", "1", "--trainer.enable_progress_bar", "false",
+                          "--checkpoint.every_n_env_steps", "512"], cwd=REPO, env=env)
+    # Preempt once the trial has trained a while (its first env-step checkpoint is written), signalling every
+    # process of the task as SLURM's --signal does: `lit-rl sweep` and its trial.
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob("lit-rl/*/checkpoints/env_steps=*.ckpt")):
+        assert time.monotonic() < deadline, f"the trial did not start training:\n{job_output(tmp_path)}"
+        time.sleep(1)
+    subprocess.run(["scancel", "--signal=USR1", job], env=cluster.env, check=True)
+    state = cluster.wait(job, timeout=120, until=("PENDING", "COMPLETED", "FAILED", "CANCELLED"))
+    assert state == "PENDING", f"job {job} did not requeue ({state}):\n{job_output(tmp_path)}"
+    subprocess.run(["scontrol", "update", f"JobId={job}_0", "StartTime=now"], env=cluster.env, check=True)
+    state = cluster.wait(job, timeout=600)
+    assert state == "COMPLETED", f"job {job} ended {state}:\n{job_output(tmp_path)}\n{cluster.logs()}"
+    trials = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("trial-[0-9][0-9][0-9].json"))]
+    # One trial, resumed (not a second one started), trained to its budget from the requeue checkpoint.
+    assert len(trials) == 1 and trials[0]["state"] == "finished", trials
+    assert trials[0]["env_steps"] == total
+    assert list((tmp_path / "sweep" / "trial-000").glob("hpc_ckpt_*.ckpt"))
+    log = (tmp_path / "sweep" / "trial-000.log").read_text()
+    assert "Restored all states from the checkpoint" in log

@@ -31,7 +31,8 @@ def test_offline_run_reads_back_with_config_metrics_and_video(tmp_path):
     assert [row["env_steps"] for row in train_rows] == [256, 512, 768, 1024]
     assert all("train/value_loss" in row and "train/explained_variance" in row for row in train_rows)
     assert any("train/episodic_return" in row for row in train_rows)
-    assert any(m.glob_name == "*" and m.step_metric == "env_steps" for m in run.metrics)
+    # The last definition of "*" wins: env_steps, not Lightning's trainer/global_step.
+    assert [m.step_metric for m in run.metrics if m.glob_name == "*"][-1] == "env_steps"
     evaluation = [row for row in run.history if "val/episodic_return_mean" in row]
     assert evaluation and evaluation[-1]["env_steps"] == 1024
     # The evaluation video, uploaded with the run.
