@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from scripts.benchmark_ppo import append_results, machine  # noqa: E402
+from scripts.benchmark_ppo import append_results, machine, markdown_table  # noqa: E402
 
 CONFIGS = {"PPO": "configs/ppo/cartpole.yaml", "PPG": "configs/ppg/cartpole.yaml"}
 PRESETS = {"serial": ("configs/placement/single_device.yaml", 1),
@@ -116,8 +116,8 @@ def main() -> None:
               "Serial: one process does the critic's then the actor's update. Parallel: two processes (actor on "
               "rank 0, critic on rank 1) update at the same time, then exchange weights. Median per update; "
               "ratio of the summed wall times; the target is parallel / serial <= 0.6.\n")
-    table = ("| phase | serial (1 process) | parallel (2 processes) | parallel / serial | updates counted |\n"
-             "|---|---|---|---|---|\n" + "\n".join("| " + " | ".join(r) + " |" for r in rows) + "\n")
+    table = markdown_table(("phase", "serial (1 process)", "parallel (2 processes)", "parallel / serial",
+                            "updates counted"), rows)
     print(header)
     print(table)
     append_results(args.results, "Placement benchmark results", "scripts/benchmark_placement.py", header + "\n" + table + "\n")

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 import torch
 
@@ -42,6 +42,12 @@ def machine() -> str:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
+
+
+def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A Markdown table with a header row, one line per row, and a trailing newline."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
 
 
 def append_results(path: str, title: str, script: str, text: str) -> None:
@@ -119,7 +125,7 @@ def main() -> None:
     width = max(len(k) for k, _ in rows)
     header = (f"## {datetime.date.today().isoformat()}: CartPole-v1, CleanRL ppo.py defaults, "
               f"{args.total_timesteps:,} env steps, accelerator {args.accelerator}\n\nMachine: {machine()}\n")
-    table = "| measure | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n"
+    table = markdown_table(("measure", "value"), rows)
     print(header)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")

@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from scripts.benchmark_ppo import append_results, machine, train  # noqa: E402
+from scripts.benchmark_ppo import append_results, machine, markdown_table, train  # noqa: E402
 
 CONFIGS = {"LSTM": "configs/ppo/cartpole_novel_lstm.yaml", "MLP": "configs/ppo/cartpole_novel_mlp.yaml"}
 
@@ -42,8 +42,8 @@ def main() -> None:
               f"{args.total_timesteps:,} env steps each, accelerator {args.accelerator}\n\nMachine: {machine()}\n\n"
               f"Recurrent / MLP training SPS: **{lstm['sps'] / mlp['sps']:.2f}** (rollout time x"
               f"{lstm['rollout'] / mlp['rollout']:.1f}, update time x{lstm['update'] / mlp['update']:.1f}).\n")
-    table = ("| policy | training SPS | rollout time | update time | mean return, last 10% of steps |\n"
-             "|---|---|---|---|---|\n" + "\n".join("| " + " | ".join(r) + " |" for r in rows) + "\n")
+    table = markdown_table(("policy", "training SPS", "rollout time", "update time",
+                            "mean return, last 10% of steps"), rows)
     print(header)
     print(table)
     append_results(args.results, "Recurrent benchmark results", "scripts/benchmark_recurrent.py", header + "\n" + table + "\n")
