@@ -174,7 +174,7 @@ def command_for(config: dict[str, Any], params: dict[str, Any]) -> list[str]:
 
 def run_trial(config: dict[str, Any], folder: Path, trial: dict[str, Any], extra: list[str]) -> dict[str, Any]:
     """Runs one trial to the end (offline wandb) and records its state and metric."""
-    command = command_for(config, trial["params"]) + extra
+    command = command_for(config, trial["params"])
     # `lit-rl` (or any program) from this environment when it is not on PATH (e.g. a venv not activated).
     here = os.path.dirname(sys.executable)
     found = shutil.which(command[0]) or shutil.which(command[0], path=here)
@@ -184,8 +184,8 @@ def run_trial(config: dict[str, Any], folder: Path, trial: dict[str, Any], extra
     command[0] = found
     if os.path.basename(found) == "lit-rl":
         # The trial's own folder for Lightning's files (SLURM requeue checkpoints), apart from other trials.
-        command[len(command) - len(extra):len(command) - len(extra)] = [
-            "--trainer.default_root_dir", str(folder / trial["name"])]
+        command += ["--trainer.default_root_dir", str(folder / trial["name"])]
+    command += extra
     summary_file = folder / f"{trial['name']}.summary.json"
     log_file = folder / f"{trial['name']}.log"
     env = {**os.environ, SUMMARY_ENV: str(summary_file.resolve()), "WANDB_RUN_ID": trial["run_id"],

@@ -173,21 +173,22 @@ class LocalSlurm:
             raise RuntimeError(f"sbatch failed: {done.stderr}")
         return done.stdout.strip().split(";")[0]
 
+    def _records(self, job: str) -> list[dict[str, str]]:
+        """``scontrol show job`` as one dict of fields per job (per task, for an array)."""
+        out = _run("scontrol", "show", "job", job, "-o", env=self.env, check=False).stdout
+        return [dict(f.split("=", 1) for f in line.split() if "=" in f) for line in out.splitlines()]
+
     def states(self, job: str) -> list[str]:
         """The state of the job, or of each task of a job array."""
-        out = _run("scontrol", "show", "job", job, "-o", env=self.env, check=False).stdout
-        return [f.split("=", 1)[1] for line in out.splitlines() for f in line.split() if f.startswith("JobState=")]
+        return [record["JobState"] for record in self._records(job) if "JobState" in record]
 
     def state(self, job: str) -> str:
         states = self.states(job)
         return states[0] if states else "UNKNOWN"
 
     def field(self, job: str, name: str) -> str:
-        out = _run("scontrol", "show", "job", job, "-o", env=self.env, check=False).stdout
-        for field in out.split():
-            if field.startswith(name + "="):
-                return field.split("=", 1)[1]
-        return ""
+        records = self._records(job)
+        return records[0].get(name, "") if records else ""
 
     def wait(self, job: str, timeout: float, until: tuple[str, ...] = TERMINAL) -> str:
         """Waits until the job (every task of an array) is in one of ``until``; returns the state (the

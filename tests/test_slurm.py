@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lit_rl.sweep import read_trials
 from tests.helpers import REPO, read_metrics
 from tests.slurm_cluster import LocalSlurm, install_reason
 
@@ -43,11 +44,15 @@ def cluster(tmp_path_factory):
     slurm.stop()
 
 
+def job_env(**more: str) -> dict[str, str]:
+    """What a job needs from this test run: lit-rl on PATH, the checkout importable, wandb left to decide."""
+    return {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(REPO),
+            "WANDB_MODE": "", "WANDB_API_KEY": "", **more}
+
+
 def submit(cluster: LocalSlurm, template: str, workdir: Path, total: int, *extra: str) -> str:
     """Submits ``scripts/slurm/<template>`` from the checkout (as a user would), running in ``workdir``."""
-    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
-    for key in ("WANDB_MODE", "WANDB_API_KEY"):
-        env[key] = ""
+    env = job_env()
     options = [*CPU_NODES, f"--chdir={workdir}", f"--output={workdir}/job-%j.out"]
     args = [str(REPO / "configs/ppo/cartpole.yaml"), "--data.total_timesteps", str(total), *FIT,
             "--trainer.callbacks+=tests.placement_helpers.SaveRankParams",
@@ -150,19 +155,22 @@ def test_preempted_job_checkpoints_requeues_and_resumes_to_the_exact_budget(clus
     assert max_diff(actor_params, critic_params) == 0.0
 
 
+def submit_sweep(cluster: LocalSlurm, workdir: Path, array: str, total: int, *extra: str) -> str:
+    """Submits scripts/slurm/sweep_array.sbatch with the shipped sweep file, its folder ``workdir/sweep``."""
+    os.symlink(REPO / "configs", workdir / "configs")  # the sweep's command names configs/ as from the checkout
+    options = ["--partition=debug", "--gpus-per-node=0", "--cpus-per-task=1", f"--array={array}",
+               f"--chdir={workdir}", f"--output={workdir}/job-%A_%a.out"]
+    args = ["configs/sweeps/ppo_cartpole.yaml", "--", *FIT[:6], "--data.total_timesteps", str(total),
+            "--data.eval_episodes", "1", "--trainer.enable_progress_bar", "false", *extra]
+    return cluster.sbatch(REPO / "scripts/slurm/sweep_array.sbatch", options, args, cwd=REPO,
+                          env=job_env(SWEEP_DIR=str(workdir / "sweep")))
+
+
 def test_sweep_runs_as_a_job_array_sharing_one_sweep_folder(cluster, tmp_path):
-    os.symlink(REPO / "configs", tmp_path / "configs")  # the sweep's command names configs/ as from the checkout
-    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(REPO),
-           "SWEEP_DIR": str(tmp_path / "sweep"), "WANDB_MODE": "", "WANDB_API_KEY": ""}
-    options = ["--partition=debug", "--gpus-per-node=0", "--cpus-per-task=1", "--array=0-1",
-               f"--chdir={tmp_path}", f"--output={tmp_path}/job-%A_%a.out"]
-    job = cluster.sbatch(REPO / "scripts/slurm/sweep_array.sbatch", options,
-                         ["configs/sweeps/ppo_cartpole.yaml", "--", *FIT[:6], "--data.total_timesteps", "512",
-                          "--data.eval_episodes", "1", "--trainer.enable_progress_bar", "false"],
-                         cwd=REPO, env=env)
+    job = submit_sweep(cluster, tmp_path, "0-1", 512)
     state = cluster.wait(job, timeout=600)
     assert state == "COMPLETED", f"job {job} ended {state}:\n{job_output(tmp_path)}\n{cluster.logs()}"
-    trials = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("trial-[0-9][0-9][0-9].json"))]
+    trials = read_trials(tmp_path / "sweep")
     assert len(trials) == 2 and all(t["state"] == "finished" for t in trials), trials
     # Each array task ran its own trial, with its own values from the one search.
     assert sorted(t["slurm_task"] for t in trials) == [f"{job}_0", f"{job}_1"]
@@ -170,16 +178,8 @@ def test_sweep_runs_as_a_job_array_sharing_one_sweep_folder(cluster, tmp_path):
 
 
 def test_preempted_sweep_task_resumes_its_trial(cluster, tmp_path):
-    os.symlink(REPO / "configs", tmp_path / "configs")
-    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(REPO),
-           "SWEEP_DIR": str(tmp_path / "sweep"), "WANDB_MODE": "", "WANDB_API_KEY": ""}
-    options = ["--partition=debug", "--gpus-per-node=0", "--cpus-per-task=1", "--array=0-0",
-               f"--chdir={tmp_path}", f"--output={tmp_path}/job-%A_%a.out"]
     total = 48 * 128  # 4 envs x 32 steps per iteration
-    job = cluster.sbatch(REPO / "scripts/slurm/sweep_array.sbatch", options,
-                         ["configs/sweeps/ppo_cartpole.yaml", "--", *FIT[:6], "--data.total_timesteps", str(total),
-                          "--data.eval_episodes", "1", "--trainer.enable_progress_bar", "false",
-                          "--checkpoint.every_n_env_steps", "512"], cwd=REPO, env=env)
+    job = submit_sweep(cluster, tmp_path, "0-0", total, "--checkpoint.every_n_env_steps", "512")
     # Preempt once the trial has trained a while (its first env-step checkpoint is written), signalling every
     # process of the task as SLURM's --signal does: `lit-rl sweep` and its trial.
     deadline = time.monotonic() + 300
@@ -192,7 +192,7 @@ def test_preempted_sweep_task_resumes_its_trial(cluster, tmp_path):
     subprocess.run(["scontrol", "update", f"JobId={job}_0", "StartTime=now"], env=cluster.env, check=True)
     state = cluster.wait(job, timeout=600)
     assert state == "COMPLETED", f"job {job} ended {state}:\n{job_output(tmp_path)}\n{cluster.logs()}"
-    trials = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("trial-[0-9][0-9][0-9].json"))]
+    trials = read_trials(tmp_path / "sweep")
     # One trial, resumed (not a second one started), trained to its budget from the requeue checkpoint.
     assert len(trials) == 1 and trials[0]["state"] == "finished", trials
     assert trials[0]["env_steps"] == total
