@@ -1,12 +1,15 @@
 """Gymnasium wrappers lit_rl adds to an env from its config."""
 
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
+import torch
 from gymnasium.vector.utils import batch_space
 from gymnasium.wrappers import TransformObservation
 from gymnasium.wrappers import vector as vw
+from gymnasium.wrappers.utils import RunningMeanStd
+from torch import Tensor
 
 from lit_rl.errors import ConfigError
 
@@ -50,3 +53,60 @@ def mask_vector_observation(envs: gym.vector.VectorEnv, hide: Sequence[int]) -> 
     assert isinstance(space, gym.spaces.Box)
     masked = gym.spaces.Box(space.low[keep], space.high[keep], dtype=space.dtype)
     return vw.TransformObservation(envs, lambda obs: obs[..., keep], batch_space(masked, envs.num_envs), masked)
+
+
+class DeferredRunningMeanStd(RunningMeanStd):
+    """gymnasium's running mean/std, held fixed while a rollout is collected.
+
+    The normalization wrappers call ``update()`` on every step; here it only gathers the moments of what it
+    is given into ``pending``. :meth:`commit` folds them in at the end of the iteration, merged over every
+    process that collects, so all processes normalize alike and the statistics are the run's.
+    """
+
+    def __init__(self, shape: tuple[int, ...] = (), dtype: Any = np.float64) -> None:
+        super().__init__(shape=shape, dtype=dtype)
+        self.pending = RunningMeanStd(epsilon=0.0, shape=shape)
+
+    def update(self, x: np.ndarray) -> None:
+        self.pending.update(np.asarray(x, dtype=np.float64))
+
+    def commit(self, sum_over_processes: Callable[[Tensor], Tensor] = lambda t: t) -> None:
+        """Folds in the moments gathered since the last commit by every process. ``sum_over_processes`` sums
+        a tensor over the processes (an all-reduce; the identity for one). The processes' moments are
+        merged as in Chan et al.'s parallel algorithm: counts and mean first, then the squared deviations
+        around the merged mean."""
+
+        def total(x: Any) -> np.ndarray:
+            return sum_over_processes(torch.as_tensor(x, dtype=torch.float64)).numpy()
+
+        p = self.pending
+        count = float(total(p.count))
+        if count > 0:
+            mean = total(p.count * p.mean) / count
+            var = total(p.count * (p.var + np.square(p.mean - mean))) / count
+            self.update_from_moments(mean.astype(self.mean.dtype), var.astype(self.var.dtype), count)
+        self.pending = RunningMeanStd(epsilon=0.0, shape=p.mean.shape)
+
+
+class NormalizeObservation(vw.NormalizeObservation):
+    """gymnasium's observation normalization with :class:`DeferredRunningMeanStd` statistics."""
+
+    def __init__(self, env: gym.vector.VectorEnv, epsilon: float = 1e-8) -> None:
+        super().__init__(env, epsilon)
+        self.obs_rms = DeferredRunningMeanStd(self.obs_rms.mean.shape, self.obs_rms.mean.dtype)
+
+
+class NormalizeReward(vw.NormalizeReward):
+    """gymnasium's reward normalization with :class:`DeferredRunningMeanStd` statistics, and the discounted
+    return it tracks reset at the end of every episode, truncated ones included (as SB3's VecNormalize
+    does). gymnasium's resets it on termination only, so on time-limited tasks the return runs on across
+    episodes and the reward scale drifts for the whole run."""
+
+    def __init__(self, env: gym.vector.VectorEnv, gamma: float = 0.99, epsilon: float = 1e-8) -> None:
+        super().__init__(env, gamma, epsilon)
+        self.return_rms = DeferredRunningMeanStd()
+
+    def step(self, actions: Any) -> Any:
+        obs, reward, terminated, truncated, info = super().step(actions)
+        self.accumulated_reward[np.logical_or(terminated, truncated)] = 0
+        return obs, reward, terminated, truncated, info

@@ -1,6 +1,8 @@
-"""The actor/critic placement strategy on CPU (gloo): parallel updates on two processes give what the serial
-update in one process gives, and every rank ends each run with the same parameters."""
+"""The actor/critic placement strategy on CPU (gloo). A placement preset does not change the experiment:
+the same command gives the same batch and, role by role and rank by rank, the parameters of the one-process
+serial run, with the normalization statistics merged over the processes."""
 
+import json
 import os
 import socket
 import subprocess
@@ -16,35 +18,39 @@ from lit_rl.errors import ConfigError
 from tests.helpers import REPO
 from tests.test_cli import TINY, lit_rl
 
-SMALL = ["--data.total_timesteps", "2048", "--data.num_steps", "32", "--data.vectorization_mode", "sync",
+ENVS, STEPS = 8, 2048  # the run's envs, split over the processes of each preset, and its env steps
+SMALL = ["--data.num_envs", str(ENVS), "--data.total_timesteps", str(STEPS), "--data.num_steps", "32",
+         "--data.vectorization_mode", "sync", "--data.normalize_observation", "true", "--data.normalize_reward", "true",
          "--model.init_args.num_minibatches", "2", "--trainer.limit_val_batches", "0", "--trainer.accelerator", "cpu",
          "--checkpoint.every_n_env_steps", "0", *TINY]
+ROLES = ("actor", "critic")
+PPO = ("configs/ppo/cartpole.yaml", "--model.init_args.update_epochs", "2")
+PPG = ("configs/ppg/cartpole.yaml", "--model.init_args.n_pi", "4", "--model.init_args.actor_epochs", "2",
+       "--model.init_args.critic_epochs", "2")  # 8 iterations: two aux phases
+SINGLE_DEVICE = ("--config", str(REPO / "configs/placement/single_device.yaml"))
+CRITIC_DEVICE = ("--config", str(REPO / "configs/placement/critic_device.yaml"))
 
 
-PPO_EXTRA = ["--model.init_args.update_epochs", "2"]
-PPG_EXTRA = ["--model.init_args.n_pi", "4", "--model.init_args.actor_epochs", "2",
-             "--model.init_args.critic_epochs", "2"]  # 8 iterations: two aux phases
-
-
-def fit_args(tmp_path: Path, name: str, config: str, envs_per_process: int, *extra: str) -> list[str]:
-    return ["fit", "--config", str(REPO / config), *SMALL, "--data.num_envs", str(envs_per_process),
-            "--trainer.logger.save_dir", str(tmp_path / name),
+def fit_args(tmp_path: Path, name: str, config: str, *extra: str) -> list[str]:
+    return ["fit", "--config", str(REPO / config), *SMALL, "--trainer.logger.save_dir", str(tmp_path / name),
             "--trainer.callbacks+=tests.placement_helpers.SaveRankParams",
             "--trainer.callbacks.dirpath", str(tmp_path / name / "params"), *extra]
 
 
-def params(tmp_path: Path, name: str, ranks: int) -> dict[int, dict]:
-    return {r: torch.load(tmp_path / name / "params" / f"rank{r}.pt", weights_only=True) for r in range(ranks)}
+def results(tmp_path: Path, name: str) -> list[dict]:
+    """Each rank's final state dict (``params``), role vectors (``final``, ``updated``), datamodule state
+    (``data``) and run facts (``info``), in rank order."""
+    folder = tmp_path / name / "params"
+    ranks = sorted(int(p.stem[4:]) for p in folder.glob("rank*.json"))
+    return [{"dir": tmp_path / name, "params": torch.load(folder / f"rank{r}.pt", weights_only=True),
+             **torch.load(folder / f"rank{r}.roles.pt", weights_only=True),
+             "info": json.loads((folder / f"rank{r}.json").read_text())} for r in ranks]
 
 
-def run(tmp_path: Path, name: str, config: str, envs: int, processes: int, *extra: str) -> dict[int, dict]:
-    """Trains with ``envs`` envs in all, split over ``processes``; returns each rank's final parameters."""
-    strategy = []
-    if processes > 1:
-        strategy = ["--trainer.devices", str(processes), "--trainer.strategy", "lit_rl.distributed.ActorCriticPlacement",
-                    "--trainer.strategy.process_group_backend", "gloo"]
-    lit_rl(*fit_args(tmp_path, name, config, envs // processes, *strategy, *extra), cwd=tmp_path)
-    return params(tmp_path, name, processes)
+def run(tmp_path: Path, name: str, config: str, *extra: str) -> list[dict]:
+    """``lit-rl fit`` of the experiment ``config`` with ``extra`` flags (a placement preset); each rank's results."""
+    lit_rl(*fit_args(tmp_path, name, config, *extra), cwd=tmp_path)
+    return results(tmp_path, name)
 
 
 def free_port() -> int:
@@ -82,14 +88,61 @@ def max_diff(a: dict, b: dict) -> float:
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a if a[k].is_floating_point())
 
 
-@pytest.mark.parametrize("config,extra", [("configs/ppo/cartpole.yaml", PPO_EXTRA), ("configs/ppg/cartpole.yaml", PPG_EXTRA)])
-def test_parallel_actor_and_critic_ranks_match_the_serial_update(tmp_path, config, extra):
-    serial = run(tmp_path, "serial", config, 8, 1, *extra)[0]
-    parallel = run(tmp_path, "parallel", config, 8, 2, *extra, "--trainer.strategy.actor_ranks", "[0]",
-                   "--trainer.strategy.critic_ranks", "[1]", "--trainer.strategy.update_mode", "parallel")
-    assert max_diff(parallel[0], parallel[1]) == 0.0  # all ranks end with the same parameters
-    print(f"max |serial - parallel| = {max_diff(serial, parallel[0]):.2e}")
-    assert max_diff(serial, parallel[0]) <= 1e-6
+def check_roles(ranks: list[dict], reference: dict, roles: list[list[str]], atol: float) -> dict[str, float]:
+    """Each rank's own update of each role it trains (before the weight exchange) and each role's final
+    parameters on every rank, against the one-process serial run's. Rank equality alone proves nothing:
+    the exchange copies one rank's parameters to all. Returns the largest difference per role."""
+    diffs = {}
+    for r, (rank, expected) in enumerate(zip(ranks, roles)):
+        assert sorted(rank["info"]["roles"]) == sorted(expected) == sorted(rank["updated"]), (r, rank["info"]["roles"])
+        for kind in ("updated", "final"):
+            for role, vector in rank[kind].items():
+                diffs[f"rank {r} {kind} {role}"] = (vector - reference["final"][role]).abs().max().item()
+    table = ", ".join(f"{key}: {diff:.1e}" for key, diff in diffs.items())
+    assert max(diffs.values()) <= atol, f"parameters differ from the serial run's by more than {atol:g}: {table}"
+    return {role: max(d for key, d in diffs.items() if key.endswith(role)) for role in ROLES}
+
+
+@pytest.fixture(scope="module", params=[PPO, PPG], ids=["ppo", "ppg"])
+def presets(request, tmp_path_factory) -> dict[str, list[dict]]:
+    """The same experiment command with configs/placement/single_device.yaml and with critic_device.yaml."""
+    config, *extra = request.param
+    tmp_path = tmp_path_factory.mktemp("presets")
+    return {"config": request.param,
+            "single": run(tmp_path, "single", config, *extra, *SINGLE_DEVICE),
+            "critic_device": run(tmp_path, "critic_device", config, *extra, *CRITIC_DEVICE)}
+
+
+def test_a_placement_preset_does_not_change_the_experiment(presets):
+    """data.num_envs is the run's: two processes step half of the envs each, so the batch, the iterations
+    and (up to float rounding) every role's parameters are those of the one-process run."""
+    (single,), two = presets["single"], presets["critic_device"]
+    assert single["info"]["envs"] == ENVS and [r["info"]["envs"] for r in two] == [ENVS // 2] * 2
+    assert single["info"]["env_steps"] == two[0]["info"]["env_steps"] == two[1]["info"]["env_steps"] == STEPS
+    assert single["info"]["iterations"] == two[0]["info"]["iterations"] == STEPS // (ENVS * 32)
+    check_roles([single], single, [list(ROLES)], atol=0.0)
+    worst = check_roles(two, single, [["actor"], ["critic"]], atol=1e-6)
+    print(f"max |serial - critic_device| per role: {worst}")
+    assert max_diff(single["params"], two[0]["params"]) <= 1e-6
+
+
+def test_normalization_statistics_are_merged_over_processes(presets):
+    """With normalize_observation and normalize_reward, the two processes of critic_device.yaml end with the
+    statistics of the one-process run (each saw half of the envs), and its checkpoint holds the run's:
+    counts over all envs' steps, not one rank's."""
+    (single,), two = presets["single"], presets["critic_device"]
+    for rank in two:
+        for name in ("obs_rms", "return_rms"):
+            mine, ref = rank["data"][name], single["data"][name]
+            assert mine["count"] == ref["count"], name
+            assert torch.allclose(mine["mean"], ref["mean"], rtol=1e-6, atol=1e-7), name
+            assert torch.allclose(mine["var"], ref["var"], rtol=1e-6, atol=1e-7), name
+    # Observations: every env's reset and every step; returns: every step but the autoreset ones.
+    assert single["data"]["obs_rms"]["count"] == pytest.approx(1e-4 + ENVS + STEPS, abs=1e-9)
+    assert STEPS * 0.9 < single["data"]["return_rms"]["count"] < STEPS
+    checkpoint = torch.load(next(two[0]["dir"].rglob("last.ckpt")), weights_only=False)
+    assert checkpoint["RolloutDataModule"]["obs_rms"]["count"] == single["data"]["obs_rms"]["count"]
+    assert checkpoint["RolloutDataModule"]["return_rms"]["count"] == single["data"]["return_rms"]["count"]
 
 
 def test_ranks_that_do_not_exist_are_refused(tmp_path):
@@ -101,30 +154,41 @@ def test_ranks_that_do_not_exist_are_refused(tmp_path):
     assert "critic_ranks" in proc.stderr and "2 process" in proc.stderr
 
 
-@pytest.mark.parametrize("config,extra", [("configs/ppo/cartpole.yaml", PPO_EXTRA), ("configs/ppg/cartpole.yaml", PPG_EXTRA)])
-def test_data_parallel_inside_each_group_matches_one_rank_per_group(tmp_path, config, extra):
-    two = run(tmp_path, "two", config, 8, 2, *extra, "--trainer.strategy.actor_ranks", "[0]",
-              "--trainer.strategy.critic_ranks", "[1]")
-    four = run(tmp_path, "four", config, 8, 4, *extra, "--trainer.strategy.actor_ranks", "[0, 1]",
-               "--trainer.strategy.critic_ranks", "[2, 3]")
-    assert all(max_diff(four[0], four[r]) == 0.0 for r in (1, 2, 3))
-    # Each rank of a group takes half of every minibatch; the summed half-gradients differ from the whole
-    # minibatch's gradient only in float rounding.
-    print(f"max |2 ranks - 4 ranks| = {max_diff(two[0], four[0]):.2e}")
-    assert max_diff(two[0], four[0]) <= 1e-5
+def test_envs_that_do_not_split_over_the_processes_are_refused(tmp_path):
+    proc = lit_rl(*fit_args(tmp_path, "odd", "configs/ppo/cartpole.yaml", *CRITIC_DEVICE, "--data.num_envs", "3",
+                            "--data.total_timesteps", "1536"), cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    message = [line for line in proc.stderr.splitlines() if line.startswith("lit-rl: error:")]
+    assert message and "data.num_envs: 3 envs cannot be split evenly over the 2 processes" in message[0], proc.stderr[-2000:]
+    assert "e.g. 2 or 4" in message[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "odd" / "params").exists()
 
 
-def test_two_node_launch_on_one_host(tmp_path):
+def test_data_parallel_inside_each_group_matches_the_serial_run(presets, tmp_path):
+    """Two ranks per group: each takes half of every minibatch and the group sums the gradients, which
+    differ from the whole minibatch's only in float rounding. Every rank's own update of its role is
+    checked, so a rank whose result the weight exchange would overwrite is checked too."""
+    config, *extra = presets["config"]
+    four = run(tmp_path, "four", config, *extra, *CRITIC_DEVICE, "--trainer.devices", "4",
+               "--trainer.strategy.actor_ranks", "[0, 1]", "--trainer.strategy.critic_ranks", "[2, 3]")
+    assert [r["info"]["envs"] for r in four] == [ENVS // 4] * 4
+    worst = check_roles(four, presets["single"][0], [["actor"], ["actor"], ["critic"], ["critic"]], atol=1e-5)
+    print(f"max |serial - 4 ranks| per role: {worst}")
+
+
+@pytest.mark.parametrize("presets", [PPO], indirect=True, ids=["ppo"])
+def test_two_node_launch_on_one_host(presets, tmp_path):
     """The two-node preset: two processes, each its own node (NODE_RANK), actor on node 0, critic on node 1."""
-    config = "configs/ppo/cartpole.yaml"
-    serial = run(tmp_path, "serial", config, 8, 1, *PPO_EXTRA)[0]
-    args = fit_args(tmp_path, "nodes", config, 4, "--config", str(REPO / "configs/placement/two_nodes.yaml"),
-                    "--trainer.devices", "1", "--trainer.accelerator", "cpu", *PPO_EXTRA)
-    results = finish(launch_nodes(args, tmp_path), timeout=300)
-    assert [code for code, _ in results] == [0, 0], "\n\n".join(err[-3000:] for _, err in results)
-    nodes = params(tmp_path, "nodes", 2)
-    assert max_diff(nodes[0], nodes[1]) == 0.0
-    assert max_diff(serial, nodes[0]) <= 1e-6  # the same run as one process doing both roles
+    config, *extra = presets["config"]
+    args = fit_args(tmp_path, "nodes", config, "--config", str(REPO / "configs/placement/two_nodes.yaml"),
+                    "--trainer.devices", "1", "--trainer.accelerator", "cpu", *extra)
+    codes = finish(launch_nodes(args, tmp_path), timeout=300)
+    assert [code for code, _ in codes] == [0, 0], "\n\n".join(err[-3000:] for _, err in codes)
+    nodes = results(tmp_path, "nodes")
+    assert [r["info"]["node_rank"] for r in nodes] == [0, 1]
+    # The same run as one process doing both roles.
+    worst = check_roles(nodes, presets["single"][0], [["actor"], ["critic"]], atol=1e-6)
+    print(f"max |serial - two nodes| per role: {worst}")
 
 
 @pytest.mark.parametrize("failing,how", [(1, "exit"), (0, "exit"), (1, "hang")])
@@ -132,7 +196,7 @@ def test_a_failed_rank_ends_the_others_with_a_clear_error(tmp_path, failing, how
     """Two node processes; one exits or stops answering at its third iteration. The other ends within the
     strategy's timeout (plus start-up), with a message that says what happened and what to change."""
     timeout_s = 20
-    args = fit_args(tmp_path, "fail", "configs/ppo/cartpole.yaml", 4, "--config",
+    args = fit_args(tmp_path, "fail", "configs/ppo/cartpole.yaml", "--config",
                     str(REPO / "configs/placement/two_nodes.yaml"), "--trainer.devices", "1",
                     "--trainer.accelerator", "cpu", "--trainer.strategy.timeout_s", str(timeout_s),
                     "--data.total_timesteps", "100000",

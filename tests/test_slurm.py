@@ -21,8 +21,8 @@ from tests.helpers import REPO, read_metrics
 from tests.slurm_cluster import LocalSlurm, install_reason
 
 CPU_NODES = ["--partition=debug", "--gpus-per-node=0", "--ntasks-per-node=1", "--cpus-per-task=1"]
-ITERATION = 2 * 4 * 32  # env steps per iteration: 2 ranks x 4 envs x 32 steps
-FIT = ["--data.num_envs", "4", "--data.num_steps", "32", "--data.vectorization_mode", "sync",
+ITERATION = 8 * 32  # env steps per iteration: 8 envs in all (4 on each of 2 ranks) x 32 steps
+FIT = ["--data.num_envs", "8", "--data.num_steps", "32", "--data.vectorization_mode", "sync",
        "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
        "--trainer.enable_model_summary", "false", "--trainer.limit_val_batches", "0",
        "--checkpoint.every_n_env_steps", "0"]
@@ -167,6 +167,7 @@ def submit_sweep(cluster: LocalSlurm, workdir: Path, array: str, total: int, *ex
 
 
 def test_sweep_runs_as_a_job_array_sharing_one_sweep_folder(cluster, tmp_path):
+    pytest.importorskip("sweeps", reason="lit-rl sweep needs the sweep extra (pip install -e '.[sweep]')")
     job = submit_sweep(cluster, tmp_path, "0-1", 512)
     state = cluster.wait(job, timeout=600)
     assert state == "COMPLETED", f"job {job} ended {state}:\n{job_output(tmp_path)}\n{cluster.logs()}"
@@ -178,7 +179,8 @@ def test_sweep_runs_as_a_job_array_sharing_one_sweep_folder(cluster, tmp_path):
 
 
 def test_preempted_sweep_task_resumes_its_trial(cluster, tmp_path):
-    total = 48 * 128  # 4 envs x 32 steps per iteration
+    pytest.importorskip("sweeps", reason="lit-rl sweep needs the sweep extra (pip install -e '.[sweep]')")
+    total = 24 * ITERATION  # one process, 8 envs x 32 steps per iteration
     job = submit_sweep(cluster, tmp_path, "0-0", total, "--checkpoint.every_n_env_steps", "512")
     # Preempt once the trial has trained a while (its first env-step checkpoint is written), signalling every
     # process of the task as SLURM's --signal does: `lit-rl sweep` and its trial.

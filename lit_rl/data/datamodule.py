@@ -13,7 +13,7 @@ from gymnasium.wrappers import vector as vw
 from lit_rl.data.collector import Collector, Policy
 from lit_rl.data.rollout import Rollout
 from lit_rl.errors import ConfigError
-from lit_rl.wrappers import mask_vector_observation
+from lit_rl.wrappers import NormalizeObservation, NormalizeReward, mask_vector_observation
 
 VectorizationMode = Literal["auto", "sync", "async", "vector_entry_point"]
 
@@ -36,20 +36,33 @@ def check_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
 class RolloutDataModule(L.LightningDataModule):
     """Vector envs stepped with the module's current policy, one rollout per training iteration.
 
+    ``num_envs`` is the run's: with several processes that collect, each steps ``num_envs / processes`` of
+    them (:attr:`envs_per_process`) and the rollouts are gathered, so a placement preset does not change
+    the experiment.
+
+    Normalization statistics (``normalize_observation``, ``normalize_reward``) stay fixed while a rollout is
+    collected and are updated once at its end, from the moments of the whole rollout's raw observations and
+    discounted returns, merged over all processes (:class:`lit_rl.wrappers.DeferredRunningMeanStd`). So
+    every layout normalizes alike and checkpoints hold the run's statistics. The first rollout runs with the
+    initial statistics (mean 0, variance 1); the first observation of each later rollout was normalized when
+    the previous rollout ended. Evaluation envs take the training statistics and never update them.
+
     Args:
         env_id: A registered gymnasium id; ``module:Name-v0`` imports ``module`` to register it.
         env_kwargs: Keyword arguments for ``gymnasium.make_vec`` / the env constructor.
-        num_envs: Parallel environments per process.
-        num_steps: Steps per env in one rollout; a rollout has ``num_envs * num_steps`` env steps per process.
+        num_envs: Parallel environments of the run, over all processes; it must divide by their number.
+        num_steps: Steps per env in one rollout; a rollout has ``num_envs * num_steps`` env steps.
         total_timesteps: The env-step budget, over all processes. Training stops exactly there: the last
             rollout is shorter when the budget is not a multiple of the steps of one iteration.
-        seed: Env ``i`` of rank ``r`` is seeded with ``seed + r * num_envs + i``; also the run's torch seed.
+        seed: Env ``i`` of the run (rank ``r`` holds envs ``r * envs_per_process`` onwards) is seeded with
+            ``seed + i``, however the envs are split; also the run's torch seed.
         vectorization_mode: ``sync``, ``async`` (one process per env), ``vector_entry_point`` (the env's
             native vectorized implementation) or ``auto`` (native where the env registers one, else sync).
         hide_observation: Indices of observation components to remove (a 1-D Box), making the task
             partially observable, e.g. ``[1, 3]``: CartPole without velocities (:class:`lit_rl.wrappers.MaskObservation`).
         normalize_observation: Running mean/std normalization of observations (gymnasium's wrapper).
-        normalize_reward: Scale rewards by the running std of the discounted return (gymnasium's wrapper).
+        normalize_reward: Scale rewards by the running std of the discounted return (gymnasium's wrapper,
+            with the return reset at every episode end, truncation included: :class:`lit_rl.wrappers.NormalizeReward`).
         clip_observation: Clip (normalized) observations to ``[-c, c]``.
         clip_reward: Clip (normalized) rewards to ``[-c, c]``.
         gamma: Discount of the return whose std scales rewards; keep it equal to ``model.gamma``.
@@ -124,8 +137,24 @@ class RolloutDataModule(L.LightningDataModule):
 
     @property
     def world_size(self) -> int:
-        """Processes that collect; each steps ``num_envs`` envs, and ``total_timesteps`` counts them all."""
+        """Processes that collect; they share the run's ``num_envs`` envs."""
         return self.trainer.world_size if self.trainer is not None else 1
+
+    @property
+    def envs_per_process(self) -> int:
+        """The envs this process steps: its share of ``num_envs``."""
+        return self.num_envs // self.world_size
+
+    def check_processes(self) -> None:
+        """A ConfigError unless the run's envs split evenly over the processes that collect."""
+        n, p = self.num_envs, self.world_size
+        if n % p:
+            near = " or ".join(str(k) for k in (n - n % p, n - n % p + p) if k > 0)
+            raise ConfigError(
+                f"data.num_envs: {n} envs cannot be split evenly over the {p} processes that collect "
+                f"(trainer.num_nodes x trainer.devices); data.num_envs counts the run's envs, so set it to a "
+                f"multiple of {p}, e.g. {near}."
+            )
 
     def make_envs(self, num_envs: int, training: bool, video_folder: Optional[str] = None) -> gym.vector.VectorEnv:
         """Builds the wrapped vector env. Nothing is reset or stepped here."""
@@ -150,13 +179,13 @@ class RolloutDataModule(L.LightningDataModule):
         if isinstance(envs.single_action_space, gym.spaces.Box):
             envs = vw.ClipAction(envs)
         if hp.normalize_observation:
-            envs = vw.NormalizeObservation(envs)
+            envs = NormalizeObservation(envs)
             envs.update_running_mean = training
         if hp.clip_observation is not None:
             c = float(hp.clip_observation)
             envs = vw.TransformObservation(envs, lambda obs: np.clip(obs, -c, c))
         if training and hp.normalize_reward:
-            envs = vw.NormalizeReward(envs, gamma=hp.gamma)
+            envs = NormalizeReward(envs, gamma=hp.gamma)
         if training and hp.clip_reward is not None:
             c = float(hp.clip_reward)
             envs = vw.ClipReward(envs, -c, c)
@@ -180,14 +209,11 @@ class RolloutDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         from lit_rl.nets import check_spaces
 
-        if stage == "fit" and self.total_timesteps % (self.num_envs * self.world_size):
-            raise ConfigError(
-                f"data.total_timesteps: {self.total_timesteps} is not a multiple of data.num_envs x processes = "
-                f"{self.num_envs} x {self.world_size}, so the run could not stop exactly at the budget."
-            )
+        if stage == "fit":
+            self.check_processes()
         if stage == "fit" and self.collector is None:
-            self.collector = Collector(self.make_envs(self.num_envs, training=True),
-                                       env_offset=self.rank * self.num_envs, noise_seed=self.seed)
+            self.collector = Collector(self.make_envs(self.envs_per_process, training=True),
+                                       env_offset=self.rank * self.envs_per_process, noise_seed=self.seed)
             check_spaces(self.collector.envs.single_observation_space, self.collector.envs.single_action_space)
         if self.eval_collector is None:
             self.eval_collector = Collector(self.make_envs(min(self.hparams.eval_envs, self.hparams.eval_episodes), training=False,
@@ -215,7 +241,7 @@ class RolloutDataModule(L.LightningDataModule):
     @property
     def steps_per_iteration(self) -> int:
         """Env steps of one iteration, over all processes."""
-        return self.num_envs * self.num_steps * self.world_size
+        return self.num_envs * self.num_steps
 
     @property
     def num_iterations(self) -> int:
@@ -228,17 +254,31 @@ class RolloutDataModule(L.LightningDataModule):
         """
         assert self.collector is not None
         # A resumed run starts fresh episodes, seeded apart from those the run already saw.
-        seed = self.seed + self.rank * self.num_envs + self.iteration * 7919
+        seed = self.seed + self.rank * self.envs_per_process + self.iteration * 7919
         self.collector.reset(seed)
-        envs = self.num_envs * self.world_size  # the run's envs, over all processes
         while self.env_steps < self.total_timesteps:
-            steps = min(self.num_steps, (self.total_timesteps - self.env_steps) // envs)
-            self.env_steps += steps * envs
+            steps = min(self.num_steps, (self.total_timesteps - self.env_steps) // self.num_envs)
+            self.env_steps += steps * self.num_envs
             rollout = self.collector.collect(policy, steps, env_steps=self.env_steps, iteration=self.iteration)
+            self.update_normalization()
             self.iteration += 1
             self._stop_at_budget()
             yield rollout
         self._stop_at_budget()
+
+    def update_normalization(self) -> None:
+        """Folds the rollout's observation and return moments, merged over all processes, into the
+        normalization statistics (the same on every process)."""
+        assert self.collector is not None
+        for rms in _running_stats(self.collector.envs).values():
+            rms.commit(self._sum_over_processes)
+
+    def _sum_over_processes(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over every process, through the strategy's collectives (one process: itself)."""
+        if self.trainer is None:
+            return tensor
+        strategy = self.trainer.strategy
+        return strategy.reduce(tensor.to(strategy.root_device), reduce_op="sum").cpu()
 
     def _stop_at_budget(self) -> None:
         """The env-step budget, not an epoch count, ends training (also for a resumed, finished run)."""

@@ -1,0 +1,77 @@
+"""Observation and reward normalization: the reward scale on time-limited tasks, and statistics that stay
+fixed during a rollout and take the whole rollout's moments at its end. That the statistics are merged over
+processes is checked with real processes in tests/test_placement.py."""
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.wrappers import TimeLimit
+
+from lit_rl.wrappers import DeferredRunningMeanStd, NormalizeObservation, NormalizeReward
+
+LIMIT, GAMMA = 50, 0.98
+
+
+class ConstantRewardEnv(gym.Env):
+    """Reward 1 at every step and no terminal state: under a time limit, every episode ends by truncation,
+    as in solved CartPole or Pendulum."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed: Any = None, options: Any = None) -> Any:
+        super().reset(seed=seed)
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action: Any) -> Any:
+        return np.zeros(1, np.float32), 1.0, False, False, {}
+
+
+def test_reward_scale_stays_steady_when_episodes_end_by_truncation():
+    """gymnasium's NormalizeReward resets its discounted return on termination only: here the return runs
+    on across episodes towards 1 / (1 - gamma), its variance shrinks and the reward scale drifts (0.09 after
+    10 rollouts, 0.40 after 40k steps). Reset at every episode end, the statistics are those of one
+    episode's returns, 0.111 throughout."""
+    envs = NormalizeReward(gym.vector.SyncVectorEnv([lambda: TimeLimit(ConstantRewardEnv(), LIMIT)] * 4), gamma=GAMMA)
+    envs.reset(seed=0)
+    episode_returns = np.cumsum(GAMMA ** np.arange(LIMIT))  # 1, 1 + gamma, ...: the return after each step
+    steady = 1 / np.sqrt(np.var(episode_returns))
+    scales = []
+    for _ in range(40_000 // (4 * 32)):  # rollouts of 32 steps, not aligned with the episodes
+        scale = 1 / np.sqrt(envs.return_rms.var + envs.epsilon)
+        for _ in range(32):
+            _, reward, *_ = envs.step(np.zeros(4, dtype=np.int64))
+            assert set(np.round(reward / scale, 6)) <= {0.0, 1.0}  # the autoreset step's reward is 0
+        envs.return_rms.commit()
+        scales.append(scale)
+    envs.close()
+    print(f"reward scale after 1, 10, all rollouts: {scales[1]:.3f} {scales[10]:.3f} {scales[-1]:.3f}; "
+          f"one episode's returns give {steady:.3f}")
+    assert np.allclose(scales[10:], steady, rtol=0.02)
+
+
+def test_statistics_stay_fixed_during_a_rollout_and_take_its_moments_at_the_end():
+    envs = NormalizeObservation(gym.make_vec("Pendulum-v1", num_envs=3, vectorization_mode="sync"))
+    raw = gym.make_vec("Pendulum-v1", num_envs=3, vectorization_mode="sync")  # the same envs, unwrapped
+    rms = envs.obs_rms
+    assert isinstance(rms, DeferredRunningMeanStd)
+    envs.reset(seed=1)
+    seen = [raw.reset(seed=1)[0]]  # the raw observations the wrapper saw
+    actions = np.zeros((20, 3, 1), np.float32)
+    for a in actions:
+        obs, *_ = envs.step(a)
+        seen.append(raw.step(a)[0])
+        assert np.array_equal(rms.mean, np.zeros(3)) and np.array_equal(rms.var, np.ones(3))
+        assert np.allclose(obs, seen[-1])  # normalized with the initial statistics: unchanged
+    rms.commit()
+    seen = np.concatenate(seen)
+    assert rms.count == 1e-4 + len(seen)
+    # The initial mean 0 / variance 1 weigh as 1e-4 of a sample.
+    assert np.allclose(rms.mean, seen.mean(0), rtol=1e-5, atol=1e-6)
+    assert np.allclose(rms.var, seen.var(0), rtol=1e-5, atol=1e-6)
+    obs, *_ = envs.step(actions[0])
+    assert np.allclose(obs, (raw.step(actions[0])[0] - rms.mean) / np.sqrt(rms.var + envs.epsilon), atol=1e-5)
+    envs.close()
+    raw.close()
