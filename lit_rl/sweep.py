@@ -57,7 +57,10 @@ def load_sweep(path: str) -> dict[str, Any]:
         raise ConfigError(f"lit-rl sweep: no sweep file at {path!r}; give a wandb sweep YAML such as "
                           "configs/sweeps/ppo_cartpole.yaml.")
     with open(path) as f:
-        config = yaml.safe_load(f)
+        try:
+            config = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"lit-rl sweep: {path} is not valid YAML: {_yaml_problem(err)}") from None
     if not isinstance(config, dict):
         raise ConfigError(f"lit-rl sweep: {path} is not a YAML mapping with method, metric and parameters.")
     violations = _sweeps().schema_violations_from_proposed_config(config)
@@ -71,6 +74,18 @@ def load_sweep(path: str) -> dict[str, Any]:
         raise ConfigError(f"lit-rl sweep: {path} has no command; add e.g. "
                           'command: [lit-rl, fit, --config, configs/ppo/cartpole.yaml, "${args}"].')
     return config
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """yaml's own account of a syntax error on one line: where, what, and in what construct."""
+    if not isinstance(err, yaml.MarkedYAMLError) or err.problem_mark is None:
+        return " ".join(str(err).split())
+    mark = err.problem_mark
+    text = f"line {mark.line + 1}, column {mark.column + 1}: {err.problem}"
+    if err.context:
+        where = f", which starts at line {err.context_mark.line + 1}" if err.context_mark is not None else ""
+        text += f" ({err.context}{where})"
+    return text + "."
 
 
 @contextlib.contextmanager

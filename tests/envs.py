@@ -60,3 +60,30 @@ class ChainEnv(gym.Env):
 gym.register("NanReward-v0", entry_point=NanRewardEnv, max_episode_steps=500)
 gym.register("TupleAction-v0", entry_point=TupleActionEnv, max_episode_steps=50)
 gym.register("Chain-v0", entry_point=ChainEnv, max_episode_steps=20)
+
+
+class CueEnv(gym.Env):
+    """A memory task. The first observation shows a cue, +1 or -1; the next ``delay`` observations are 0. The
+    episode ends after ``delay + 1`` actions, and its only reward, 1, comes at the last one if that action
+    names the cue (1 for +1, 0 for -1). A policy that does not carry the cue in its state sees the same
+    blank observation at the last step whatever the cue, so it is right half the time at best."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, delay: int = 2) -> None:
+        self.delay = delay
+
+    def reset(self, *, seed: Any = None, options: Any = None) -> Any:
+        super().reset(seed=seed)
+        self.cue, self.t = int(self.np_random.integers(2)), 0
+        return np.array([2.0 * self.cue - 1.0], np.float32), {}
+
+    def step(self, action: Any) -> Any:
+        self.t += 1
+        last = self.t > self.delay
+        reward = float(last and int(action) == self.cue)
+        return np.zeros(1, np.float32), reward, last, False, {}
+
+
+gym.register("Cue-v0", entry_point=CueEnv)

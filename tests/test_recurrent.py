@@ -2,6 +2,7 @@
 the shared summarizer belongs to the actor optimizer, and the POMDP wrapper hides what it should."""
 
 import gymnasium as gym
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -104,7 +105,7 @@ def test_each_optimizer_changes_exactly_the_parameters_it_owns_with_a_shared_sum
 
 
 def test_recurrent_ppo_and_ppg_train_and_evaluate_through_the_cli_path(tmp_path):
-    for cls, extra in ((PPO, {}), (PPG, {"n_pi": 2, "aux_num_minibatches": 2})):
+    for cls, extra in ((PPO, {}), (PPG, {"n_pi": 2, "aux_minibatch_size": 4})):
         module, dm = make({"recurrent": "gru", "recurrent_size": 16, "num_minibatches": 2, "bptt_length": 16, **extra},
                           {"hide_observation": [1, 3], "vectorization_mode": "sync", "total_timesteps": 512,
                            "eval_episodes": 2}, cls=cls)
@@ -113,10 +114,49 @@ def test_recurrent_ppo_and_ppg_train_and_evaluate_through_the_cli_path(tmp_path)
         assert max(r.get("env_steps", 0) for r in rows) == 512
         if cls is PPG:
             assert max(r.get("train/aux_phases", 0) for r in rows) == 2
-        dm.setup("test")  # greedy evaluation carries the state through each episode
+        dm.setup("test")  # greedy evaluation runs (whether it carries the state: the cue test below)
         returns, lengths = dm.eval_collector.evaluate(module, 4, seed=0)
         dm.teardown("test")
         assert len(returns) == 4 and np.array_equal(returns, lengths)  # CartPole: +1 per step
+
+
+class Forgetful:
+    """A recurrent module acting with its state zeroed before every step: what evaluation would do if it
+    dropped the state between steps."""
+
+    def __init__(self, module: PPO) -> None:
+        self.module = module
+        self.device = module.device
+
+    def initial_state(self, batch: int) -> torch.Tensor:
+        return self.module.initial_state(batch)
+
+    def act(self, obs: torch.Tensor, deterministic: bool = False, noise=None, history: History | None = None):
+        history.state = torch.zeros_like(history.state)
+        return self.module.act(obs, deterministic=deterministic, noise=noise, history=history)
+
+
+def test_greedy_evaluation_carries_the_state_through_each_episode(tmp_path):
+    """On the cue task (tests/envs.py: the cue is seen at the first step only and must be named at the last)
+    a policy wins only by carrying its state through the episode; without it, it is right half the time."""
+    module, dm = make({"recurrent": "lstm", "recurrent_size": 16, "hidden_sizes": [32], "num_minibatches": 2,
+                       "anneal_lr": False, "actor_optimizer": lambda p: torch.optim.Adam(p, lr=3e-3),
+                       "critic_optimizer": lambda p: torch.optim.Adam(p, lr=3e-3)},
+                      {"env_id": "tests.envs:Cue-v0", "num_envs": 8, "num_steps": 24, "total_timesteps": 3072,
+                       "vectorization_mode": "sync", "eval_episodes": 64, "eval_envs": 8})
+    fit(module, dm, tmp_path)
+    # The path of `lit-rl validate`: the datamodule's eval collector, greedy actions, episodes to the end.
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.validate(module, datamodule=dm, verbose=False)
+    metrics = trainer.callback_metrics
+    assert metrics["val/episodes"] == 64 and metrics["val/episodic_length_mean"] == 3
+    assert metrics["val/episodic_return_mean"] == 1.0, "every episode's last action must name its cue"
+    # The task tells the two apart: the same networks with the state dropped at every step do no better than
+    # chance (their last action is the same whatever the cue).
+    dm.setup("validate")
+    returns, _ = dm.eval_collector.evaluate(Forgetful(module), 64, seed=dm.seed + 1_000_000)
+    dm.teardown("validate")
+    assert len(returns) == 64 and returns.mean() < 0.75
 
 
 def test_bad_recurrent_settings_are_refused():

@@ -1,14 +1,16 @@
 """`lit-rl sweep`: the shipped wandb sweep file run offline, without a server, with wandb's own search
 algorithms; each trial is a normal `lit-rl fit` logged offline."""
 
+import importlib.util
 import json
 import os
+import sys
 
 import pytest
 import yaml
 
 from tests.helpers import REPO
-from tests.test_cli import lit_rl
+from tests.test_cli import lit_rl, run_main
 from tests.wandb_records import read_run
 
 SWEEP = "configs/sweeps/ppo_cartpole.yaml"
@@ -18,12 +20,20 @@ SMALL_TRIAL = ["--data.num_envs", "4", "--data.num_steps", "64", "--data.total_t
                "--trainer.enable_model_summary", "false"]
 
 
+# The `sweep` extra (wandb's search algorithms) pins numpy<2, so a base install lacks it; CI runs the suite
+# both ways.
+needs_sweeps = pytest.mark.skipif(importlib.util.find_spec("sweeps") is None,
+                                  reason="needs the sweep extra (pip install -e '.[sweep]'): the `sweeps` package, "
+                                         "which pins numpy<2, is not installed")
+
+
 def checkout(tmp_path):
     """A working folder that sees the checkout's configs, as running from the repository root would."""
     os.symlink(REPO / "configs", tmp_path / "configs")
     return tmp_path
 
 
+@needs_sweeps
 def test_random_sweep_runs_three_offline_trials_and_ranks_them(tmp_path):
     work = checkout(tmp_path)
     proc = lit_rl("sweep", SWEEP, "--count", "3", "--dir", "sweeps/lr_clip", "--", *SMALL_TRIAL, cwd=work)
@@ -56,6 +66,7 @@ def test_random_sweep_runs_three_offline_trials_and_ranks_them(tmp_path):
     assert "3 trials" in again.stdout
 
 
+@needs_sweeps
 def test_bad_sweep_files_are_refused_with_the_key(tmp_path):
     work = checkout(tmp_path)
     bad = work / "bad.yaml"
@@ -68,3 +79,22 @@ def test_bad_sweep_files_are_refused_with_the_key(tmp_path):
     assert proc.returncode == 2 and "not a valid wandb sweep" in proc.stderr and "sideways" in proc.stderr
     proc = lit_rl("sweep", "nowhere.yaml", cwd=work, check=False)
     assert proc.returncode == 2 and "no sweep file" in proc.stderr
+
+
+def test_a_yaml_syntax_error_gets_one_line_with_the_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("method: random\nmetric: {name: val/episodic_return_mean, goal: maximize\nparameters:\n"
+                   "  model.init_args.clip_coef: {values: [0.1, 0.2]}\n")
+    code, err = run_main(["sweep", str(bad)], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines() == [
+        f"lit-rl: error: lit-rl sweep: {bad} is not valid YAML: line 3, column 11: expected ',' or '}}', but got ':' "
+        "(while parsing a flow mapping, which starts at line 2)."]
+
+
+def test_without_the_sweep_extra_lit_rl_sweep_names_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sweeps", None)  # as if not installed: `import sweeps` raises ImportError
+    code, err = run_main(["sweep", str(REPO / "configs/sweeps/ppo_cartpole.yaml"), "--dir", str(tmp_path)], capsys)
+    assert code == 2 and "Traceback" not in err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("lit-rl: error: lit-rl sweep: needs wandb's search algorithms") and "lit-rl[sweep]" in line
