@@ -1,5 +1,6 @@
 """The ``lit-rl`` command: LightningCLI with omegaconf interpolation, env-step checkpoints and clear errors."""
 
+import copy
 import glob
 import json
 import os
@@ -13,11 +14,14 @@ import yaml
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
-from jsonargparse import lazy_instance
+from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities import rank_zero_warn
+from jsonargparse import lazy_instance, set_parsing_settings
 
 from lit_rl.algos.ppo import PPO
 from lit_rl.callbacks import (EnvStepCheckpoint, EnvStepProgressBar, LogEvaluationVideos, SlurmRequeueAtIterationEnd,
                               note_requeue_signal_early)
+from lit_rl.checkpoints import AtomicCheckpointIO, newest_readable, unreadable
 from lit_rl.data.datamodule import RolloutDataModule
 from lit_rl.errors import ConfigError, user_error
 from lit_rl.loggers import run_dir
@@ -51,7 +55,9 @@ class SaveConfig(SaveConfigCallback):
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         loggers = [logger for logger in trainer.loggers if callable(getattr(logger, "log_config", None))]
         if loggers:
-            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False, skip_check=True))
+            # With the linked values (data.gamma), which config.yaml leaves out: they are not keys of their own.
+            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False, skip_check=True,
+                                                     skip_link_targets=False))
             for logger in loggers:
                 logger.log_config(config)
 
@@ -65,11 +71,12 @@ class LitRLCLI(LightningCLI):
     """
 
     def __init__(self, args: Any = None, run: bool = True) -> None:
+        set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
         super().__init__(
             model_class=PPO,
             datamodule_class=RolloutDataModule,
             subclass_mode_model=True,
-            parser_kwargs={"parser_mode": "omegaconf"},
+            parser_kwargs={"parser_mode": "omegaconf+"},
             auto_configure_optimizers=False,
             seed_everything_default=False,
             save_config_callback=SaveConfig,
@@ -80,6 +87,8 @@ class LitRLCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(EnvStepCheckpoint, "checkpoint")
+        # One owner for the discount: reward normalization uses the gamma being learned.
+        parser.link_arguments("model.init_args.gamma", "data.gamma")
         parser.add_argument("--torch_threads", type=int, default=1,
                             help="torch intra-op threads; 1 is fastest for small networks on few cores")
         parser.set_defaults({
@@ -91,10 +100,18 @@ class LitRLCLI(LightningCLI):
         })
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
-        """Adds the env-step progress bar unless the progress bar is off or another one is configured, and
-        the callbacks that make SLURM requeues checkpoint at an iteration's end and hand evaluation videos
-        to the loggers."""
+        """Adds the env-step progress bar unless the progress bar is off or another one is configured, the
+        callbacks that make SLURM requeues checkpoint at an iteration's end and hand evaluation videos to the
+        loggers, and the atomic checkpoint writer (:class:`lit_rl.checkpoints.AtomicCheckpointIO`) unless the
+        plugins or the strategy bring their own CheckpointIO. Every strategy saves through it: the
+        ModelCheckpoint files, ``last.ckpt`` and SLURM's ``hpc_ckpt_N.ckpt``."""
         config = self._get(self.config_init, "trainer", default={})
+        plugins = config.get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        own_io = getattr(config.get("strategy"), "_checkpoint_io", None)  # a Strategy instance's own writer
+        if own_io is None and not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        kwargs["plugins"] = plugins
         callbacks = list(config.get("callbacks") or [])
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             callbacks.append(EnvStepProgressBar())
@@ -110,39 +127,55 @@ class LitRLCLI(LightningCLI):
         sub = self.config.get("subcommand")
         if sub and self.config[sub].get("ckpt_path"):
             self.config[sub]["ckpt_path"] = self._resolve_ckpt(self.config[sub])
+        # LightningCLI then replaces model.* with the checkpoint's hyperparameters; this run's config is kept
+        # and put back before the classes are built (the module checks it against the checkpoint).
+        self._given_model = copy.deepcopy(self.config[sub]["model"]) if sub else None
 
     def _resolve_ckpt(self, cfg: Any) -> str:
         path = str(cfg["ckpt_path"])
         if path in _SPECIAL_CKPT:
             return path
         if path == "last":
+            # The newest checkpoint torch.load can read: a save cut short (a job killed while writing with a
+            # writer that was not atomic) is skipped with a warning.
             roots = [d for d in (cfg.get("checkpoint", {}).get("dirpath"), _log_root(cfg)) if d]
-            found = [p for root in roots for p in glob.glob(os.path.join(root, "**", "last*.ckpt"), recursive=True)]
+            found = [p for root in roots for p in glob.glob(os.path.join(root, "**", "*.ckpt"), recursive=True)
+                     if not os.path.isdir(p)]
             if not found:
                 raise ConfigError(
-                    f"ckpt_path=last: no last.ckpt under {' or '.join(roots)}. Train first without --ckpt_path, "
-                    "or give the path of a checkpoint file."
+                    f"ckpt_path=last: no checkpoint (.ckpt) under {' or '.join(roots)}. Train first without "
+                    "--ckpt_path, or give the path of a checkpoint file."
                 )
-            return max(found, key=os.path.getmtime)
+            newest, skipped = newest_readable(os.path.abspath(p) for p in found)
+            if newest is None:
+                raise ConfigError(
+                    f"ckpt_path=last: none of the {len(skipped)} checkpoints under {' or '.join(roots)} can be read "
+                    f"(the newest, {skipped[0][0]}: {skipped[0][1]}). Train without --ckpt_path to start afresh."
+                )
+            if skipped:
+                rank_zero_warn("ckpt_path=last: skipped unreadable checkpoints, newest first: "
+                               + "; ".join(f"{p} ({why})" for p, why in skipped) + f". Resuming from {newest}.")
+            return newest
         if not os.path.isfile(path):
             raise ConfigError(f"ckpt_path: no checkpoint file at {path!r}; give an existing .ckpt or 'last'.")
+        why = unreadable(path)
+        if why is not None:
+            raise ConfigError(
+                f"ckpt_path: cannot read the checkpoint {path} ({why}); it may have been cut short while being "
+                f"written. Give another checkpoint from {os.path.dirname(os.path.abspath(path))}, or --ckpt_path last "
+                "to resume from the newest readable one."
+            )
         return path
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand and self._given_model is not None:
+            cfg.model = self._given_model
         torch.set_num_threads(max(1, int(cfg.torch_threads)))
         model_args = cfg.model.init_args if "init_args" in cfg.model else cfg.model
         data = cfg.data
         PPO.check_batch(data.num_envs, data.num_steps, model_args.num_minibatches, model_args.get("recurrent"),
                         model_args.get("bptt_length"))
-        if data.normalize_reward and data.gamma != model_args.gamma:
-            # With --ckpt_path, LightningCLI has replaced model.* with the checkpoint's hyperparameters.
-            hint = (f" model.gamma comes from the checkpoint {cfg.ckpt_path}, so it was trained with another config: "
-                    "resume it with that config.") if cfg.get("ckpt_path") else ""
-            raise ConfigError(
-                f"data.gamma ({data.gamma}) differs from model.gamma ({model_args.gamma}); reward normalization "
-                "must use the discount being learned. Set data.gamma: ${model.gamma} in the config, or pass both." + hint
-            )
         L.seed_everything(data.seed, workers=True, verbose=False)
 
     def after_fit(self) -> None:

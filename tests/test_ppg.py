@@ -154,7 +154,7 @@ def test_pcgrad_policy_phase_through_the_trainer_leaves_the_aux_head_alone(tmp_p
     """End to end (toggle, Lightning's manual_backward, clipping, Adam): after an aux phase has given the aux
     head Adam momentum, the policy phase's surgery steps, which no loss of the aux head takes part in, must
     not move it (a zero gradient would: Adam steps on its momentum)."""
-    module, dm = make({"arch": "shared", "gradient_surgery": "pcgrad", "n_pi": 2, "aux_num_minibatches": 4},
+    module, dm = make({"arch": "shared", "gradient_surgery": "pcgrad", "n_pi": 2, "aux_minibatch_size": 2},
                       {**CARTPOLE, "total_timesteps": 3 * 128}, cls=PPG)
     snapshots = {}
     original = module.auxiliary_phase
@@ -187,7 +187,7 @@ def run_aux_phase(tmp_path, beta_clone: float, arch: str = "dual", aux_epochs: i
     """One auxiliary phase after 2 CartPole iterations; measures KL(pi_old || pi) and the aux value loss over
     the stored observations, before and after the phase."""
     # The policy phase first makes the policy far from uniform, so that trunk changes show in it.
-    module, dm = make({"arch": arch, "n_pi": 4, "aux_epochs": aux_epochs, "beta_clone": beta_clone, "aux_num_minibatches": 4,
+    module, dm = make({"arch": arch, "n_pi": 4, "aux_epochs": aux_epochs, "beta_clone": beta_clone, "aux_minibatch_size": 4,
                        "actor_epochs": 10, "critic_epochs": 10, "num_minibatches": 2, "anneal_lr": False,
                        "actor_max_grad_norm": None, "actor_optimizer": lambda p: torch.optim.Adam(p, lr=3e-3)},
                       {**CARTPOLE, "total_timesteps": 512, **data}, cls=PPG)
@@ -257,7 +257,7 @@ def test_aux_phase_metrics_are_logged(tmp_path):
 
 # ---------------------------------------------------------------- memory
 def test_store_keeps_what_the_formula_says_and_big_settings_are_refused(tmp_path):
-    module, dm = make({"n_pi": 3, "aux_epochs": 1, "aux_num_minibatches": 4}, {**CARTPOLE, "total_timesteps": 256}, cls=PPG)
+    module, dm = make({"n_pi": 3, "aux_epochs": 1, "aux_minibatch_size": 3}, {**CARTPOLE, "total_timesteps": 256}, cls=PPG)
     fit(module, dm, tmp_path)  # 2 iterations: the store fills to 2 rollouts, no phase yet
     assert len(module.store) == 2
     assert module.store.nbytes == RolloutStore.store_bytes(2, 4, 32, OBS)
@@ -268,14 +268,34 @@ def test_store_keeps_what_the_formula_says_and_big_settings_are_refused(tmp_path
     samples, frame = 32 * 8 * 256, 64 * 64 * 3
     store = 32 * (8 * 256 * (frame + 8) + 8 * (frame + 1))  # obs, reward, 4 flags; last obs and start
     minibatch = samples // 16 * (frame + 4 * frame)
-    assert PPG(n_pi=32, aux_num_minibatches=16).check_memory(8, 256, image, gym.spaces.Discrete(15)) == (
+    assert PPG(n_pi=32, aux_minibatch_size=16).check_memory(8, 256, image, gym.spaces.Discrete(15)) == (
         2 * store + samples * (4 + 4 * 15) + minibatch)
 
 
-def test_too_few_sequences_for_the_aux_minibatches_is_refused():
-    with pytest.raises(ConfigError, match="model.aux_num_minibatches"):
-        PPG(n_pi=2, aux_num_minibatches=16).check_minibatches(num_envs=4)
-    PPG(n_pi=2, aux_num_minibatches=16, aux_minibatch="samples").check_minibatches(num_envs=4)
+@pytest.mark.parametrize("aux_minibatch", ["sequences", "samples"])
+def test_aux_phase_takes_minibatches_of_aux_minibatch_size_sequences(tmp_path, aux_minibatch):
+    """The reference (openai/phasic-policy-gradient) trains the aux phase on minibatches of aux_mbsize=4
+    (env, rollout) sequences. n_pi 2 x 4 envs = 8 sequences: 2 minibatches per aux epoch, so 6 epochs take
+    12 steps of each optimizer; the default must be the reference's 4."""
+    assert PPG().hparams.aux_minibatch_size == 4
+    module, dm = make({"n_pi": 2, "aux_epochs": 6, "aux_minibatch": aux_minibatch},
+                      {**CARTPOLE, "total_timesteps": 256}, cls=PPG)
+    sizes = []
+    original = module.minibatch
+
+    def minibatch(data, idx, role):
+        if "old_params" in data and role == "actor":  # an aux-phase step
+            sizes.append(len(idx))
+        return original(data, idx, role)
+
+    module.minibatch = minibatch
+    fit(module, dm, tmp_path)
+    assert module.aux_phases == 1
+    assert len(sizes) == 6 * 2
+    if aux_minibatch == "sequences":
+        assert sizes == [4] * 12
+    else:  # as many single steps as 4 sequences of 32 steps hold, split evenly over the valid ones
+        assert all(abs(size - sizes[0]) <= 1 for size in sizes) and 100 <= sizes[0] <= 128
 
 
 # ---------------------------------------------------------------- resume in the middle of a policy phase

@@ -153,6 +153,47 @@ def test_target_kl_stops_actor_epochs(tmp_path):
     assert [r["train/actor_updates"] for r in rows] == [2.0, 2.0]  # one epoch of 2 minibatches, then the stop
 
 
+def test_each_epoch_has_exactly_num_minibatches_of_near_equal_size_and_target_kl_is_checked_at_its_end(tmp_path):
+    """4 envs x 128 steps, minus the autoreset steps: about 490 valid rows, which 32 minibatches do not divide.
+    torch.chunk gave 31 uneven minibatches (down to 1 row), and the target-KL check then fell mid-epoch.
+    Each epoch must split every valid row into exactly 32 minibatches whose sizes differ by at most one, and a
+    target KL that every epoch exceeds must stop the actor after exactly its first whole epoch."""
+    module, dm = make({"num_minibatches": 32, "update_epochs": 3, "target_kl": 1e-12},
+                      {"num_steps": 128, "total_timesteps": 1024})
+    steps: dict[str, list[torch.Tensor]] = {"actor": [], "critic": []}
+    rows: dict[str, int] = {}
+    original_minibatch, original_prepare = module.minibatch, module.prepare_batch
+
+    def prepare_batch(rollout):
+        batch = original_prepare(rollout)
+        rows["valid"] = len(batch["returns"])
+        return batch
+
+    def minibatch(batch, idx, role):
+        steps[role].append(idx.clone())
+        return original_minibatch(batch, idx, role)
+
+    module.prepare_batch, module.minibatch = prepare_batch, minibatch
+    fit(module, dm, tmp_path)
+    # The last iteration's steps (its batch is the one measured).
+    actor, critic = steps["actor"][-32:], steps["critic"][-3 * 32:]
+    assert len(steps["actor"]) == 2 * 32 and len(steps["critic"]) == 2 * 3 * 32
+    assert rows["valid"] % 32 and rows["valid"] < 512  # the case that torch.chunk got wrong
+    for epoch in (actor, critic[:32], critic[32:64], critic[64:]):
+        sizes = [len(idx) for idx in epoch]
+        assert max(sizes) - min(sizes) <= 1, sizes
+        assert sorted(torch.cat(epoch).tolist()) == list(range(rows["valid"]))  # every valid row, once
+
+
+def test_minibatch_split_is_exact_for_any_row_count():
+    module = PPO(num_minibatches=4)
+    for size in (1, 3, 4, 5, 481, 512):
+        parts = module.minibatches(size, "actor")
+        assert len(parts) == min(4, size)
+        assert sorted(torch.cat(parts).tolist()) == list(range(size))
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
 def test_training_stops_exactly_at_the_budget(tmp_path):
     module, dm = make(data={"total_timesteps": 4 * 32 * 2 + 4 * 5})  # two full rollouts and a short one
     fit(module, dm, tmp_path)

@@ -23,7 +23,7 @@ def test_offline_run_reads_back_with_config_metrics_and_video(tmp_path):
     assert model["clip_coef"] == 0.25 and model["actor_optimizer"]["init_args"]["lr"] == 0.0007
     assert model["gamma"] == 0.98 and model["hidden_sizes"] == [64, 64]
     assert run.config["data"]["env_id"] == "CartPole-v1" and run.config["data"]["total_timesteps"] == 1024
-    assert run.config["data"]["gamma"] == model["gamma"]  # the ${model.init_args.gamma} interpolation, resolved
+    assert run.config["data"]["gamma"] == model["gamma"]  # linked to model.gamma
     assert run.config["trainer"]["logger"]["class_path"] == "lit_rl.loggers.WandbLogger"
 
     # Metrics against env steps: one row per iteration, 256 env steps apart.

@@ -59,7 +59,10 @@ class PPG(PPO):
         beta_clone: Weight of the behaviour-cloning term ``KL(pi_old || pi)`` in the auxiliary phase.
         aux_minibatch: ``sequences``: minibatches of whole per-env rollout sequences (as the reference
             implementation; what recurrent policies need); ``samples``: of shuffled single steps.
-        aux_num_minibatches: Minibatches per auxiliary epoch.
+        aux_minibatch_size: Sequences per auxiliary minibatch (the reference's ``aux_mbsize``, 4); with
+            ``aux_minibatch: samples``, a minibatch holds as many single steps as that many sequences have
+            (``aux_minibatch_size * data.num_steps``). An auxiliary epoch has ``ceil(stored / size)``
+            minibatches of near-equal size.
         aux_memory_fraction: Refuse, at start, a setting whose store and auxiliary phase would need more
             than this fraction of the memory available on the training device.
         store_in_checkpoint: Save the stored rollouts in checkpoints (see the module docstring).
@@ -79,7 +82,7 @@ class PPG(PPO):
         aux_epochs: int = 6,
         beta_clone: float = 1.0,
         aux_minibatch: AuxMinibatch = "sequences",
-        aux_num_minibatches: int = 16,
+        aux_minibatch_size: int = 4,
         aux_memory_fraction: float = 0.5,
         store_in_checkpoint: bool = True,
         actor_epochs: Optional[int] = 1,
@@ -90,7 +93,7 @@ class PPG(PPO):
             raise ConfigError(f"model.arch: {arch!r} is not one of ['dual', 'shared', 'detach'].")
         super().__init__(arch="separate" if arch == "dual" else arch, actor_epochs=actor_epochs,
                          critic_epochs=critic_epochs, **kwargs)
-        for key, value, low in (("n_pi", n_pi, 1), ("aux_epochs", aux_epochs, 0), ("aux_num_minibatches", aux_num_minibatches, 1)):
+        for key, value, low in (("n_pi", n_pi, 1), ("aux_epochs", aux_epochs, 0), ("aux_minibatch_size", aux_minibatch_size, 1)):
             if value < low:
                 raise ConfigError(f"model.{key}: must be an integer >= {low}, got {value}.")
         if beta_clone < 0:
@@ -110,20 +113,9 @@ class PPG(PPO):
         super().setup(stage)
         datamodule = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and datamodule is not None and self.hparams.aux_epochs:
-            envs = datamodule.num_envs * datamodule.world_size  # every process stores the gathered rollouts
-            self.check_minibatches(envs)
+            envs = datamodule.num_envs  # the run's: every process stores the gathered rollouts
             self.check_memory(envs, datamodule.num_steps, datamodule.single_observation_space,
                               datamodule.single_action_space)
-
-    def check_minibatches(self, num_envs: int) -> None:
-        """``sequences`` minibatches split ``n_pi * num_envs`` sequences: there must be enough of them."""
-        hp = self.hparams
-        if hp.aux_minibatch == "sequences" and hp.n_pi * num_envs < hp.aux_num_minibatches:
-            raise ConfigError(
-                f"model.aux_num_minibatches: {hp.aux_num_minibatches} minibatches of whole sequences need at least as "
-                f"many sequences, but the store holds model.n_pi * data.num_envs = {hp.n_pi} * {num_envs}. Lower "
-                "model.aux_num_minibatches, raise model.n_pi or data.num_envs, or use model.aux_minibatch=samples."
-            )
 
     def check_memory(self, num_envs: int, num_steps: int, observation_space: Any, action_space: Any) -> int:
         """The auxiliary phase's peak memory in bytes; a ConfigError where it would not fit."""
@@ -135,7 +127,7 @@ class PPG(PPO):
         state_size = 0 if hp.recurrent is None else (
             hp.recurrent_size * (2 if hp.recurrent == "lstm" else 1) * (2 if self.network_arch == "separate" else 1))
         needed = RolloutStore.estimate_bytes(hp.n_pi, num_envs, num_steps, observation_space, dist_params,
-                                             hp.aux_num_minibatches, state_size)
+                                             -(-hp.n_pi * num_envs // hp.aux_minibatch_size), state_size)
         device = self.device if self._trainer is None else self.trainer.strategy.root_device
         budget = hp.aux_memory_fraction * available_memory(device)
         if needed > budget:
@@ -189,17 +181,20 @@ class PPG(PPO):
         steps = [step for step in steps if step[0] in mine]
         if self.in_critic_warmup(iteration):
             steps = [step for step in steps if step[0] == "critic"]
-        if hp.aux_minibatch == "samples":  # single steps: the valid ones, flat
+        size = hp.aux_minibatch_size  # sequences
+        if hp.aux_minibatch == "samples":  # single steps: the valid ones, flat; as many as `size` sequences hold
+            size *= data["returns"].shape[1]
             valid = data.pop("valid").flatten()
             data = {key: value.flatten(0, 1)[valid] for key, value in data.items() if key != "starts"}
+        count = -(-len(data["returns"]) // size)
         stats: Stats = defaultdict(list)
         for _ in range(hp.aux_epochs):
             # Minibatches of whole sequences (each with its initial state, when recurrent) or of single steps.
-            for idx in self.shuffle(len(data["returns"]), "aux").chunk(hp.aux_num_minibatches):
+            for idx in self.minibatches(len(data["returns"]), "aux", count):
                 for role, opt, loss_fn, max_norm in steps:
                     mb, history, weight = self.minibatch(data, idx, role)
-                    step_stats = self.optimizer_step(opt, lambda: _weighted(loss_fn(mb, history), weight), max_norm,
-                                                     f"auxiliary-phase {role}")
+                    step_stats = self.optimizer_step(opt, lambda: self.weighted(loss_fn(mb, history), weight, role),
+                                                     max_norm, f"auxiliary-phase {role}")
                     for key, value in step_stats.items():
                         stats[key].append(value)
         return stats
@@ -239,6 +234,12 @@ class PPG(PPO):
         self.store.clear()
         return {key: torch.cat(parts) for key, parts in fields.items()}
 
+    def weighted(self, loss_and_stats: tuple[Any, dict[str, Tensor]], weight: float, role: str) -> tuple[Any, Any]:
+        """A loss (or its terms) weighted by this rank's share of the minibatch, with its stats scaled alike."""
+        loss, stats = loss_and_stats
+        loss = tuple(weight * t for t in loss) if isinstance(loss, tuple) else weight * loss
+        return loss, {key: self.share_stat(value, weight, role) for key, value in stats.items()}
+
     def aux_actor_loss(self, mb: dict[str, Tensor], history: Optional[History] = None) -> tuple[Any, dict[str, Tensor]]:
         """``L_joint = L_aux + beta_clone * KL(pi_old || pi)`` (+ the value head's loss on a shared trunk)."""
         assert self.agent is not None
@@ -276,9 +277,6 @@ class PPG(PPO):
         self.store.load_state_dict(state["store"])
 
 
-def _weighted(loss_and_stats: tuple[Any, Any], weight: float) -> tuple[Any, Any]:
-    loss, stats = loss_and_stats
-    return (tuple(weight * t for t in loss) if isinstance(loss, tuple) else weight * loss), stats
 
 
 def _chunked(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:

@@ -29,6 +29,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -47,6 +48,7 @@ from lit_rl.returns import gae
 # During critic warm-up the actor's schedule advances with the run while its optimizer does not step.
 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
 
+ROLES = ("actor", "critic")  # the optimizers, in this order
 UpdateOrder = Literal["critic_first", "actor_first"]
 GradientSurgery = Literal["none", "pcgrad"]
 Stats = dict[str, list[Tensor]]
@@ -62,6 +64,9 @@ class LinearDecay:
 
     def __call__(self, iteration: int) -> float:
         return max(0.0, 1.0 - iteration / self.num_iterations)
+
+    def __repr__(self) -> str:
+        return f"linear decay to 0 over {self.num_iterations} iterations"
 
 
 class PPO(L.LightningModule):
@@ -252,7 +257,7 @@ class PPO(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and datamodule is not None:
             hp = self.hparams
-            self.check_batch(datamodule.num_envs * datamodule.world_size, datamodule.num_steps, hp.num_minibatches,
+            self.check_batch(datamodule.num_envs, datamodule.num_steps, hp.num_minibatches,
                              hp.recurrent, hp.bptt_length)
             placement = self.placement
             if placement is not None and hp.gradient_surgery != "none" and placement.group_size("actor") > 1:
@@ -261,29 +266,35 @@ class PPO(L.LightningModule):
                     f"{placement.group_size('actor')} ranks of the actor group (trainer.strategy.init_args.actor_ranks). "
                     "Give the actor one rank, or set gradient_surgery=none."
                 )
+        data_hp = getattr(datamodule, "hparams", {})
+        if data_hp.get("normalize_reward") and data_hp.get("gamma", self.hparams.gamma) != self.hparams.gamma:
+            raise ConfigError(f"data.gamma ({data_hp['gamma']}) differs from model.gamma ({self.hparams.gamma}); reward "
+                              "normalization must use the discount being learned. Give the datamodule model.gamma "
+                              "(the lit-rl command links the two: set model.gamma alone).")
         if stage == "fit":
             self.shuffle_seed = int(getattr(datamodule, "seed", 0))
             self.generators = {}
 
     def configure_optimizers(self) -> Any:
+        optimizers = [self.make_optimizer(role) for role in ROLES]
+        return optimizers, [self.make_scheduler(role, opt) for role, opt in zip(ROLES, optimizers)]
+
+    def make_optimizer(self, role: str) -> Optimizer:
+        """``role``'s optimizer over its parameters, as configured."""
         assert self.agent is not None
-        datamodule = getattr(self.trainer, "datamodule", None)
-        num_iterations = getattr(datamodule, "num_iterations", None)
-        optimizers, schedulers = [], []
-        for make_opt, make_sched, params in (
-            (self.actor_optimizer, self.actor_scheduler, self.agent.actor_parameters()),
-            (self.critic_optimizer, self.critic_scheduler, self.agent.critic_parameters()),
-        ):
-            opt = make_opt(params)
-            if make_sched is not None:
-                sched = make_sched(opt)
-            elif self.hparams.anneal_lr and num_iterations:
-                sched = LambdaLR(opt, LinearDecay(num_iterations))
-            else:
-                sched = LambdaLR(opt, _constant)
-            optimizers.append(opt)
-            schedulers.append(sched)
-        return optimizers, schedulers
+        make = self.actor_optimizer if role == "actor" else self.critic_optimizer
+        return make(self.agent.actor_parameters() if role == "actor" else self.agent.critic_parameters())
+
+    def make_scheduler(self, role: str, optimizer: Optimizer) -> Any:
+        """``role``'s LR schedule, as configured: the given scheduler, else linear annealing to 0 over the
+        run's iterations (``anneal_lr``), else constant."""
+        make = self.actor_scheduler if role == "actor" else self.critic_scheduler
+        if make is not None:
+            return make(optimizer)
+        num_iterations = getattr(getattr(self.trainer, "datamodule", None), "num_iterations", None)
+        if self.hparams.anneal_lr and num_iterations:
+            return LambdaLR(optimizer, LinearDecay(num_iterations))
+        return LambdaLR(optimizer, _constant)
 
     # ------------------------------------------------------------------ acting
     @torch.inference_mode()
@@ -398,11 +409,12 @@ class PPO(L.LightningModule):
         out["state"] = torch.stack(states).flatten(0, 1)
         return out
 
-    def minibatches(self, size: int, epochs: int, role: str) -> Iterator[tuple[int, Tensor]]:
-        """``(epoch, indices)`` for ``epochs`` shuffled passes of ``num_minibatches`` minibatches each."""
-        for epoch in range(epochs):
-            for indices in self.shuffle(size, role).chunk(self.hparams.num_minibatches):
-                yield epoch, indices
+    def minibatches(self, size: int, role: str, count: Optional[int] = None) -> tuple[Tensor, ...]:
+        """One epoch: a shuffle of ``size`` rows split into exactly ``count`` (default ``num_minibatches``)
+        minibatches whose sizes differ by at most one row; as many one-row minibatches as there are rows
+        where there are fewer rows than that (a short last rollout)."""
+        count = self.hparams.num_minibatches if count is None else count
+        return torch.tensor_split(self.shuffle(size, role), max(1, min(count, size)))
 
     def shuffle(self, size: int, role: str) -> Tensor:
         """A random permutation from ``role``'s own generator. Each role (actor, critic, PPG's aux) draws
@@ -417,9 +429,11 @@ class PPO(L.LightningModule):
         """``critic_epochs`` epochs of value-loss steps with the critic optimizer."""
         _, critic_opt = self.optimizers()
         stats: Stats = defaultdict(list)
-        for _, idx in self.minibatches(len(batch["returns"]), self.critic_epochs, "critic"):
-            loss = self.optimizer_step(critic_opt, lambda: self.critic_loss(batch, idx), self.hparams.critic_max_grad_norm, "critic")
-            stats["value_loss"].append(loss)
+        for _ in range(self.critic_epochs):
+            for idx in self.minibatches(len(batch["returns"]), "critic"):
+                loss = self.optimizer_step(critic_opt, lambda: self.critic_loss(batch, idx),
+                                           self.hparams.critic_max_grad_norm, "critic")
+                stats["value_loss"].append(loss)
         return stats
 
     def critic_loss(self, batch: dict[str, Tensor], idx: Tensor) -> tuple[Tensor, Tensor]:
@@ -427,26 +441,25 @@ class PPO(L.LightningModule):
         mb, history, weight = self.minibatch(batch, idx, "critic")
         new_values = self.agent.value(mb["obs"], history)
         loss_value, _ = value_loss(new_values, mb["values"], mb["returns"], self._value_clip())
-        return weight * self.hparams.vf_coef * loss_value, loss_value.detach()
+        return weight * self.hparams.vf_coef * loss_value, self.share_stat(loss_value.detach(), weight, "critic")
 
     def update_actor(self, batch: dict[str, Tensor]) -> Stats:
         """``actor_epochs`` epochs of clipped-surrogate steps with the actor optimizer; target-KL early stop."""
         actor_opt, _ = self.optimizers()
         stats: Stats = defaultdict(list)
-        epoch_kl: list[Tensor] = []
-        for epoch, idx in self.minibatches(len(batch["returns"]), self.actor_epochs, "actor"):
-            step_stats = self.optimizer_step(actor_opt, lambda: self.actor_loss(batch, idx), self.hparams.actor_max_grad_norm, "actor")
-            for key, value in step_stats.items():
-                stats[key].append(value)
-            epoch_kl.append(step_stats["approx_kl"])
-            last_of_epoch = len(epoch_kl) == self.hparams.num_minibatches
-            if last_of_epoch:
-                # Every rank of the actor group decides on the same KL, so they stop at the same epoch.
-                kl = torch.stack(epoch_kl).mean()
-                kl = self.placement.reduce_mean(kl, "actor") if self.placement else kl
-                if self.hparams.target_kl is not None and kl > self.hparams.target_kl:
-                    break
-                epoch_kl = []
+        for _ in range(self.actor_epochs):
+            epoch_kl: list[Tensor] = []
+            for idx in self.minibatches(len(batch["returns"]), "actor"):
+                step_stats = self.optimizer_step(actor_opt, lambda: self.actor_loss(batch, idx),
+                                                 self.hparams.actor_max_grad_norm, "actor")
+                for key, value in step_stats.items():
+                    stats[key].append(value)
+                epoch_kl.append(step_stats["approx_kl"])
+            # At the epoch's end; every rank of the actor group decides on the same KL, so all stop together.
+            kl = torch.stack(epoch_kl).mean()
+            kl = self.placement.reduce_mean(kl, "actor") if self.placement else kl
+            if self.hparams.target_kl is not None and kl > self.hparams.target_kl:
+                break
         return stats
 
     def actor_loss(self, batch: dict[str, Tensor], idx: Tensor) -> tuple[Any, dict[str, Tensor]]:
@@ -472,7 +485,8 @@ class PPO(L.LightningModule):
         if new_values is not None:
             loss_value, _ = value_loss(new_values, mb["values"], mb["returns"], self._value_clip())
             loss = self.combine(loss, weight * hp.vf_coef * loss_value)
-        return loss, {"policy_loss": loss_policy.detach(), "entropy": entropy.detach(), **stats}
+        stats = {"policy_loss": loss_policy.detach(), "entropy": entropy.detach(), **stats}
+        return loss, {key: self.share_stat(value, weight, "actor") for key, value in stats.items()}
 
     def minibatch(self, batch: dict[str, Tensor], idx: Tensor, role: str
                   ) -> tuple[dict[str, Tensor], Optional[History], float]:
@@ -486,11 +500,14 @@ class PPO(L.LightningModule):
         assert self.agent is not None
         if "valid" not in batch:
             part, weight = self.local_part(len(idx), role)
-            return {key: value[idx[part]] for key, value in batch.items()}, None, weight
+            # An empty share (a minibatch smaller than the group) computes its loss on one row with weight 0:
+            # it adds nothing, and reaches the same parameters as the other ranks' shares.
+            rows = idx[part] if weight > 0 else idx[:1]
+            return {key: value[rows] for key, value in batch.items()}, None, weight
         counts = batch["valid"][idx].sum(1)
         part, _ = self.local_part(len(idx), role)
         weight = float(counts[part].sum() / counts.sum().clamp(min=1))
-        idx = idx[part]
+        idx = idx[part] if weight > 0 else idx[counts.argmax()].view(1)
         seq = {key: value[idx].transpose(0, 1) for key, value in batch.items() if key != "state"}  # [L, B, ...]
         valid, starts = seq.pop("valid").flatten(), seq.pop("starts", None)
         mb = {key: value.flatten(0, 1)[valid] for key, value in seq.items()}
@@ -499,6 +516,13 @@ class PPO(L.LightningModule):
         assert starts is not None
         mb["obs"] = seq["obs"]
         return mb, History(starts, batch["state"][idx], valid), weight
+
+    def share_stat(self, value: Tensor, weight: float, role: str) -> Tensor:
+        """A statistic of this rank's share of a minibatch, scaled so that the mean over the role's group
+        (how stats are merged and the target-KL check averages) is the whole minibatch's, weighted by the
+        shares' sizes; an empty share adds nothing. One rank: ``value`` itself."""
+        group = self.placement.group_size(role) if self.placement is not None else 1
+        return value if group == 1 else value * (weight * group)
 
     def local_part(self, size: int, role: str) -> tuple[slice, float]:
         """The rows of a ``size``-row minibatch this rank computes for ``role``, and their weight: with several
@@ -593,6 +617,8 @@ class PPO(L.LightningModule):
     # ------------------------------------------------------------------ metrics
     def on_train_start(self) -> None:
         self._fit_start = (time.perf_counter(), self.trainer.datamodule.env_steps if self.trainer.datamodule else 0)
+        if self.trainer.ckpt_path:
+            self.apply_config_on_resume()
 
     def log_iteration(self, rollout: Rollout, batch: dict[str, Tensor], stats: Stats,
                       info: dict[str, float]) -> None:
@@ -652,6 +678,7 @@ class PPO(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["env_steps"] = self.env_steps
+        checkpoint["optimizer_classes"] = {role: type(opt).__name__ for role, opt in zip(ROLES, self.trainer.optimizers)}
         generators = {role: g.get_state() for role, g in self.generators.items()}
         if self.placement:  # the critic's stream from the critic's first rank, the others from the actor's
             by_actor, by_critic = (self.placement.from_role(generators, role) for role in ("actor", "critic"))
@@ -668,6 +695,7 @@ class PPO(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._resume_notes = self.check_resume(checkpoint)
         self._check_compatible(checkpoint.get("state_dict", {}))
         self.env_steps = int(checkpoint.get("env_steps", 0))
         for role, state in checkpoint.get("shuffle_generators", {}).items():
@@ -682,6 +710,76 @@ class PPO(L.LightningModule):
             np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
                                  n["cached_gaussian"]))
             random.setstate(rng["python"])
+
+    # ------------------------------------------------------------------ resume
+    #: Hyperparameters that shape the networks, or only set their initial weights: with other values than
+    #: the checkpoint's they could not take effect, so resuming with them is refused.
+    network_hparams: tuple[str, ...] = ("arch", "hidden_sizes", "activation", "log_std_init", "recurrent",
+                                        "recurrent_size")
+
+    def check_resume(self, checkpoint: dict[str, Any]) -> list[str]:
+        """Before anything is restored: refuses a config that cannot apply to the checkpoint's networks and
+        optimizer state (one line naming the key); returns how this run's model and data config differ
+        from the checkpoint's, as ``key: old -> new`` lines. Everything else in this run's config applies."""
+        source = f"the checkpoint {self.trainer.ckpt_path}" if self._trainer is not None else "the checkpoint"
+        hparams = checkpoint.get("hyper_parameters", {})
+        saved_class = str(hparams.get("_class_path", "")).rpartition(".")[2]
+        if saved_class and saved_class != type(self).__name__:
+            raise ConfigError(f"model.class_path: {source} was trained by {saved_class}, not {type(self).__name__}; "
+                              f"resume it with model.class_path of {saved_class}, or start without --ckpt_path.")
+        for key in self.network_hparams:
+            if key in hparams and hparams[key] != self.hparams.get(key):
+                raise ConfigError(
+                    f"model.{key}: {source} was trained with {key}={hparams[key]!r}, this run asks for "
+                    f"{self.hparams.get(key)!r}; that cannot apply to the saved networks. Resume with "
+                    f"model.{key}={hparams[key]!r}, or start a new run without --ckpt_path.")
+        probe = [torch.nn.Parameter(torch.zeros(1))]
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"  # not for evaluation alone
+        for role, saved in checkpoint.get("optimizer_classes", {}).items() if fitting else ():
+            configured = type(getattr(self, f"{role}_optimizer")(probe)).__name__
+            if configured != saved:
+                raise ConfigError(
+                    f"model.{role}_optimizer: {source} was trained with {saved}, whose state cannot be loaded into "
+                    f"{configured}. Resume with {saved}, or start a new run without --ckpt_path.")
+        notes = [f"model.{key}: {hparams.get(key, '(unset)')!r} -> {self.hparams.get(key, '(unset)')!r}"
+                 for key in sorted(set(hparams) | set(self.hparams)) if not key.startswith("_")
+                 and hparams.get(key, "(unset)") != self.hparams.get(key, "(unset)")]
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        saved_data = checkpoint.get("datamodule_hyper_parameters", {})
+        if datamodule is not None and saved_data:
+            data = dict(datamodule.hparams)
+            notes += [f"data.{key}: {saved_data.get(key, '(unset)')!r} -> {data.get(key, '(unset)')!r}"
+                      for key in sorted(set(saved_data) | set(data)) if not key.startswith("_")
+                      and saved_data.get(key, "(unset)") != data.get(key, "(unset)")]
+        return notes
+
+    def apply_config_on_resume(self) -> None:
+        """Once Lightning has restored the optimizers and LR schedules from the checkpoint, this run's config
+        takes over where it can: each optimizer's hyperparameters (LR, betas, eps, ...) are the configured
+        ones (its moments and step counts stay the checkpoint's), and each schedule is rebuilt from the
+        config and run forward over the iterations already done, so ``anneal_lr`` anneals over this run's
+        budget (an extended run does not train at LR 0). Prints what differs from the checkpoint."""
+        notes = list(getattr(self, "_resume_notes", []))
+        for role, optimizer, config in zip(ROLES, self.trainer.optimizers, self.trainer.lr_scheduler_configs):
+            for group, new in zip(optimizer.param_groups, self.make_optimizer(role).param_groups):
+                for key, value in new.items():
+                    old = group.get("initial_lr", group.get("lr")) if key == "lr" else group.get(key)
+                    if key != "params" and old != value:
+                        notes.append(f"model.{role}_optimizer.{key}: {old!r} -> {value!r}")
+                group.update({key: value for key, value in new.items() if key != "params"}, initial_lr=new["lr"])
+            done = config.scheduler.last_epoch
+            with warnings.catch_warnings():  # the schedule is run forward before this run's first step
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+                scheduler = self.make_scheduler(role, optimizer)
+                for _ in range(done):
+                    scheduler.step()
+            before, after = describe_schedule(config.scheduler), describe_schedule(scheduler)
+            if before != after:
+                notes.append(f"model.{role}_scheduler: {before} -> {after}")
+            config.scheduler = scheduler
+        if notes:
+            rank_zero_info(f"Resuming from {self.trainer.ckpt_path} with this run's config, which differs from the "
+                           "checkpoint's in:\n  " + "\n  ".join(notes))
 
     def _check_compatible(self, saved: dict[str, Tensor]) -> None:
         """A checkpoint whose networks do not fit these gets one clear error instead of a shape dump."""
@@ -703,3 +801,16 @@ def _trainable(optimizer: Optimizer) -> list[Tensor]:
 
 def _constant(_: int) -> float:
     return 1.0
+
+
+# A schedule's progress, as opposed to its settings.
+_SCHEDULE_PROGRESS = {"last_epoch", "_step_count", "_last_lr", "base_lrs", "_get_lr_called_within_step", "_is_initial",
+                      "verbose", "lr_lambdas"}
+
+
+def describe_schedule(scheduler: Any) -> str:
+    """An LR schedule's settings in words, e.g. ``linear decay to 0 over 64 iterations``."""
+    if isinstance(scheduler, LambdaLR):
+        return ", ".join("constant" if f is _constant else repr(f) for f in scheduler.lr_lambdas)
+    settings = {k: v for k, v in scheduler.state_dict().items() if k not in _SCHEDULE_PROGRESS}
+    return f"{type(scheduler).__name__}({', '.join(f'{k}={v!r}' for k, v in sorted(settings.items()))})"

@@ -13,7 +13,7 @@ Memory (bytes), with ``B = num_envs * num_steps`` samples per rollout and ``o`` 
   of value targets and frozen policy parameters (``P`` floats per sample: the logits, or a Gaussian's
   mean and log std);
 - and the largest batch the networks see at once, with its float32 copy of the observations (``e``
-  elements each): a minibatch of ``M = N_pi * B / aux_num_minibatches`` samples, ``M * (o + 4 * e)``
+  elements each): a minibatch of ``M = N_pi * B / aux_minibatches`` samples, ``M * (o + 4 * e)``
   bytes, or a forward chunk of :data:`FORWARD_CHUNK` observations, ``FORWARD_CHUNK * 4 * e`` bytes.
 
 :meth:`RolloutStore.estimate_bytes` gives the peak; PPG refuses a setting whose peak does not fit.
@@ -67,11 +67,11 @@ class RolloutStore:
 
     @classmethod
     def estimate_bytes(cls, n_pi: int, num_envs: int, num_steps: int, observation_space: gym.Space,
-                       dist_params: int, aux_num_minibatches: int, state_size: int = 0) -> int:
+                       dist_params: int, aux_minibatches: int, state_size: int = 0) -> int:
         """Peak bytes of the store and its auxiliary phase (see the module docstring)."""
         samples = n_pi * num_envs * num_steps
         elements = int(np.prod(observation_space.shape or (1,)))
-        minibatch = -(-samples // aux_num_minibatches) * (_obs_bytes(observation_space) + 4 * elements)
+        minibatch = -(-samples // aux_minibatches) * (_obs_bytes(observation_space) + 4 * elements)
         chunk = min(FORWARD_CHUNK, num_envs * num_steps) * 4 * elements
         return (2 * cls.store_bytes(n_pi, num_envs, num_steps, observation_space, state_size) + samples * (4 + 4 * dist_params)
                 + max(minibatch, chunk))

@@ -1,0 +1,92 @@
+"""What a resumed run takes from its command line: overrides that can apply to a running model win and are
+printed, those that cannot apply to the saved networks are refused; interpolations resolve after every
+override, so model.gamma set on the command line or by a sweep reaches reward normalization."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import REPO, read_metrics
+from tests.test_cli import TINY, lit_rl
+
+CARTPOLE = str(REPO / "configs/ppo/cartpole.yaml")  # 8 envs x 32 steps, 20 epochs of 1 minibatch, Adam lr 1e-3
+
+
+def test_resume_applies_model_overrides_and_prints_what_differs(tmp_path):
+    lit_rl("fit", "--config", CARTPOLE, "--data.total_timesteps", "2048", *TINY, cwd=tmp_path)
+    proc = lit_rl("fit", "--config", CARTPOLE, "--data.total_timesteps", "4096", "--ckpt_path", "last",
+                  "--model.init_args.update_epochs", "2", "--model.ent_coef", "0.05",
+                  "--model.init_args.actor_optimizer.init_args.lr", "5e-4", *TINY, cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    for line in ("model.ent_coef: 0.0 -> 0.05", "model.update_epochs: 20 -> 2", "data.total_timesteps: 2048 -> 4096",
+                 "model.actor_optimizer.lr: 0.001 -> 0.0005",
+                 "model.actor_scheduler: linear decay to 0 over 8 iterations -> linear decay to 0 over 16 iterations"):
+        assert line in out, out[-3000:]
+    first, second = sorted(tmp_path.rglob("metrics.csv"))
+    before = [r for r in read_metrics(first) if "train/actor_updates" in r]
+    after = [r for r in read_metrics(second) if "train/actor_updates" in r]
+    assert {r["train/actor_updates"] for r in before} == {20.0}
+    assert {r["train/actor_updates"] for r in after} == {2.0}  # the override ran, not the checkpoint's 20 epochs
+    # The new LR, annealed over the new budget from where the run is (iteration 8 of 16).
+    assert after[0]["env_steps"] == 2048 + 256
+    assert after[0]["train/lr_actor"] == pytest.approx(5e-4 * (1 - 9 / 16))
+    assert after[0]["train/lr_critic"] == pytest.approx(1e-3 * (1 - 9 / 16))
+    saved = torch.load(next(second.parent.rglob("last.ckpt")), map_location="cpu", weights_only=True)
+    assert saved["hyper_parameters"]["ent_coef"] == 0.05 and saved["hyper_parameters"]["update_epochs"] == 2
+    assert saved["optimizer_states"][0]["param_groups"][0]["initial_lr"] == 5e-4
+
+
+@pytest.mark.parametrize("extra,key", [
+    (["--model.init_args.hidden_sizes", "[32, 32]"], "model.hidden_sizes"),
+    (["--model.init_args.arch", "shared"], "model.arch"),
+    (["--model.init_args.recurrent", "lstm", "--model.init_args.num_minibatches", "1"], "model.recurrent"),
+    (["--model.init_args.actor_optimizer", "torch.optim.SGD", "--model.init_args.actor_optimizer.lr", "0.01"],
+     "model.actor_optimizer"),
+    (["--model", "lit_rl.algos.PPG"], "model.class_path"),
+], ids=["hidden_sizes", "arch", "recurrent", "optimizer", "class"])
+def test_resume_refuses_what_cannot_apply_to_the_saved_networks(tmp_path, extra, key):
+    lit_rl("fit", "--config", CARTPOLE, "--data.total_timesteps", "512", *TINY, cwd=tmp_path)
+    proc = lit_rl("fit", "--config", CARTPOLE, "--data.total_timesteps", "1024", "--ckpt_path", "last", *extra, *TINY,
+                  cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("lit-rl: error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"lit-rl: error: {key}:") and "Traceback" not in proc.stderr, \
+        proc.stderr[-3000:]
+    assert len(list(tmp_path.rglob("metrics.csv"))) == 1  # nothing trained
+
+
+def test_command_line_gamma_reaches_reward_normalization(tmp_path):
+    """configs/ppo/pendulum.yaml normalizes rewards with the discount being learned (data.gamma follows
+    model.gamma); a command-line gamma must reach both."""
+    lit_rl("fit", "--config", str(REPO / "configs/ppo/pendulum.yaml"), "--model.gamma", "0.95",
+           "--data.total_timesteps", "512", "--data.num_envs", "2", "--data.num_steps", "64",
+           "--model.init_args.num_minibatches", "2", "--trainer.limit_val_batches", "0", *TINY, cwd=tmp_path)
+    saved = torch.load(next(tmp_path.rglob("last.ckpt")), map_location="cpu", weights_only=True)
+    assert saved["hyper_parameters"]["gamma"] == 0.95 and saved["datamodule_hyper_parameters"]["gamma"] == 0.95
+    proc = lit_rl("fit", "--config", str(REPO / "configs/ppo/pendulum.yaml"), "--data.gamma", "0.9", *TINY,
+                  cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "model.init_args.gamma" in proc.stderr  # one key: data.gamma follows it
+
+
+def test_sweep_over_gamma_trains_every_trial(tmp_path):
+    pytest.importorskip("sweeps", reason="lit-rl sweep needs the 'sweep' extra (pip install 'lit-rl[sweep]')")
+    os.symlink(REPO / "configs", tmp_path / "configs")
+    sweep = tmp_path / "gamma.yaml"
+    sweep.write_text(
+        "program: lit-rl\nmethod: grid\nmetric: {name: val/episodic_return_mean, goal: maximize}\n"
+        "parameters:\n  model.gamma: {values: [0.9, 0.95]}\n  model.init_args.gae_lambda: {values: [0.9]}\n"
+        "command: [lit-rl, fit, --config, configs/ppo/pendulum.yaml, '${args}']\n")
+    small = ["--data.num_envs", "2", "--data.num_steps", "64", "--data.total_timesteps", "256",
+             "--model.init_args.num_minibatches", "2", "--data.eval_episodes", "1", *TINY]
+    proc = lit_rl("sweep", str(sweep), "--count", "2", "--dir", "sweeps/gamma", "--", *small, cwd=tmp_path)
+    trials = [json.loads((tmp_path / "sweeps/gamma" / f"trial-{i:03d}.json").read_text()) for i in range(2)]
+    assert [t["state"] for t in trials] == ["finished"] * 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(t["params"]["model.gamma"] for t in trials) == [0.9, 0.95]
+    for trial in trials:  # each trial trained with its gamma, and normalized rewards with it
+        (ckpt,) = Path(trial["config"]).parent.rglob("last.ckpt")
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+        assert saved["hyper_parameters"]["gamma"] == trial["params"]["model.gamma"]
+        assert saved["datamodule_hyper_parameters"]["gamma"] == trial["params"]["model.gamma"]
