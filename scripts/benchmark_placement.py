@@ -10,15 +10,15 @@ enough that the updates dominate:
 Both runs see the same rollouts and end with the same weights (tests/test_placement.py). Update time is
 the wall time from the start of an iteration's update until every rank holds the new weights
 (``perf/update_time``; the weight exchange included); PPG's auxiliary phase is timed the same way
-(``perf/aux_phase_time``). The first iteration is a warm-up and not counted. Prints a table and appends
-it, with date and machine, to results/benchmark_placement.md.
+(``perf/aux_phase_time``). The first iteration is a warm-up and not counted. The target (``TARGET``), per
+phase: the parallel run's summed wall time at most 0.6 of the serial run's. Prints a table and the verdict,
+and writes them, with the commit, date and machine, first in results/benchmark_placement.md.
 
     python scripts/benchmark_placement.py [--hidden 1024 1024] [--accelerator cpu|gpu]
 """
 
 import argparse
 import csv
-import datetime
 import os
 import subprocess
 import sys
@@ -31,9 +31,10 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from scripts.benchmark_ppo import append_results, machine, markdown_table  # noqa: E402
+from scripts.results import markdown_table, met, section, stamp, write_section  # noqa: E402
 
 CONFIGS = {"PPO": "configs/ppo/cartpole.yaml", "PPG": "configs/ppg/cartpole.yaml"}
+TARGET = 0.6  # parallel / serial wall time, per phase
 PRESETS = {"serial": ("configs/placement/single_device.yaml", 1),
            "parallel": ("configs/placement/critic_device.yaml", 2)}
 
@@ -45,7 +46,7 @@ def train(algo: str, mode: str, args: argparse.Namespace, workdir: Path) -> dict
     iterations = args.iterations
     cmd = [str(Path(sys.executable).parent / "lit-rl"), "fit", "--config", str(REPO / CONFIGS[algo]),
            "--config", str(REPO / preset), "--trainer.accelerator", args.accelerator,
-           "--data.num_envs", str(envs // processes), "--data.num_steps", str(steps),
+           "--data.num_envs", str(envs), "--data.num_steps", str(steps),
            "--data.total_timesteps", str(envs * steps * iterations), "--data.vectorization_mode", "sync",
            "--model.init_args.hidden_sizes", str(args.hidden), "--model.init_args.num_minibatches",
            str(args.num_minibatches), "--trainer.limit_val_batches", "0", "--checkpoint.every_n_env_steps", "0",
@@ -56,8 +57,8 @@ def train(algo: str, mode: str, args: argparse.Namespace, workdir: Path) -> dict
     else:
         cmd += ["--model.init_args.actor_epochs", str(args.epochs), "--model.init_args.critic_epochs",
                 str(args.epochs), "--model.init_args.n_pi", str(args.n_pi), "--model.init_args.aux_epochs",
-                str(args.aux_epochs), "--model.init_args.aux_num_minibatches",
-                str(args.n_pi * envs // args.aux_sequences)]
+                str(args.aux_epochs), "--model.init_args.aux_minibatch_size",
+                str(args.aux_sequences)]
     if processes > 1:
         cmd += ["--trainer.strategy.process_group_backend", "gloo" if args.accelerator == "cpu" else "nccl"]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
@@ -73,6 +74,13 @@ def train(algo: str, mode: str, args: argparse.Namespace, workdir: Path) -> dict
     policy = [float(r["perf/update_time"]) - (float(r["perf/aux_phase_time"]) if r.get("perf/aux_phase_time") else 0.0)
               for r in rows]
     return {"update": policy[1:], "aux": aux}
+
+
+def verdict(ratios: dict[str, float], target: float = TARGET) -> tuple[bool, str]:
+    """Whether every phase's parallel / serial ratio is at most ``target``, and a sentence with the ratios."""
+    ok = all(r <= target for r in ratios.values())
+    return ok, (f"**Target (parallel / serial at most {target:g} in every phase): {met(ok)}**: "
+                + ", ".join(f"{phase} {r:.2f}" for phase, r in ratios.items()) + ".")
 
 
 def main() -> None:
@@ -92,6 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     args.hidden = list(args.hidden)
     torch.set_num_threads(args.threads)  # as each training process runs; machine() reports it
+    started = stamp()
 
     times: dict[tuple[str, str], dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,26 +110,29 @@ def main() -> None:
                 print(f"{algo} {mode}: {len(times[algo, mode]['update'])} updates, "
                       f"{len(times[algo, mode]['aux'])} aux phases", file=sys.stderr)
 
-    rows = []
-    for algo, phase, key in (("PPO", "update (critic + actor epochs)", "update"),
-                             ("PPG", "policy phase, per iteration", "update"),
-                             ("PPG", "auxiliary phase", "aux")):
+    rows, ratios = [], {}
+    for algo, name, phase, key in (("PPO", "PPO update", "update (critic + actor epochs)", "update"),
+                                   ("PPG", "PPG policy phase", "policy phase, per iteration", "update"),
+                                   ("PPG", "PPG auxiliary phase", "auxiliary phase", "aux")):
         serial, parallel = times[algo, "serial"][key], times[algo, "parallel"][key]
-        rows.append((f"{algo} {phase}", f"{median(serial):.3f} s", f"{median(parallel):.3f} s",
-                     f"{sum(parallel) / sum(serial):.2f}", f"{len(serial)} / {len(parallel)}"))
+        if not serial or not parallel:
+            raise SystemExit(f"no {name} was timed after the warm-up: raise --iterations (or lower --n-pi)")
+        ratios[name] = ratio = sum(parallel) / sum(serial)
+        rows.append((f"{algo} {phase}", f"{median(serial):.3f} s", f"{median(parallel):.3f} s", f"{ratio:.2f}",
+                     met(ratio <= TARGET), f"{len(serial)} / {len(parallel)}"))
     batch = args.num_envs * args.num_steps
-    header = (f"## {datetime.date.today().isoformat()}: CartPole-v1, networks {args.hidden} (actor and critic), "
-              f"{batch} samples per iteration in {args.num_minibatches} minibatches, {args.epochs} epochs; PPG "
-              f"N_pi {args.n_pi}, {args.aux_epochs} aux epochs; {args.threads} thread(s) per process, accelerator "
-              f"{args.accelerator}\n\nMachine: {machine()}\n\n"
-              "Serial: one process does the critic's then the actor's update. Parallel: two processes (actor on "
-              "rank 0, critic on rank 1) update at the same time, then exchange weights. Median per update; "
-              "ratio of the summed wall times; the target is parallel / serial <= 0.6.\n")
-    table = markdown_table(("phase", "serial (1 process)", "parallel (2 processes)", "parallel / serial",
-                            "updates counted"), rows)
-    print(header)
-    print(table)
-    append_results(args.results, "Placement benchmark results", "scripts/benchmark_placement.py", header + "\n" + table + "\n")
+    _, sentence = verdict(ratios)
+    text = section(started, f"CartPole-v1, networks {args.hidden} (actor and critic), {batch} samples per iteration "
+                            f"in {args.num_minibatches} minibatches, {args.epochs} epochs; PPG N_pi {args.n_pi}, "
+                            f"{args.aux_epochs} aux epochs; {args.threads} thread(s) per process, accelerator "
+                            f"{args.accelerator}",
+                   "Serial: one process does the critic's then the actor's update. Parallel: two processes (actor on "
+                   "rank 0, critic on rank 1) update at the same time, then exchange weights. Median per update; "
+                   "ratio of the summed wall times.\n\n"
+                   + markdown_table(("phase", "serial (1 process)", "parallel (2 processes)", "parallel / serial",
+                                     f"<= {TARGET:g}", "updates counted"), rows) + "\n" + sentence)
+    print(text)
+    write_section(args.results, "Placement benchmark results", "scripts/benchmark_placement.py", text)
 
 
 if __name__ == "__main__":

@@ -5,59 +5,32 @@ In one run on one machine:
    training SPS, final mean return, and the split of wall time between rollout and update;
 2. steps the same vector env with the same policy network's inference alone (no learning): the ceiling.
 
-Prints a table and appends it, with date and machine, to results/benchmark_ppo.md.
+The target (``TARGET``): training SPS at least half the ceiling, i.e. the learning around collection (the
+update, the returns, the bookkeeping) costs no more wall time than collecting itself. Prints a table and the
+verdict, and writes them, with the commit, date and machine, first in results/benchmark_ppo.md.
 
     python scripts/benchmark_ppo.py [--total-timesteps 500000] [--accelerator cpu|gpu]
 """
 
 import argparse
 import csv
-import datetime
 import glob
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
-
-import torch
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from lit_rl.cli import LitRLCLI  # noqa: E402
 from lit_rl.data.collector import Collector  # noqa: E402
+from scripts.results import markdown_table, met, section, stamp, write_section  # noqa: E402
 
 CONFIG = REPO / "configs/ppo/cartpole_cleanrl.yaml"
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
-
-
-def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """A Markdown table with a header row, one line per row, and a trailing newline."""
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
-
-
-def append_results(path: str, title: str, script: str, text: str) -> None:
-    """Appends ``text`` to the results file at ``path``, which starts with ``title`` when it is new."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    new = not Path(path).exists()
-    with open(path, "a") as f:
-        if new:
-            f.write(f"# {title}\n\nWritten by `python {script}`; newest last.\n\n")
-        f.write(text)
+TARGET = 0.5  # training SPS / ceiling SPS
 
 
 def train(total: int, accelerator: str, workdir: str, config: Path = CONFIG, late_fraction: float = 0.05
@@ -99,6 +72,14 @@ def ceiling(module, datamodule, steps: int) -> float:
     return rollouts * datamodule.num_envs * datamodule.num_steps / elapsed
 
 
+def verdict(train_sps: float, ceiling_sps: float, target: float = TARGET) -> tuple[bool, str]:
+    """Whether training SPS reaches ``target`` of the ceiling, and a sentence that says so with the numbers."""
+    ratio = train_sps / ceiling_sps
+    ok = ratio >= target
+    return ok, (f"**Target (training SPS at least {target:.0%} of the ceiling): {met(ok)}**: "
+                f"{train_sps:,.0f} / {ceiling_sps:,.0f} = {ratio:.1%}.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--total-timesteps", type=int, default=500_000)
@@ -107,6 +88,7 @@ def main() -> None:
     parser.add_argument("--results", default=str(REPO / "results/benchmark_ppo.md"))
     args = parser.parse_args()
 
+    started = stamp()
     with tempfile.TemporaryDirectory() as workdir:
         run = train(args.total_timesteps, args.accelerator, workdir)
         run["datamodule"].setup("fit")  # the CLI tore its envs down; the ceiling builds its own alike
@@ -122,14 +104,11 @@ def main() -> None:
                                           f"({run['rollout'] / run['loop']:.0%} / {run['update'] / run['loop']:.0%})"),
         ("final mean episodic return (last 5% of steps)", f"{run['return']:.1f}"),
     ]
-    width = max(len(k) for k, _ in rows)
-    header = (f"## {datetime.date.today().isoformat()}: CartPole-v1, CleanRL ppo.py defaults, "
-              f"{args.total_timesteps:,} env steps, accelerator {args.accelerator}\n\nMachine: {machine()}\n")
-    table = markdown_table(("measure", "value"), rows)
-    print(header)
-    for k, v in rows:
-        print(f"{k:<{width}}  {v}")
-    append_results(args.results, "PPO benchmark results", "scripts/benchmark_ppo.py", header + "\n" + table + "\n")
+    _, sentence = verdict(train_sps, top)
+    text = section(started, f"CartPole-v1, CleanRL ppo.py defaults, {args.total_timesteps:,} env steps, accelerator "
+                            f"{args.accelerator}", markdown_table(("measure", "value"), rows) + "\n" + sentence)
+    print(text)
+    write_section(args.results, "PPO benchmark results", "scripts/benchmark_ppo.py", text)
 
 
 if __name__ == "__main__":

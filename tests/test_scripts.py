@@ -1,9 +1,17 @@
-"""The benchmark's plotting and summary code, on metrics a real run logged."""
+"""The benchmarks' plotting and summary code, on metrics a real run logged; their verdicts, on made-up
+numbers either side of each target; what their results sections say and where they go."""
+
+import subprocess
 
 import numpy as np
 
-from scripts.benchmark_ppg import summarize
+import scripts.benchmark_ppg as ppg_bench
+from scripts.benchmark_placement import verdict as placement_verdict
+from scripts.benchmark_ppg import compare, summarize, verdict as ppg_verdict
+from scripts.benchmark_ppo import verdict as ppo_verdict
+from scripts.benchmark_recurrent import verdict as recurrent_verdict
 from scripts.plot_learning_curves import load_runs, plot, smoothed
+from scripts.results import REPO, commit, section, stamp, write_section
 from tests.helpers import fit, make
 
 
@@ -23,6 +31,77 @@ def test_curves_and_table_from_logged_metrics(tmp_path):
     assert all(r["steps"].size and r["steps"].size == r["returns"].size for r in runs)
     summary = summarize(runs, budget=1024, threshold=0.0)
     assert summary["n"] == 2 and summary["reached"] == 2 and np.isfinite(summary["final"][0])
+    never = summarize(runs, budget=1024, threshold=1e9)  # a seed that never reaches it counts at the budget
+    assert never["reached"] == 0 and never["steps"] is None and never["seed_steps"] == [1024.0, 1024.0]
     out = tmp_path / "curves.png"
     plot({("CartPole-v1", "PPO"): runs}, {"CartPole-v1": 20.0}, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def seeds(finals, steps):
+    return {"seed_finals": finals, "seed_steps": steps}
+
+
+def test_ppg_verdict_needs_at_least_ppo_everywhere_and_above_somewhere():
+    assert compare([10.0, 12.0], [20.0, 22.0], higher_is_better=True)[2] == "better"
+    assert compare([10.0, 12.0], [20.0, 22.0], higher_is_better=False)[2] == "worse"  # more steps is worse
+    assert compare([10.0, 30.0], [12.0, 32.0], higher_is_better=True)[2] == "tie"  # within one standard error
+    tie = (seeds([500.0, 500.0, 500.0], [30e3, 40e3, 20e3]), seeds([500.0, 500.0, 500.0], [29e3, 41e3, 18e3]))
+    faster = (seeds([-190.0, -200.0, -180.0], [80e3, 75e3, 85e3]), seeds([-190.0, -200.0, -180.0], [40e3, 45e3, 50e3]))
+    # Higher final return but never reaching the threshold on one seed (counted at the 400k budget).
+    slower = (seeds([98.0, 90.0, 110.0], [190e3, 160e3, 220e3]), seeds([102.0, 95.0, 112.0], [262e3, 200e3, 400e3]))
+    ok, text = ppg_verdict({"CartPole": tie, "Pendulum": faster})
+    assert ok and "**Target (PPG at least PPO on every task, above it on at least one): met**" in text
+    assert "above on 1 (Pendulum)" in text
+    ok, text = ppg_verdict({"CartPole": tie, "Pendulum": faster, "LunarLander": slower})
+    assert not ok and ": not met**" in text and "at least PPO on 2 of 3 (CartPole, Pendulum)" in text
+    assert not ppg_verdict({"CartPole": tie})[0]  # at least PPO everywhere, above nowhere
+
+
+def test_throughput_verdicts_from_their_numbers():
+    assert ppo_verdict(5000.0, 9000.0) == (True, "**Target (training SPS at least 50% of the ceiling): met**: "
+                                                 "5,000 / 9,000 = 55.6%.")
+    ok, text = ppo_verdict(5000.0, 12000.0)
+    assert not ok and "not met**: 5,000 / 12,000 = 41.7%" in text
+    assert placement_verdict({"PPO update": 0.56, "PPG auxiliary phase": 0.6})[0]
+    ok, text = placement_verdict({"PPO update": 0.56, "PPG auxiliary phase": 0.61})
+    assert not ok and "not met**: PPO update 0.56, PPG auxiliary phase 0.61." in text
+    assert recurrent_verdict(500.0, 43.1) == (True, "**Target (LSTM final return at least 475, MLP's below it): "
+                                                    "met**: LSTM 500.0, MLP 43.1.")
+    assert not recurrent_verdict(278.4, 44.3)[0] and not recurrent_verdict(500.0, 480.0)[0]
+
+
+def test_results_sections_name_the_commit_and_go_first(tmp_path):
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert commit() in (sha, f"{sha} + uncommitted changes")
+    path = tmp_path / "bench.md"
+    path.write_text("# Old title\n\nOld preamble.\n\n## History\n\n### 2026-11-21, recorded in commit abc1234\n")
+    write_section(path, "Bench", "scripts/bench.py", section(stamp(), "first run", "numbers"))
+    write_section(path, "Bench", "scripts/bench.py", section(stamp(), "second run", "numbers"))
+    text = path.read_text()
+    assert text.startswith("# Bench\n") and "Old preamble" not in text
+    assert text.index("second run") < text.index("first run") < text.index("## History\n\n### 2026-11-21")
+    assert f"commit {commit()}: second run\n\nMachine: " in text and " cores, " in text and "torch " in text
+
+
+def test_ppg_runs_are_reused_only_at_the_same_clean_commit(tmp_path, monkeypatch):
+    launched = []
+
+    def fake_fit(args, **kwargs):
+        launched.append(args)
+        log_dir = tmp_path / "cartpole" / "ppo" / "seed1"
+        log_dir.mkdir(parents=True)
+        (log_dir / "metrics.csv").write_text("env_steps\n")
+        return subprocess.CompletedProcess(args, 0, "", "")
+
+    monkeypatch.setattr(ppg_bench.subprocess, "run", fake_fit)
+    monkeypatch.setattr(ppg_bench, "head", lambda: ("abc1234", False))
+    ppg_bench.run("cartpole", "ppo", 1, 1000, tmp_path)
+    ppg_bench.run("cartpole", "ppo", 1, 1000, tmp_path)  # finished at this commit: reused
+    assert len(launched) == 1
+    ppg_bench.run("cartpole", "ppo", 1, 2000, tmp_path)  # another budget: run anew
+    monkeypatch.setattr(ppg_bench, "head", lambda: ("abc1234", True))
+    ppg_bench.run("cartpole", "ppo", 1, 2000, tmp_path)  # uncommitted changes: never reused
+    monkeypatch.setattr(ppg_bench, "head", lambda: ("def5678", False))
+    ppg_bench.run("cartpole", "ppo", 1, 2000, tmp_path)  # another commit
+    assert len(launched) == 4
