@@ -1,6 +1,5 @@
 """The ``lit-rl`` command: LightningCLI with omegaconf interpolation, env-step checkpoints and clear errors."""
 
-import copy
 import glob
 import json
 import os
@@ -127,9 +126,27 @@ class LitRLCLI(LightningCLI):
         sub = self.config.get("subcommand")
         if sub and self.config[sub].get("ckpt_path"):
             self.config[sub]["ckpt_path"] = self._resolve_ckpt(self.config[sub])
-        # LightningCLI then replaces model.* with the checkpoint's hyperparameters; this run's config is kept
-        # and put back before the classes are built (the module checks it against the checkpoint).
-        self._given_model = copy.deepcopy(self.config[sub]["model"]) if sub else None
+        if sub:
+            self._refuse_data_gamma(self.config[sub])
+
+    def _refuse_data_gamma(self, cfg: Any) -> None:
+        """``data.gamma`` follows ``model.gamma`` (linked): a config file that sets it would be ignored."""
+        for path in cfg.get("config") or []:
+            try:
+                data = (yaml.safe_load(open(str(path))) or {}).get("data") or {}
+            except (OSError, yaml.YAMLError, AttributeError):
+                continue
+            if isinstance(data, dict) and "gamma" in data:
+                raise ConfigError(f"data.gamma: set in {path}, but it is not a key of its own: reward normalization "
+                                  "uses the discount being learned. Remove it there and set model.gamma "
+                                  "(model.init_args.gamma).")
+
+    def _parse_ckpt_path(self) -> None:
+        """``fit`` runs this run's config: the module checks it against the checkpoint, refuses what cannot
+        apply and prints what differs (:meth:`lit_rl.algos.PPO.check_resume`). ``validate``/``test`` take
+        the model's settings from the checkpoint, as LightningCLI does."""
+        if self.config.get("subcommand") != "fit":
+            super()._parse_ckpt_path()
 
     def _resolve_ckpt(self, cfg: Any) -> str:
         path = str(cfg["ckpt_path"])
@@ -169,8 +186,6 @@ class LitRLCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
-        if self.subcommand and self._given_model is not None:
-            cfg.model = self._given_model
         torch.set_num_threads(max(1, int(cfg.torch_threads)))
         model_args = cfg.model.init_args if "init_args" in cfg.model else cfg.model
         data = cfg.data

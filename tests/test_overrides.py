@@ -39,6 +39,41 @@ def test_resume_applies_model_overrides_and_prints_what_differs(tmp_path):
     assert saved["optimizer_states"][0]["param_groups"][0]["initial_lr"] == 5e-4
 
 
+def test_resume_with_another_rollout_size_schedule_and_gamma_then_test_without_the_config(tmp_path):
+    """Trained with a StepLR actor schedule, 4 envs x 32 steps, gamma 0.98 and [32] networks; extended with the
+    default linear annealing, 8 envs x 64 steps and gamma 0.95. The extension anneals over its own iterations
+    (2 done + 3 of 512 steps = 5), never loads the StepLR state into another schedule, and gamma reaches
+    the data side too. `lit-rl test` then takes the networks' settings from the checkpoint alone."""
+    net = ["--model.init_args.hidden_sizes", "[32]"]
+    lit_rl("fit", "--config", CARTPOLE, "--data.total_timesteps", "256", "--data.num_envs", "4", *net,
+           "--model.actor_scheduler", "torch.optim.lr_scheduler.StepLR", "--model.actor_scheduler.step_size", "1",
+           *TINY, cwd=tmp_path)
+    proc = lit_rl("fit", "--config", CARTPOLE, "--data.total_timesteps", "1792", "--data.num_steps", "64", *net,
+                  "--model.gamma", "0.95", "--ckpt_path", "last", *TINY, cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    for line in ("model.gamma: 0.98 -> 0.95", "data.num_envs: 4 -> 8", "data.num_steps: 32 -> 64",
+                 "model.actor_scheduler: StepLR(", "-> linear decay to 0 over 5 iterations"):
+        assert line in out, out[-3000:]
+    second = sorted(tmp_path.rglob("metrics.csv"))[1]
+    after = [r for r in read_metrics(second) if "train/lr_actor" in r]
+    assert [r["env_steps"] for r in after] == [768, 1280, 1792]
+    assert [r["train/lr_actor"] for r in after] == pytest.approx([1e-3 * (1 - k / 5) for k in (3, 4, 5)])
+    ckpt = next(second.parent.rglob("last.ckpt"))
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert saved["hyper_parameters"]["gamma"] == 0.95 and saved["datamodule_hyper_parameters"]["gamma"] == 0.95
+
+    proc = lit_rl("test", "--model", "lit_rl.algos.PPO", "--ckpt_path", str(ckpt), "--data.eval_episodes", "2",
+                  "--trainer.logger", "false", *TINY, cwd=tmp_path)
+    assert "test: episodic return" in proc.stdout
+
+
+def test_data_gamma_in_a_config_file_is_refused(tmp_path):
+    config = tmp_path / "mine.yaml"
+    config.write_text("data:\n  gamma: 0.5\n  normalize_reward: true\n")
+    proc = lit_rl("fit", "--config", CARTPOLE, "--config", str(config), *TINY, cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "lit-rl: error: data.gamma: set in" in proc.stderr and "Traceback" not in proc.stderr
+
+
 @pytest.mark.parametrize("extra,key", [
     (["--model.init_args.hidden_sizes", "[32, 32]"], "model.hidden_sizes"),
     (["--model.init_args.arch", "shared"], "model.arch"),

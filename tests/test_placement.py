@@ -120,7 +120,6 @@ def test_a_placement_preset_does_not_change_the_experiment(presets):
     assert single["info"]["envs"] == ENVS and [r["info"]["envs"] for r in two] == [ENVS // 2] * 2
     assert single["info"]["env_steps"] == two[0]["info"]["env_steps"] == two[1]["info"]["env_steps"] == STEPS
     assert single["info"]["iterations"] == two[0]["info"]["iterations"] == STEPS // (ENVS * 32)
-    check_roles([single], single, [list(ROLES)], atol=0.0)
     worst = check_roles(two, single, [["actor"], ["critic"]], atol=1e-6)
     print(f"max |serial - critic_device| per role: {worst}")
     assert max_diff(single["params"], two[0]["params"]) <= 1e-6

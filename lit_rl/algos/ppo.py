@@ -679,6 +679,8 @@ class PPO(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["env_steps"] = self.env_steps
         checkpoint["optimizer_classes"] = {role: type(opt).__name__ for role, opt in zip(ROLES, self.trainer.optimizers)}
+        checkpoint["lr_schedules"] = {role: describe_schedule(config.scheduler)
+                                      for role, config in zip(ROLES, self.trainer.lr_scheduler_configs)}
         generators = {role: g.get_state() for role, g in self.generators.items()}
         if self.placement:  # the critic's stream from the critic's first rank, the others from the actor's
             by_actor, by_critic = (self.placement.from_role(generators, role) for role in ("actor", "critic"))
@@ -735,6 +737,12 @@ class PPO(L.LightningModule):
                     f"model.{key}={hparams[key]!r}, or start a new run without --ckpt_path.")
         probe = [torch.nn.Parameter(torch.zeros(1))]
         fitting = self._trainer is not None and self.trainer.state.fn == "fit"  # not for evaluation alone
+        if fitting:
+            # The schedules are rebuilt from this run's config (apply_config_on_resume); of the checkpoint's, only
+            # how far they have run is kept, so Lightning loads no scheduler state (of another class, it could not).
+            self._schedule_progress = [int(state["last_epoch"]) for state in checkpoint.get("lr_schedulers", [])]
+            self._saved_schedules = checkpoint.get("lr_schedules", {})
+            checkpoint["lr_schedulers"] = []
         for role, saved in checkpoint.get("optimizer_classes", {}).items() if fitting else ():
             configured = type(getattr(self, f"{role}_optimizer")(probe)).__name__
             if configured != saved:
@@ -754,26 +762,28 @@ class PPO(L.LightningModule):
         return notes
 
     def apply_config_on_resume(self) -> None:
-        """Once Lightning has restored the optimizers and LR schedules from the checkpoint, this run's config
-        takes over where it can: each optimizer's hyperparameters (LR, betas, eps, ...) are the configured
-        ones (its moments and step counts stay the checkpoint's), and each schedule is rebuilt from the
-        config and run forward over the iterations already done, so ``anneal_lr`` anneals over this run's
-        budget (an extended run does not train at LR 0). Prints what differs from the checkpoint."""
+        """Once Lightning has restored the optimizers from the checkpoint, this run's config takes over where it
+        can: each optimizer's hyperparameters (LR, betas, eps, ...) are the configured ones (its moments and
+        step counts stay the checkpoint's), and each schedule is rebuilt from the config and run forward over
+        the iterations the checkpoint's had run, so ``anneal_lr`` anneals over this run's budget and rollout
+        size (an extended run does not train at LR 0). Prints what differs from the checkpoint."""
         notes = list(getattr(self, "_resume_notes", []))
-        for role, optimizer, config in zip(ROLES, self.trainer.optimizers, self.trainer.lr_scheduler_configs):
+        progress = getattr(self, "_schedule_progress", [])
+        for i, (role, optimizer, config) in enumerate(zip(ROLES, self.trainer.optimizers, self.trainer.lr_scheduler_configs)):
             for group, new in zip(optimizer.param_groups, self.make_optimizer(role).param_groups):
                 for key, value in new.items():
                     old = group.get("initial_lr", group.get("lr")) if key == "lr" else group.get(key)
                     if key != "params" and old != value:
                         notes.append(f"model.{role}_optimizer.{key}: {old!r} -> {value!r}")
                 group.update({key: value for key, value in new.items() if key != "params"}, initial_lr=new["lr"])
-            done = config.scheduler.last_epoch
+            done = progress[i] if i < len(progress) else 0
             with warnings.catch_warnings():  # the schedule is run forward before this run's first step
                 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
                 scheduler = self.make_scheduler(role, optimizer)
                 for _ in range(done):
                     scheduler.step()
-            before, after = describe_schedule(config.scheduler), describe_schedule(scheduler)
+            after = describe_schedule(scheduler)
+            before = getattr(self, "_saved_schedules", {}).get(role, after)
             if before != after:
                 notes.append(f"model.{role}_scheduler: {before} -> {after}")
             config.scheduler = scheduler

@@ -245,7 +245,9 @@ class RolloutDataModule(L.LightningDataModule):
 
     @property
     def num_iterations(self) -> int:
-        return math.ceil(self.total_timesteps / self.steps_per_iteration)
+        """The run's iterations: those done, plus those the rest of the budget takes at the current
+        ``num_envs * num_steps`` (a resumed run may have changed either, or the budget)."""
+        return self.iteration + math.ceil(max(0, self.total_timesteps - self.env_steps) / self.steps_per_iteration)
 
     def rollouts(self, policy: Policy) -> Iterator[Rollout]:
         """Yields rollouts collected with ``policy`` until ``total_timesteps`` env steps are taken.
