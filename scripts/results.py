@@ -1,7 +1,7 @@
 """What every benchmark's results section says about its run, and where the section goes.
 
 A section opens with the date and the commit it measured (``git rev-parse --short HEAD``, plus
-"+ uncommitted changes" when tracked files differ from it) and the machine (CPU, cores, GPU or none, torch).
+"+ uncommitted changes" when tracked files other than the results files differ from it) and the machine (CPU, cores, GPU or none, torch).
 ``write_section`` puts it first in the results file, after the file's preamble, so the newest run leads and
 older sections follow as history, each naming its own commit.
 """
@@ -24,7 +24,9 @@ def head() -> tuple[str, bool]:
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
 
     try:
-        return git("rev-parse", "--short", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
+        # The results files themselves do not count: a run of several benchmarks writes them as it goes.
+        return git("rev-parse", "--short", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no", "--",
+                                                          ".", ":(exclude)results"))
     except (OSError, subprocess.CalledProcessError):
         return "unknown", True
 
