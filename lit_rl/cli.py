@@ -130,16 +130,20 @@ class LitRLCLI(LightningCLI):
             self._refuse_data_gamma(self.config[sub])
 
     def _refuse_data_gamma(self, cfg: Any) -> None:
-        """``data.gamma`` follows ``model.gamma`` (linked): a config file that sets it would be ignored."""
+        """``data.gamma`` follows ``model.gamma`` (linked): a config file that sets it to anything else would be
+        ignored. ``${model.init_args.gamma}`` (what configs used to say) and the model's own value are taken."""
+        model = cfg.model.init_args if "init_args" in cfg.model else cfg.model
+        follows = {"${model.init_args.gamma}", "${model.gamma}", model.get("gamma")}
         for path in cfg.get("config") or []:
             try:
-                data = (yaml.safe_load(open(str(path))) or {}).get("data") or {}
+                text = path.get_content() if hasattr(path, "get_content") else open(str(path)).read()
+                data = (yaml.safe_load(text) or {}).get("data") or {}
             except (OSError, yaml.YAMLError, AttributeError):
                 continue
-            if isinstance(data, dict) and "gamma" in data:
-                raise ConfigError(f"data.gamma: set in {path}, but it is not a key of its own: reward normalization "
-                                  "uses the discount being learned. Remove it there and set model.gamma "
-                                  "(model.init_args.gamma).")
+            if isinstance(data, dict) and "gamma" in data and data["gamma"] not in follows:
+                raise ConfigError(f"data.gamma: {path} sets it to {data['gamma']!r}, but it is not a key of its own: "
+                                  "reward normalization uses the discount being learned. Remove it there and set "
+                                  "model.gamma (model.init_args.gamma).")
 
     def _parse_ckpt_path(self) -> None:
         """``fit`` runs this run's config: the module checks it against the checkpoint, refuses what cannot

@@ -67,11 +67,24 @@ def test_resume_with_another_rollout_size_schedule_and_gamma_then_test_without_t
     assert "test: episodic return" in proc.stdout
 
 
-def test_data_gamma_in_a_config_file_is_refused(tmp_path):
+def test_data_gamma_in_a_config_file_is_refused_unless_it_follows_model_gamma(tmp_path):
     config = tmp_path / "mine.yaml"
     config.write_text("data:\n  gamma: 0.5\n  normalize_reward: true\n")
     proc = lit_rl("fit", "--config", CARTPOLE, "--config", str(config), *TINY, cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "lit-rl: error: data.gamma: set in" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "lit-rl: error: data.gamma:" in proc.stderr and "0.5" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # What configs used to say, and a saved config's own value, follow model.gamma: taken.
+    config.write_text("data:\n  gamma: ${model.init_args.gamma}\n  total_timesteps: 256\n")
+    lit_rl("fit", "--config", CARTPOLE, "--config", str(config), "--trainer.limit_val_batches", "0", *TINY,
+           cwd=tmp_path)
+
+
+def test_resume_with_num_envs_that_do_not_split_the_rest_of_the_budget_is_refused(tmp_path):
+    lit_rl("fit", "--config", CARTPOLE, "--data.total_timesteps", "512", *TINY, cwd=tmp_path)
+    proc = lit_rl("fit", "--config", CARTPOLE, "--data.total_timesteps", "528", "--data.num_envs", "12",
+                  "--ckpt_path", "last", *TINY, cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "lit-rl: error: data.num_envs:" in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "e.g. 536" in proc.stderr  # 512 + 2 x 12
 
 
 @pytest.mark.parametrize("extra,key", [

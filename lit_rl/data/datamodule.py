@@ -319,6 +319,14 @@ class RolloutDataModule(L.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.env_steps = int(state_dict["env_steps"])
         self.iteration = int(state_dict["iteration"])
+        left = self.total_timesteps - self.env_steps
+        if left > 0 and left % self.num_envs and self.trainer is not None and self.trainer.state.fn == "fit":
+            fits = self.env_steps + -(-left // self.num_envs) * self.num_envs
+            raise ConfigError(
+                f"data.num_envs: the checkpoint has taken {self.env_steps} env steps; the {left} left of "
+                f"data.total_timesteps={self.total_timesteps} do not split over {self.num_envs} envs, so the run "
+                f"could not stop exactly at the budget. Set data.total_timesteps to e.g. {fits}, or num_envs to "
+                f"a divisor of {left}.")
         self._norm_state = {k: v for k, v in state_dict.items() if k in ("obs_rms", "return_rms")}
         for collector in (self.collector, self.eval_collector):
             if collector is not None:
