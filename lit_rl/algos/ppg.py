@@ -277,7 +277,5 @@ class PPG(PPO):
         self.store.load_state_dict(state["store"])
 
 
-
-
 def _chunked(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     return torch.cat([fn(part) for part in x.split(FORWARD_CHUNK)])

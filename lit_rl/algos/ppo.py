@@ -165,6 +165,11 @@ class PPO(L.LightningModule):
         self._fit_start: Optional[tuple[float, int]] = None
         self.generators: dict[str, torch.Generator] = {}  # minibatch shuffling, one stream per role
         self.shuffle_seed = 0
+        # Of the checkpoint a fit resumes from: how its config differs, how far its LR schedules had run, and
+        # what they were (check_resume and on_load_checkpoint note them; apply_config_on_resume uses them).
+        self._resume_notes: list[str] = []
+        self._schedule_progress: list[int] = []
+        self._saved_schedules: dict[str, str] = {}
 
     # ------------------------------------------------------------------ configuration
     def _check_hparams(self) -> None:
@@ -698,6 +703,12 @@ class PPO(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._resume_notes = self.check_resume(checkpoint)
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            # The schedules are rebuilt from this run's config (apply_config_on_resume); of the checkpoint's, only
+            # how far they have run is kept, so Lightning loads no scheduler state (of another class, it could not).
+            self._schedule_progress = [int(state["last_epoch"]) for state in checkpoint.get("lr_schedulers", [])]
+            self._saved_schedules = checkpoint.get("lr_schedules", {})
+            checkpoint["lr_schedulers"] = []
         self._check_compatible(checkpoint.get("state_dict", {}))
         self.env_steps = int(checkpoint.get("env_steps", 0))
         for role, state in checkpoint.get("shuffle_generators", {}).items():
@@ -737,28 +748,17 @@ class PPO(L.LightningModule):
                     f"model.{key}={hparams[key]!r}, or start a new run without --ckpt_path.")
         probe = [torch.nn.Parameter(torch.zeros(1))]
         fitting = self._trainer is not None and self.trainer.state.fn == "fit"  # not for evaluation alone
-        if fitting:
-            # The schedules are rebuilt from this run's config (apply_config_on_resume); of the checkpoint's, only
-            # how far they have run is kept, so Lightning loads no scheduler state (of another class, it could not).
-            self._schedule_progress = [int(state["last_epoch"]) for state in checkpoint.get("lr_schedulers", [])]
-            self._saved_schedules = checkpoint.get("lr_schedules", {})
-            checkpoint["lr_schedulers"] = []
         for role, saved in checkpoint.get("optimizer_classes", {}).items() if fitting else ():
             configured = type(getattr(self, f"{role}_optimizer")(probe)).__name__
             if configured != saved:
                 raise ConfigError(
                     f"model.{role}_optimizer: {source} was trained with {saved}, whose state cannot be loaded into "
                     f"{configured}. Resume with {saved}, or start a new run without --ckpt_path.")
-        notes = [f"model.{key}: {hparams.get(key, '(unset)')!r} -> {self.hparams.get(key, '(unset)')!r}"
-                 for key in sorted(set(hparams) | set(self.hparams)) if not key.startswith("_")
-                 and hparams.get(key, "(unset)") != self.hparams.get(key, "(unset)")]
+        notes = _differences("model", hparams, dict(self.hparams))
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         saved_data = checkpoint.get("datamodule_hyper_parameters", {})
         if datamodule is not None and saved_data:
-            data = dict(datamodule.hparams)
-            notes += [f"data.{key}: {saved_data.get(key, '(unset)')!r} -> {data.get(key, '(unset)')!r}"
-                      for key in sorted(set(saved_data) | set(data)) if not key.startswith("_")
-                      and saved_data.get(key, "(unset)") != data.get(key, "(unset)")]
+            notes += _differences("data", saved_data, dict(datamodule.hparams))
         return notes
 
     def apply_config_on_resume(self) -> None:
@@ -767,8 +767,8 @@ class PPO(L.LightningModule):
         step counts stay the checkpoint's), and each schedule is rebuilt from the config and run forward over
         the iterations the checkpoint's had run, so ``anneal_lr`` anneals over this run's budget and rollout
         size (an extended run does not train at LR 0). Prints what differs from the checkpoint."""
-        notes = list(getattr(self, "_resume_notes", []))
-        progress = getattr(self, "_schedule_progress", [])
+        notes = list(self._resume_notes)
+        progress = self._schedule_progress
         for i, (role, optimizer, config) in enumerate(zip(ROLES, self.trainer.optimizers, self.trainer.lr_scheduler_configs)):
             for group, new in zip(optimizer.param_groups, self.make_optimizer(role).param_groups):
                 for key, value in new.items():
@@ -783,7 +783,7 @@ class PPO(L.LightningModule):
                 for _ in range(done):
                     scheduler.step()
             after = describe_schedule(scheduler)
-            before = getattr(self, "_saved_schedules", {}).get(role, after)
+            before = self._saved_schedules.get(role, after)
             if before != after:
                 notes.append(f"model.{role}_scheduler: {before} -> {after}")
             config.scheduler = scheduler
@@ -811,6 +811,14 @@ def _trainable(optimizer: Optimizer) -> list[Tensor]:
 
 def _constant(_: int) -> float:
     return 1.0
+
+
+def _differences(prefix: str, saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``prefix.key: old -> new`` for each setting whose value differs (internal ``_`` keys left out)."""
+    unset = "(unset)"
+    return [f"{prefix}.{key}: {saved.get(key, unset)!r} -> {current.get(key, unset)!r}"
+            for key in sorted(set(saved) | set(current))
+            if not key.startswith("_") and saved.get(key, unset) != current.get(key, unset)]
 
 
 # A schedule's progress, as opposed to its settings.
