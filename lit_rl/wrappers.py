@@ -28,7 +28,6 @@ class MaskObservation(TransformObservation):
         assert isinstance(space, gym.spaces.Box)
         masked = gym.spaces.Box(space.low[keep], space.high[keep], dtype=space.dtype)
         super().__init__(env, lambda obs: obs[..., keep], masked)
-        self.keep = keep
 
 
 def keep_indices(space: gym.Space, hide: Sequence[int]) -> np.ndarray:

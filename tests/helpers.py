@@ -1,18 +1,28 @@
-"""Shared test helpers: a programmatic fit, and reading metrics.csv."""
+"""Shared test helpers: running the `lit-rl` command, a programmatic fit, random PPO batches, reading metrics.csv."""
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import lightning as L
+import numpy as np
+import pytest
+import torch
 from lightning.pytorch.loggers import CSVLogger
 
 from lit_rl.algos.ppo import PPO
 from lit_rl.callbacks import EnvStepCheckpoint
+from lit_rl.cli import main
 from lit_rl.data.datamodule import RolloutDataModule
 
 REPO = Path(__file__).resolve().parent.parent
 
+TINY = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+OBS = gym.spaces.Box(-1, 1, (4,), np.float32)
 TINY_DATA = dict(env_id="CartPole-v1", num_envs=4, num_steps=32, total_timesteps=256, seed=3, eval_episodes=2)
 
 
@@ -37,3 +47,32 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
     """Rows of a metrics.csv, empty cells dropped."""
     with open(path) as f:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def lit_rl(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Runs the installed console script."""
+    exe = Path(sys.executable).parent / "lit-rl"
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run([str(exe), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"lit-rl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def run_main(args: list[str], capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    return int(exit_info.value.code), capsys.readouterr().err
+
+
+def random_batch(n: int = 64, action_space: gym.Space = gym.spaces.Discrete(2)) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    actions = torch.as_tensor(np.stack([action_space.sample() for _ in range(n)]))
+    return {"obs": torch.randn(n, 4, generator=gen), "actions": actions, "logprobs": -torch.rand(n, generator=gen),
+            "values": torch.randn(n, generator=gen), "advantages": torch.randn(n, generator=gen) * 3 + 1,
+            "returns": torch.randn(n, generator=gen)}
+
+
+def grads_of(params) -> list[bool]:
+    return [p.grad is not None and p.grad.abs().sum().item() > 0 for p in params]

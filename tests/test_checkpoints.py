@@ -16,8 +16,7 @@ from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lit_rl.checkpoints import AtomicCheckpointIO
 from lit_rl.cli import LitRLCLI
 from lit_rl.distributed import ActorCriticPlacement
-from tests.helpers import REPO, read_metrics
-from tests.test_cli import TINY, lit_rl
+from tests.helpers import REPO, TINY, lit_rl, read_metrics
 
 CARTPOLE = str(REPO / "configs/ppo/cartpole.yaml")  # 8 envs x 32 steps: 256 env steps per iteration
 # Every checkpoint kept: env_steps=512.ckpt, ..., env_steps=2048.ckpt and last.ckpt.

@@ -1,39 +1,15 @@
 """The `lit-rl` command: every config runs, bad input gets one clear message, resume, determinism, NaN."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-from lit_rl.cli import main
-from tests.helpers import REPO, read_metrics
+from tests.helpers import REPO, TINY, lit_rl, read_metrics, run_main
 
 # The two-node preset needs a process per node; tests/test_placement.py launches it that way. Sweep files
 # are wandb's format, not lit-rl configs (tests/test_sweep.py runs them).
 MULTI_NODE = {"configs/placement/two_nodes.yaml"}
 CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")
                  if str(p.relative_to(REPO)) not in MULTI_NODE and "configs/sweeps/" not in str(p.relative_to(REPO)))
-TINY = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-
-
-def lit_rl(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """Runs the installed console script."""
-    exe = Path(sys.executable).parent / "lit-rl"
-    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
-    env["PYTHONPATH"] = str(REPO)
-    proc = subprocess.run([str(exe), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"lit-rl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
-def run_main(args: list[str], capsys) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    return int(exit_info.value.code), capsys.readouterr().err
 
 
 def config_args(config: str) -> list[str]:

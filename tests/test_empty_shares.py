@@ -6,8 +6,7 @@ import torch
 
 from lit_rl.algos.ppo import PPO
 
-from tests.helpers import REPO
-from tests.test_cli import TINY, lit_rl
+from tests.helpers import REPO, TINY, lit_rl
 
 # 2 envs x 4 steps = 8 rows, minus autoreset steps, in 8 minibatches: minibatches of one row, so one of the
 # two ranks of each group has an empty share of every step.

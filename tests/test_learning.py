@@ -2,8 +2,7 @@
 
 import pytest
 
-from tests.helpers import REPO, read_metrics
-from tests.test_cli import TINY, lit_rl
+from tests.helpers import REPO, TINY, lit_rl, read_metrics
 
 
 def train(config: str, tmp_path) -> tuple[float, float]:

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import REPO, read_metrics
-from tests.test_cli import TINY, lit_rl
+from tests.helpers import REPO, TINY, lit_rl, read_metrics
 
 CARTPOLE = str(REPO / "configs/ppo/cartpole.yaml")  # 8 envs x 32 steps, 20 epochs of 1 minibatch, Adam lr 1e-3
 

@@ -15,8 +15,7 @@ import torch
 
 from lit_rl.distributed import ActorCriticPlacement
 from lit_rl.errors import ConfigError
-from tests.helpers import REPO
-from tests.test_cli import TINY, lit_rl
+from tests.helpers import REPO, TINY, lit_rl
 
 ENVS, STEPS = 8, 2048  # the run's envs, split over the processes of each preset, and its env steps
 SMALL = ["--data.num_envs", str(ENVS), "--data.total_timesteps", str(STEPS), "--data.num_steps", "32",

@@ -9,11 +9,12 @@ import torch
 
 from lit_rl.algos.ppg import PPG
 from lit_rl.algos.ppo import PPO
+from lit_rl.algos.updater import RoleUpdater, share_of
 from lit_rl.data.store import RolloutStore
+from lit_rl.distributed.placement import Placement
 from lit_rl.errors import ConfigError
 from lit_rl.gradients import pcgrad
-from tests.helpers import fit, make, read_metrics
-from tests.test_ppo import OBS, grads_of, random_batch
+from tests.helpers import OBS, fit, grads_of, make, random_batch, read_metrics
 
 CARTPOLE = dict(env_id="CartPole-v1", num_envs=4, num_steps=32, seed=3)
 
@@ -47,14 +48,15 @@ def test_dual_policy_losses_give_no_gradient_to_the_value_network(space):
     module = built("dual", space)
     critic = module.agent.critic_parameters()
     batch = random_batch(action_space=space)
-    loss, _ = module.actor_loss(batch, torch.arange(64))
+    loss, _ = module.actor_loss(share_of(batch, torch.arange(64)))
     loss.backward()
     assert not any(grads_of(critic)) and all(grads_of(module.agent.policy_head.parameters()))
 
     module.agent.zero_grad(set_to_none=True)
     with torch.no_grad():
         old = module.agent.dist(batch["obs"]).params() + 0.3 * torch.randn(64, module.agent.policy_head.num_params)
-    loss, _ = module.aux_actor_loss({"obs": batch["obs"], "returns": batch["returns"] * 5, "old_params": old})
+    mb = {"obs": batch["obs"], "returns": batch["returns"] * 5, "old_params": old}
+    loss, _ = module.aux_actor_loss(share_of(mb, torch.arange(64)))
     loss.backward()
     assert not any(grads_of(critic))
     assert all(grads_of(module.agent.aux_value_head.parameters())) and all(grads_of(module.agent.policy_trunk.parameters()))
@@ -63,15 +65,15 @@ def test_dual_policy_losses_give_no_gradient_to_the_value_network(space):
 def test_detach_value_losses_give_no_gradient_to_the_trunk():
     module = built("detach")
     trunk = list(module.agent.policy_trunk.parameters())
-    for loss_fn in (lambda: module.critic_loss(random_batch(), torch.arange(64))[0],
-                    lambda: module.aux_critic_loss(aux_minibatch(module))[0]):
+    for loss_fn in (lambda: module.critic_loss(share_of(random_batch(), torch.arange(64)))[0],
+                    lambda: module.aux_critic_loss(share_of(aux_minibatch(module), torch.arange(64)))[0]):
         module.agent.zero_grad(set_to_none=True)
         loss_fn().backward()
         assert not any(grads_of(trunk))
         assert all(grads_of(module.agent.value_head.parameters()))
     # The trunk learns from the policy's losses alone: the actor loss has no value term.
     module.agent.zero_grad(set_to_none=True)
-    module.actor_loss(random_batch(), torch.arange(64))[0].backward()
+    module.actor_loss(share_of(random_batch(), torch.arange(64)))[0].backward()
     assert not any(grads_of(module.agent.value_head.parameters())) and all(grads_of(trunk))
 
 
@@ -80,13 +82,14 @@ def test_shared_value_loss_reaches_the_trunk_in_both_phases():
     shared, detach = built("shared"), built("detach")
     detach.agent.load_state_dict(shared.agent.state_dict())
     mb, batch = aux_minibatch(shared), random_batch()
-    for loss_fn in (lambda m: m.aux_actor_loss(mb)[0], lambda m: m.actor_loss(batch, torch.arange(64))[0]):
+    for loss_fn in (lambda m: m.aux_actor_loss(share_of(mb, torch.arange(len(mb["obs"]))))[0],
+                    lambda m: m.actor_loss(share_of(batch, torch.arange(64)))[0]):
         grads = [torch.autograd.grad(loss_fn(m), next(m.agent.policy_trunk.parameters())) for m in (shared, detach)]
         assert not torch.allclose(grads[0][0], grads[1][0])
     # With no value term (vf_coef=0) the policy-phase trunk gradients are the same.
     shared0, detach0 = built("shared", vf_coef=0.0), built("detach", vf_coef=0.0)
     detach0.agent.load_state_dict(shared0.agent.state_dict())
-    grads = [torch.autograd.grad(m.actor_loss(batch, torch.arange(64))[0], next(m.agent.policy_trunk.parameters()))
+    grads = [torch.autograd.grad(m.actor_loss(share_of(batch, torch.arange(64)))[0], next(m.agent.policy_trunk.parameters()))
              for m in (shared0, detach0)]
     assert torch.allclose(grads[0][0], grads[1][0])
 
@@ -132,7 +135,7 @@ def test_pcgrad_actor_step_writes_the_projected_gradient_on_a_shared_trunk():
     for seed in range(50):
         batch = random_batch()
         batch["advantages"] = torch.randn(64, generator=torch.Generator().manual_seed(seed))
-        terms, _ = module.actor_loss(batch, torch.arange(64))
+        terms, _ = module.actor_loss(share_of(batch, torch.arange(64)))
         assert isinstance(terms, tuple) and len(terms) == 2
         flat = [torch.cat([g.flatten() for g in torch.autograd.grad(t, trunk, retain_graph=True)]) for t in terms]
         if flat[0] @ flat[1] < 0:
@@ -140,7 +143,7 @@ def test_pcgrad_actor_step_writes_the_projected_gradient_on_a_shared_trunk():
     else:
         pytest.fail("no batch with conflicting policy and value gradients")
     head_grads = torch.autograd.grad(terms[0], head, retain_graph=True)
-    stats = module._backward_with_surgery(opt, terms)
+    stats = RoleUpdater(module, "actor", 0, Placement(), None, str).backward_with_surgery(opt, terms)
     written = torch.cat([p.grad.flatten() for p in trunk])
     expected, _ = pcgrad(flat)
     assert torch.allclose(written, expected, atol=1e-6)
@@ -193,7 +196,7 @@ def run_aux_phase(tmp_path, beta_clone: float, arch: str = "dual", aux_epochs: i
                       {**CARTPOLE, "total_timesteps": 512, **data}, cls=PPG)
     measured: dict[str, float] = {}
     captured: dict[str, torch.Tensor] = {}
-    original_data, original_phase = module.aux_data, module.auxiliary_phase
+    original_data, original_phase = module.take_aux_batch, module.auxiliary_phase
 
     def aux_loss(data):
         valid = data["valid"]
@@ -201,7 +204,7 @@ def run_aux_phase(tmp_path, beta_clone: float, arch: str = "dual", aux_epochs: i
             _, aux_values, _ = module.agent.forward_aux(data["obs"][valid])
         return float(0.5 * (aux_values - data["returns"][valid]).pow(2).mean())
 
-    def aux_data():
+    def take_aux_batch():
         measured["stored_rollouts"] = len(module.store)
         data = original_data()
         captured.update(data)
@@ -218,7 +221,7 @@ def run_aux_phase(tmp_path, beta_clone: float, arch: str = "dual", aux_epochs: i
         measured["aux_loss_after"] = aux_loss(captured)
         return stats
 
-    module.aux_data, module.auxiliary_phase = aux_data, auxiliary_phase
+    module.take_aux_batch, module.auxiliary_phase = take_aux_batch, auxiliary_phase
     fit(module, dm, tmp_path)
     assert module.aux_phases == 1 and measured["stored_rollouts"] == 4
     return measured
@@ -281,14 +284,15 @@ def test_aux_phase_takes_minibatches_of_aux_minibatch_size_sequences(tmp_path, a
     module, dm = make({"n_pi": 2, "aux_epochs": 6, "aux_minibatch": aux_minibatch},
                       {**CARTPOLE, "total_timesteps": 256}, cls=PPG)
     sizes = []
-    original = module.minibatch
+    original = module.minibatches
 
-    def minibatch(data, idx, role):
-        if "old_params" in data and role == "actor":  # an aux-phase step
-            sizes.append(len(idx))
-        return original(data, idx, role)
+    def minibatches(size, stream, count=None):
+        parts = original(size, stream, count)
+        if stream == "aux":  # an aux epoch: one step of each optimizer per minibatch
+            sizes.extend(len(idx) for idx in parts)
+        return parts
 
-    module.minibatch = minibatch
+    module.minibatches = minibatches
     fit(module, dm, tmp_path)
     assert module.aux_phases == 1
     assert len(sizes) == 6 * 2
@@ -315,13 +319,13 @@ def test_resume_mid_policy_phase_keeps_the_phase_counter(tmp_path, store_in_chec
 
     resumed, dm = make(model, data, cls=PPG)
     seen = {}
-    original = resumed.aux_data
+    original = resumed.take_aux_batch
 
-    def aux_data():
+    def take_aux_batch():
         seen["store"] = [dict(r) for r in resumed.store.rollouts]
         return original()
 
-    resumed.aux_data = aux_data
+    resumed.take_aux_batch = take_aux_batch
     fit(resumed, dm, tmp_path / "b", ckpt_path=str(ckpt_path))
     rows = read_metrics(next((tmp_path / "b").rglob("metrics.csv")))
     aux_iterations = [r["train/iteration"] for r in rows if "train/bc_kl" in r]

@@ -6,28 +6,15 @@ import pytest
 import torch
 
 from lit_rl.algos.ppo import PPO
+from lit_rl.algos.updater import share_of
 from lit_rl.losses import policy_loss, value_loss
-from tests.helpers import fit, make, read_metrics
-
-OBS = gym.spaces.Box(-1, 1, (4,), np.float32)
-
-
-def random_batch(n: int = 64, action_space: gym.Space = gym.spaces.Discrete(2)) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    actions = torch.as_tensor(np.stack([action_space.sample() for _ in range(n)]))
-    return {"obs": torch.randn(n, 4, generator=gen), "actions": actions, "logprobs": -torch.rand(n, generator=gen),
-            "values": torch.randn(n, generator=gen), "advantages": torch.randn(n, generator=gen) * 3 + 1,
-            "returns": torch.randn(n, generator=gen)}
+from tests.helpers import OBS, fit, grads_of, make, random_batch, read_metrics
 
 
 def built(action_space: gym.Space = gym.spaces.Discrete(2), **kwargs) -> PPO:
     module = PPO(**kwargs)
     module.build(OBS, action_space)
     return module
-
-
-def grads_of(params) -> list[bool]:
-    return [p.grad is not None and p.grad.abs().sum().item() > 0 for p in params]
 
 
 @pytest.mark.parametrize("space", [gym.spaces.Discrete(3), gym.spaces.MultiDiscrete([3, 2]),
@@ -39,12 +26,12 @@ def test_separate_losses_reach_only_their_network(space):
     assert not {id(p) for p in actor} & {id(p) for p in critic}
     assert len(actor) + len(critic) == len(list(module.agent.parameters()))
 
-    loss, _ = module.actor_loss(batch, idx)
+    loss, _ = module.actor_loss(share_of(batch, idx))
     loss.backward()
     assert all(grads_of(actor)) and not any(grads_of(critic))
 
     module.agent.zero_grad(set_to_none=True)
-    loss, _ = module.critic_loss(batch, idx)
+    loss, _ = module.critic_loss(share_of(batch, idx))
     loss.backward()
     assert all(grads_of(critic)) and not any(grads_of(actor))
 
@@ -60,7 +47,7 @@ def test_shared_trunk_gets_the_value_loss_through_the_actor_update():
         trunk = list(module.agent.policy_trunk.parameters())
         assert {id(p) for p in trunk} <= {id(p) for p in module.agent.actor_parameters()}
         assert {id(p) for p in module.agent.critic_parameters()} == {id(p) for p in module.agent.value_head.parameters()}
-        loss, _ = module.actor_loss(batch, idx)
+        loss, _ = module.actor_loss(share_of(batch, idx))
         loss.backward()
         trunk_grads[vf_coef] = trunk[0].grad.clone()
     assert not torch.allclose(trunk_grads[0.0], trunk_grads[0.5])
@@ -74,21 +61,15 @@ def test_shared_optimizer_steps_change_only_what_they_own(tmp_path):
     def snapshot(tag):
         return {name: p.detach().clone() for name, p in module.agent.named_parameters()}
 
-    original_critic, original_actor = module.update_critic, module.update_actor
+    original = module.update_role
 
-    def update_critic(batch):
-        before["critic"] = snapshot("critic")
-        out = original_critic(batch)
-        roles["critic"] = {n for n, p in module.agent.named_parameters() if not torch.equal(p, before["critic"][n])}
+    def update_role(role, batch):
+        before[role] = snapshot(role)
+        out = original(role, batch)
+        roles[role] = {n for n, p in module.agent.named_parameters() if not torch.equal(p, before[role][n])}
         return out
 
-    def update_actor(batch):
-        before["actor"] = snapshot("actor")
-        out = original_actor(batch)
-        roles["actor"] = {n for n, p in module.agent.named_parameters() if not torch.equal(p, before["actor"][n])}
-        return out
-
-    module.update_critic, module.update_actor = update_critic, update_actor
+    module.update_role = update_role
     dm.total_timesteps = 128
     fit(module, dm, tmp_path)
     assert roles["critic"] == {"value_head.weight", "value_head.bias"}
@@ -98,7 +79,7 @@ def test_shared_optimizer_steps_change_only_what_they_own(tmp_path):
 def test_actor_loss_uses_normalized_advantages():
     module = built(norm_adv=True, ent_coef=0.0)
     batch, idx = random_batch(), torch.arange(64)
-    loss, stats = module.actor_loss(batch, idx)
+    loss, stats = module.actor_loss(share_of(batch, idx))
     dist = module.agent.dist(batch["obs"])
     adv = batch["advantages"]
     expected, _ = policy_loss(dist.log_prob(batch["actions"]), batch["logprobs"], (adv - adv.mean()) / (adv.std() + 1e-8), 0.2)
@@ -126,9 +107,8 @@ def test_policy_and_value_loss_values():
 def test_update_order_is_honoured(tmp_path, order):
     module, dm = make({"update_order": order})
     calls = []
-    for role in ("critic", "actor"):
-        original = getattr(module, f"update_{role}")
-        setattr(module, f"update_{role}", lambda batch, _o=original, _r=role: (calls.append(_r), _o(batch))[1])
+    original = module.update_role
+    module.update_role = lambda role, batch: (calls.append(role), original(role, batch))[1]
     fit(module, dm, tmp_path)
     expected = ["critic", "actor"] if order == "critic_first" else ["actor", "critic"]
     assert calls == expected * 2  # two iterations of 128 env steps
@@ -162,18 +142,19 @@ def test_each_epoch_has_exactly_num_minibatches_of_near_equal_size_and_target_kl
                       {"num_steps": 128, "total_timesteps": 1024})
     steps: dict[str, list[torch.Tensor]] = {"actor": [], "critic": []}
     rows: dict[str, int] = {}
-    original_minibatch, original_prepare = module.minibatch, module.prepare_batch
+    original_minibatches, original_prepare = module.minibatches, module.prepare_batch
 
     def prepare_batch(rollout):
         batch = original_prepare(rollout)
         rows["valid"] = len(batch["returns"])
         return batch
 
-    def minibatch(batch, idx, role):
-        steps[role].append(idx.clone())
-        return original_minibatch(batch, idx, role)
+    def minibatches(size, role, count=None):
+        parts = original_minibatches(size, role, count)
+        steps[role] += [idx.clone() for idx in parts]  # the epoch's minibatches, one optimizer step each
+        return parts
 
-    module.prepare_batch, module.minibatch = prepare_batch, minibatch
+    module.prepare_batch, module.minibatches = prepare_batch, minibatches
     fit(module, dm, tmp_path)
     # The last iteration's steps (its batch is the one measured).
     actor, critic = steps["actor"][-32:], steps["critic"][-3 * 32:]

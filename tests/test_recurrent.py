@@ -9,6 +9,7 @@ import torch
 
 from lit_rl.algos.ppg import PPG
 from lit_rl.algos.ppo import PPO
+from lit_rl.algos.updater import share_of
 from lit_rl.data.collector import Collector
 from lit_rl.data.datamodule import RolloutDataModule
 from lit_rl.errors import ConfigError
@@ -32,7 +33,8 @@ def collector_for(module: PPO, env_id: str, num_envs: int = 4) -> Collector:
 def recomputed(module: PPO, batch: dict, role: str) -> torch.Tensor:
     """Log-probs (actor) or values (critic) of every valid sample, recomputed over the batch's sequences."""
     idx = torch.arange(len(batch["returns"]))
-    mb, history, _ = module.minibatch(batch, idx, role)
+    share = share_of(batch, idx)
+    mb, history = share.data, share.history
     with torch.no_grad():
         if role == "actor":
             return module.agent.dist(mb["obs"], history).log_prob(mb["actions"]), mb["logprobs"]
@@ -84,7 +86,6 @@ def test_each_optimizer_changes_exactly_the_parameters_it_owns_with_a_shared_sum
                       {"hide_observation": [1, 3], "vectorization_mode": "sync", "total_timesteps": 128})
     fit(module, dm, tmp_path)
     agent = module.agent
-    actor_opt, critic_opt = module.optimizers()
     summarizer = {id(p) for p in agent.policy_memory.parameters()}
     assert summarizer <= {id(p) for p in agent.actor_parameters()}  # the actor optimizer owns it
     assert not summarizer & {id(p) for p in agent.critic_parameters()}
@@ -93,10 +94,10 @@ def test_each_optimizer_changes_exactly_the_parameters_it_owns_with_a_shared_sum
     collector = collector_for(module, "CartPole-v1")
     batch = module.prepare_batch(collector.collect(module, 32, env_steps=0, iteration=0))
     idx = torch.arange(len(batch["returns"]))
-    for opt, loss_fn, owned in ((actor_opt, module.actor_loss, agent.actor_parameters()),
-                                (critic_opt, module.critic_loss, agent.critic_parameters())):
+    for role, loss_fn, owned in (("actor", module.actor_loss, agent.actor_parameters()),
+                                 ("critic", module.critic_loss, agent.critic_parameters())):
         before = {name: p.detach().clone() for name, p in agent.named_parameters()}
-        module.optimizer_step(opt, lambda: loss_fn(batch, idx), 0.5, "test")
+        module.updaters[role].step(lambda: loss_fn(share_of(batch, idx)), "test")
         owned_ids = {id(p) for p in owned}
         for name, p in agent.named_parameters():
             changed = not torch.equal(before[name], p.detach())

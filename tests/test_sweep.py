@@ -9,8 +9,7 @@ import sys
 import pytest
 import yaml
 
-from tests.helpers import REPO
-from tests.test_cli import lit_rl, run_main
+from tests.helpers import REPO, lit_rl, run_main
 from tests.wandb_records import read_run
 
 SWEEP = "configs/sweeps/ppo_cartpole.yaml"

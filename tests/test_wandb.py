@@ -2,8 +2,7 @@
 transaction log back (tests/wandb_records.py, wandb's own protobuf records) shows the resolved config,
 the return and loss metrics against env steps, and the evaluation video."""
 
-from tests.helpers import REPO
-from tests.test_cli import TINY, lit_rl
+from tests.helpers import REPO, TINY, lit_rl
 from tests.wandb_records import read_run
 
 WANDB = ["--config", str(REPO / "configs/ppo/cartpole.yaml"), "--config", str(REPO / "configs/loggers/wandb.yaml")]

@@ -38,10 +38,12 @@ from typing import Any, Callable, Literal, Optional
 import torch
 from torch import Tensor
 
-from lit_rl.algos.ppo import PPO, Stats
-from lit_rl.data.rollout import Rollout
-from lit_rl.data.store import FORWARD_CHUNK, RolloutStore, available_memory, format_bytes, pad_time
+from lit_rl.algos.ppo import PPO
+from lit_rl.algos.updater import Share, Stats, interleaved_epochs
+from lit_rl.data.rollout import Rollout, flatten_valid, pad_time, to_sequences
+from lit_rl.data.store import FORWARD_CHUNK, RolloutStore, available_memory, format_bytes
 from lit_rl.errors import ConfigError
+from lit_rl.losses import aux_value_loss, clone_kl
 from lit_rl.nets import History
 from lit_rl.returns import gae
 
@@ -167,47 +169,31 @@ class PPG(PPO):
         return stats, info
 
     def auxiliary_phase(self, iteration: int) -> Stats:
-        """E_aux epochs over the stored rollouts: L_joint with the actor optimizer, L_value with the critic's."""
+        """E_aux epochs over the stored rollouts: each minibatch gets one step of L_joint with the actor optimizer
+        and one of L_value with the critic's, in ``update_order``."""
         hp = self.hparams
-        data = self.aux_data()
-        actor_opt, critic_opt = self.optimizers()
-        steps: list[tuple[str, Any, Callable[[dict[str, Tensor]], Any], Optional[float]]] = [
-            ("critic", critic_opt, self.aux_critic_loss, hp.critic_max_grad_norm),
-            ("actor", actor_opt, self.aux_actor_loss, hp.actor_max_grad_norm),
-        ]
-        if hp.update_order == "actor_first":
-            steps.reverse()
-        mine = self.placement.roles if self.placement else ["actor", "critic"]
-        steps = [step for step in steps if step[0] in mine]
-        if self.in_critic_warmup(iteration):
-            steps = [step for step in steps if step[0] == "critic"]
+        data = self.take_aux_batch()
+        losses = {"actor": self.aux_actor_loss, "critic": self.aux_critic_loss}
+        steps = [(self.updaters[role], losses[role]) for role in self.role_order() if self.learns(role, iteration)]
         size = hp.aux_minibatch_size  # sequences
         if hp.aux_minibatch == "samples":  # single steps: the valid ones, flat; as many as `size` sequences hold
             size *= data["returns"].shape[1]
-            valid = data.pop("valid").flatten()
-            data = {key: value.flatten(0, 1)[valid] for key, value in data.items() if key != "starts"}
+            valid = data.pop("valid")
+            data = flatten_valid({key: value for key, value in data.items() if key != "starts"}, valid)
         count = -(-len(data["returns"]) // size)
-        stats: Stats = defaultdict(list)
-        for _ in range(hp.aux_epochs):
-            # Minibatches of whole sequences (each with its initial state, when recurrent) or of single steps.
-            for idx in self.minibatches(len(data["returns"]), "aux", count):
-                for role, opt, loss_fn, max_norm in steps:
-                    mb, history, weight = self.minibatch(data, idx, role)
-                    step_stats = self.optimizer_step(opt, lambda: self.weighted(loss_fn(mb, history), weight, role),
-                                                     max_norm, f"auxiliary-phase {role}")
-                    for key, value in step_stats.items():
-                        stats[key].append(value)
-        return stats
+        # Minibatches of whole sequences (each with its initial state, when recurrent) or of single steps.
+        return interleaved_epochs(steps, data, hp.aux_epochs, lambda: self.minibatches(len(data["returns"]), "aux", count),
+                                  "auxiliary-phase")
 
     @torch.no_grad()
-    def aux_data(self) -> dict[str, Tensor]:
-        """The stored rollouts as ``[sequences, T, ...]`` tensors (one sequence per env and rollout, with its
-        ``valid`` and ``starts`` flags, and its initial ``state`` when recurrent), with value targets from the
-        current critic and the current policy's parameters as ``old_params``."""
+    def take_aux_batch(self) -> dict[str, Tensor]:
+        """Empties the store into the auxiliary phase's batch: ``[sequences, T, ...]`` tensors (one sequence per
+        env and rollout, with its ``valid`` and ``starts`` flags, and its initial ``state`` when recurrent), with
+        value targets from the current critic and the current policy's parameters as ``old_params``."""
         assert self.agent is not None
         hp = self.hparams
         length = max(r["rewards"].shape[0] for r in self.store.rollouts)
-        fields: dict[str, list[Tensor]] = defaultdict(list)
+        parts: dict[str, list[Tensor]] = defaultdict(list)
         for stored in self.store.rollouts:
             r = {key: t.to(self.device) for key, t in stored.items()}
             T, N = r["rewards"].shape
@@ -225,38 +211,33 @@ class PPG(PPO):
                 last_value = self.agent.value(r["last_obs"])
             next_values = torch.cat([values[1:], last_value.unsqueeze(0)])
             _, returns = gae(r["rewards"], values, next_values, r["terminated"], r["truncated"], hp.gamma, hp.gae_lambda)
-            for key, value in (("obs", r["obs"]), ("returns", returns), ("old_params", old_params),
-                               ("valid", r["valid"]), ("starts", r["starts"])):
-                # Time-major [T, N, ...] -> [N, T, ...] sequences; a shorter last rollout is padded as invalid.
-                fields[key].append(pad_time(value, length, False if value.dtype == torch.bool else 0).transpose(0, 1))
+            fields = {"obs": r["obs"], "returns": returns, "old_params": old_params, "valid": r["valid"], "starts": r["starts"]}
+            # Time-major [T, N, ...] -> [N, T, ...] sequences; a shorter last rollout is padded as invalid.
+            for key, value in to_sequences({key: pad_time(value, length) for key, value in fields.items()}, length).items():
+                parts[key].append(value)
             if self.agent.recurrent:
-                fields["state"].append(r["initial_state"])
+                parts["state"].append(r["initial_state"])
         self.store.clear()
-        return {key: torch.cat(parts) for key, parts in fields.items()}
+        return {key: torch.cat(values) for key, values in parts.items()}
 
-    def weighted(self, loss_and_stats: tuple[Any, dict[str, Tensor]], weight: float, role: str) -> tuple[Any, Any]:
-        """A loss (or its terms) weighted by this rank's share of the minibatch, with its stats scaled alike."""
-        loss, stats = loss_and_stats
-        loss = tuple(weight * t for t in loss) if isinstance(loss, tuple) else weight * loss
-        return loss, {key: self.share_stat(value, weight, role) for key, value in stats.items()}
-
-    def aux_actor_loss(self, mb: dict[str, Tensor], history: Optional[History] = None) -> tuple[Any, dict[str, Tensor]]:
+    def aux_actor_loss(self, share: Share) -> tuple[Any, dict[str, Tensor]]:
         """``L_joint = L_aux + beta_clone * KL(pi_old || pi)`` (+ the value head's loss on a shared trunk)."""
         assert self.agent is not None
-        dist, aux_values, values = self.agent.forward_aux(mb["obs"], self.agent.shares_trunk, history)
-        pi_old = self.agent.policy_head.from_params(mb["old_params"])
-        bc_kl = pi_old.kl(dist).mean()
-        loss_aux = 0.5 * (aux_values - mb["returns"]).pow(2).mean()
+        mb, weight = share.data, share.weight
+        dist, aux_values, values = self.agent.forward_aux(mb["obs"], self.agent.shares_trunk, share.history)
+        bc_kl = clone_kl(self.agent.policy_head.from_params(mb["old_params"]), dist)
+        loss_aux = aux_value_loss(aux_values, mb["returns"])
         loss = loss_aux + self.hparams.beta_clone * bc_kl
         if values is not None:  # shared trunk: the value head's loss reaches the trunk here
-            loss = self.combine(loss, 0.5 * (values - mb["returns"]).pow(2).mean())
+            loss = self.combine(loss, aux_value_loss(values, mb["returns"]))
+        loss = tuple(weight * term for term in loss) if isinstance(loss, tuple) else weight * loss
         return loss, {"aux_value_loss": loss_aux.detach(), "bc_kl": bc_kl.detach()}
 
-    def aux_critic_loss(self, mb: dict[str, Tensor], history: Optional[History] = None) -> tuple[Tensor, dict[str, Tensor]]:
+    def aux_critic_loss(self, share: Share) -> tuple[Tensor, dict[str, Tensor]]:
         """``L_value``: the value network's squared error on the recomputed targets."""
         assert self.agent is not None
-        loss = 0.5 * (self.agent.value(mb["obs"], history) - mb["returns"]).pow(2).mean()
-        return loss, {"aux_phase_value_loss": loss.detach()}
+        loss = aux_value_loss(self.agent.value(share.data["obs"], share.history), share.data["returns"])
+        return share.weight * loss, {"aux_phase_value_loss": loss.detach()}
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -21,9 +21,8 @@ detached trunk features: the value loss never reaches the trunk.
 import random
 import time
 import warnings
-import zlib
 from collections import defaultdict
-from typing import Any, Callable, Iterator, Literal, Optional
+from typing import Any, Iterator, Literal, Optional
 
 import lightning as L
 import numpy as np
@@ -36,24 +35,16 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 from torchmetrics.functional import explained_variance
 
-from lit_rl.data.rollout import Rollout
-from lit_rl.data.store import pad_time
-from lit_rl.distributed.placement import ActorCriticPlacement
-from lit_rl.errors import ConfigError, NonFiniteLossError
-from lit_rl.gradients import pcgrad
-from lit_rl.losses import policy_loss, value_loss
+from lit_rl.algos.updater import RoleUpdater, Share, Shuffler, Stats
+from lit_rl.data.rollout import Rollout, flatten_valid, pad_time, to_sequences
+from lit_rl.distributed.placement import ROLES, Placement
+from lit_rl.errors import ConfigError
+from lit_rl.losses import actor_objective, normalize_advantages, value_loss
 from lit_rl.nets import RECURRENT, ActorCritic, Arch, History, Recurrent
 from lit_rl.returns import gae
 
-# During critic warm-up the actor's schedule advances with the run while its optimizer does not step.
-warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
-
-ROLES = ("actor", "critic")  # the optimizers, in this order
 UpdateOrder = Literal["critic_first", "actor_first"]
 GradientSurgery = Literal["none", "pcgrad"]
-Stats = dict[str, list[Tensor]]
-# A loss function for one optimizer step: the loss, or the terms to combine by gradient surgery; and stats.
-LossFn = Callable[[], tuple[Any, Any]]
 
 
 class LinearDecay:
@@ -159,12 +150,12 @@ class PPO(L.LightningModule):
         self.network_arch: str = arch  # the ActorCritic arch; PPG maps its names onto these
         self._check_hparams()
         self.agent: Optional[ActorCritic] = None
-        self.env_steps = 0
         self.last_logged: dict[str, float] = {}  # the last value of every metric logged (a run summary)
         self.metrics = torch.nn.ModuleDict({name: MeanMetric() for name in (*self.loss_metrics, "episodic_return", "episodic_length")})
         self._fit_start: Optional[tuple[float, int]] = None
-        self.generators: dict[str, torch.Generator] = {}  # minibatch shuffling, one stream per role
-        self.shuffle_seed = 0
+        self.shuffler = Shuffler()  # minibatch orders, one stream per role
+        self._one_process = Placement()  # where the roles run without a placement strategy: all here
+        self.updaters: dict[str, RoleUpdater] = {}  # by role; made with the optimizers
         # Of the checkpoint a fit resumes from: how its config differs, how far its LR schedules had run, and
         # what they were (check_resume and on_load_checkpoint note them; apply_config_on_resume uses them).
         self._resume_notes: list[str] = []
@@ -252,7 +243,7 @@ class PPO(L.LightningModule):
             self.build(datamodule.single_observation_space, datamodule.single_action_space)
 
     def setup(self, stage: str) -> None:
-        if self.trainer.world_size > 1 and self.placement is None:
+        if self.trainer.world_size > 1 and not isinstance(self.trainer.strategy, Placement):
             raise ConfigError(
                 f"trainer.strategy: {type(self.trainer.strategy).__name__} cannot train this module on "
                 f"{self.trainer.world_size} processes (it updates two networks with their own optimizers, and "
@@ -265,7 +256,7 @@ class PPO(L.LightningModule):
             self.check_batch(datamodule.num_envs, datamodule.num_steps, hp.num_minibatches,
                              hp.recurrent, hp.bptt_length)
             placement = self.placement
-            if placement is not None and hp.gradient_surgery != "none" and placement.group_size("actor") > 1:
+            if hp.gradient_surgery != "none" and placement.group_size("actor") > 1:
                 raise ConfigError(
                     f"model.gradient_surgery: {hp.gradient_surgery!r} is not linear, so it cannot be split over the "
                     f"{placement.group_size('actor')} ranks of the actor group (trainer.strategy.init_args.actor_ranks). "
@@ -277,11 +268,16 @@ class PPO(L.LightningModule):
                               "normalization must use the discount being learned. Give the datamodule model.gamma "
                               "(the lit-rl command links the two: set model.gamma alone).")
         if stage == "fit":
-            self.shuffle_seed = int(getattr(datamodule, "seed", 0))
-            self.generators = {}
+            self.shuffler = Shuffler(int(getattr(datamodule, "seed", 0)))
 
     def configure_optimizers(self) -> Any:
+        """One optimizer and schedule per role, in :data:`ROLES` order; the placement learns which optimizer is
+        whose here, and each role gets its :class:`~lit_rl.algos.updater.RoleUpdater`."""
         optimizers = [self.make_optimizer(role) for role in ROLES]
+        self.placement.assign_optimizers(dict(zip(ROLES, optimizers)))
+        hp = self.hparams
+        self.updaters = {role: RoleUpdater(self, role, i, self.placement, hp[f"{role}_max_grad_norm"], self._non_finite_message)
+                         for i, role in enumerate(ROLES)}
         return optimizers, [self.make_scheduler(role, opt) for role, opt in zip(ROLES, optimizers)]
 
     def make_optimizer(self, role: str) -> Optimizer:
@@ -331,285 +327,148 @@ class PPO(L.LightningModule):
         # The rollout is collected here, by next(), with the current policy: Lightning's usual
         # prefetching would collect it one update too early. StopIteration at the budget ends training.
         rollout: Rollout = next(dataloader_iter)[0].to(self.device)
-        if self.placement:  # every rank's shard, so all ranks compute the same advantages
-            rollout = self.placement.gather_rollout(rollout)
+        rollout = self.placement.gather_rollout(rollout)  # every rank's shard: all compute the same advantages
         batch = self.prepare_batch(rollout)
         stats, info = self.update(rollout, batch)
-        if self.placement:  # every rank logs the stats of the roles it did not run, too
-            stats = self.placement.merge_stats(stats)
-        for scheduler in self.lr_schedulers():
-            scheduler.step()
-        self.env_steps = rollout.env_steps
+        stats = self.placement.merge_stats(stats)  # every rank logs the stats of the roles it did not run, too
+        with warnings.catch_warnings():
+            # During critic warm-up the actor's schedule advances with the run while its optimizer does not step.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            for scheduler in self.lr_schedulers():
+                scheduler.step()
         self.log_iteration(rollout, batch, stats, info)
 
+    @property
+    def env_steps(self) -> int:
+        """Env steps taken by the run: the datamodule's count (the one owner); 0 before any."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        return int(getattr(datamodule, "env_steps", 0))
+
     def update(self, rollout: Rollout, batch: dict[str, Tensor]) -> tuple[Stats, dict[str, float]]:
-        """One iteration's learning: the critic's and the actor's epochs, in ``update_order``; under placement,
-        then the weight exchange, so every rank holds the new actor and critic.
+        """One iteration's learning: for each role, in ``update_order``, its epochs of its loss; then the weight
+        exchange, so every rank holds the new actor and critic.
 
         Returns the per-step stats and more metrics by name: ``perf/update_time`` is the wall time until
         every rank has the new weights (in parallel mode: the slower group's update, plus the exchange).
         """
         start = time.perf_counter()
-        updates: list[tuple[str, Callable[[dict[str, Tensor]], Stats]]] = [
-            ("critic", self.update_critic), ("actor", self.update_actor)]
-        if self.hparams.update_order == "actor_first":
-            updates.reverse()
-        mine = self.placement.roles if self.placement else ["actor", "critic"]
         stats: Stats = defaultdict(list)
-        for i, (role, update) in enumerate(updates):
-            if i == 1 and self.placement:
+        for i, role in enumerate(self.role_order()):
+            if i:
                 self.placement.wait_for_role()  # serial mode: the second role starts when the first is done
-            if role not in mine or (role == "actor" and self.in_critic_warmup(rollout.iteration)):
-                continue  # another rank's role, or critic warm-up: the actor does not learn yet
-            for key, values in update(batch).items():
-                stats[key] += values
+            if self.learns(role, rollout.iteration):
+                for key, values in self.update_role(role, batch).items():
+                    stats[key] += values
         self.sync_weights()
         return stats, {"perf/update_time": time.perf_counter() - start}
 
-    def sync_weights(self) -> None:
-        """Under placement: every rank takes the actor from the actor's ranks and the critic from the critic's."""
-        if self.placement:
-            assert self.agent is not None
-            self.placement.sync_weights({"actor": self.agent.actor_parameters(), "critic": self.agent.critic_parameters()})
+    def update_role(self, role: str, batch: dict[str, Tensor]) -> Stats:
+        """``role``'s epochs of its loss: the critic's ``critic_epochs`` of :meth:`critic_loss`; the actor's
+        ``actor_epochs`` of :meth:`actor_loss`, stopped early once an epoch's mean approx KL exceeds ``target_kl``."""
+        target_kl = self.hparams.target_kl
+        epochs, loss, stop = ((self.critic_epochs, self.critic_loss, None) if role == "critic" else
+                              (self.actor_epochs, self.actor_loss, None if target_kl is None else lambda kl: bool(kl > target_kl)))
+        return self.updaters[role].epochs(batch, loss, epochs, lambda: self.minibatches(len(batch["returns"]), role),
+                                          role, stop)
 
-    def in_critic_warmup(self, iteration: int) -> bool:
-        return iteration < self.hparams.critic_warmup
+    def role_order(self) -> tuple[str, ...]:
+        """The roles in the order they update: ``update_order``."""
+        return ROLES[::-1] if self.hparams.update_order == "critic_first" else ROLES
+
+    def learns(self, role: str, iteration: int) -> bool:
+        """Whether this rank trains ``role`` at ``iteration``: its placement gives it the role, and the actor
+        waits out the critic warm-up."""
+        return role in self.placement.roles and not (role == "actor" and iteration < self.hparams.critic_warmup)
+
+    def sync_weights(self) -> None:
+        """Every rank takes the actor from the actor's ranks and the critic from the critic's."""
+        assert self.agent is not None
+        self.placement.sync_weights({"actor": self.agent.actor_parameters(), "critic": self.agent.critic_parameters()})
+
+    def minibatches(self, size: int, stream: str, count: Optional[int] = None) -> tuple[Tensor, ...]:
+        """One epoch's minibatches of ``size`` rows: exactly ``count`` (default ``num_minibatches``), from
+        ``stream``'s own shuffle (:class:`~lit_rl.algos.updater.Shuffler`)."""
+        count = self.hparams.num_minibatches if count is None else count
+        return self.shuffler.split(size, stream, count, self.device)
 
     def prepare_batch(self, rollout: Rollout) -> dict[str, Tensor]:
-        """Advantages and returns from the pre-update critic; the valid samples, flattened over ``[T, N]``."""
+        """Advantages and returns from the pre-update critic, with every time-major field of the rollout: the
+        valid samples, flat; or, for a recurrent policy, sequences of ``bptt_length`` steps with their initial
+        states (:meth:`sequences`)."""
         hp = self.hparams
         advantages, returns = gae(rollout.rewards, rollout.values, rollout.next_values, rollout.terminated,
                                   rollout.truncated, hp.gamma, hp.gae_lambda)
-        fields = {"obs": rollout.obs, "actions": rollout.actions, "logprobs": rollout.logprobs,
-                  "values": rollout.values, "advantages": advantages, "returns": returns}
+        fields = {**{name: getattr(rollout, name) for name in rollout.time_fields()},
+                  "advantages": advantages, "returns": returns}
         assert self.agent is not None
         if self.agent.recurrent:
             assert rollout.initial_state is not None
-            length = self.hparams.bptt_length or rollout.num_steps
-            return self.sequences({**fields, "valid": rollout.valid, "starts": rollout.starts},
-                                  rollout.initial_state, length)
-        valid = rollout.valid.flatten()
-        return {key: value.flatten(0, 1)[valid] for key, value in fields.items()}
+            return self.sequences(fields, rollout.initial_state, hp.bptt_length or rollout.num_steps)
+        valid = fields.pop("valid")
+        del fields["starts"]
+        return flatten_valid(fields, valid)
 
     @torch.no_grad()
     def sequences(self, fields: dict[str, Tensor], initial_state: Tensor, length: int) -> dict[str, Tensor]:
-        """``[T, N, ...]`` fields cut into ``[N * ceil(T / length), length, ...]`` sequences (env-major within
-        each chunk of time; a short last chunk padded as invalid), with ``state``: each sequence's initial
-        state, as the current networks reach it from ``initial_state`` (for the first chunk, that one)."""
+        """``[T, N, ...]`` fields as sequences of ``length`` steps (:func:`~lit_rl.data.rollout.to_sequences`),
+        with ``state``: each sequence's initial state, as the current networks reach it from ``initial_state``
+        (for the first chunk, that one)."""
         assert self.agent is not None
-        T, N = fields["valid"].shape
-        chunks = -(-T // length)
-        padded = {key: pad_time(value, chunks * length, False if value.dtype == torch.bool else 0)
-                  for key, value in fields.items()}
+        chunks = -(-fields["valid"].shape[0] // length)
+        obs, starts = pad_time(fields["obs"], chunks * length), pad_time(fields["starts"], chunks * length)
         states, state = [], initial_state
         for k in range(chunks):
             states.append(state)
             if k + 1 < chunks:  # run this chunk to get the next one's state
-                history = History(padded["starts"][k * length:(k + 1) * length], state)
-                self.agent(padded["obs"][k * length:(k + 1) * length], history)
+                history = History(starts[k * length:(k + 1) * length], state)
+                self.agent(obs[k * length:(k + 1) * length], history)
                 assert history.final_state is not None
                 state = history.final_state
-        out = {key: value.view(chunks, length, N, *value.shape[2:]).transpose(1, 2).flatten(0, 1)
-               for key, value in padded.items()}
-        out["state"] = torch.stack(states).flatten(0, 1)
-        return out
+        return {**to_sequences(fields, length), "state": torch.stack(states).flatten(0, 1)}
 
-    def minibatches(self, size: int, role: str, count: Optional[int] = None) -> tuple[Tensor, ...]:
-        """One epoch: a shuffle of ``size`` rows split into exactly ``count`` (default ``num_minibatches``)
-        minibatches whose sizes differ by at most one row; as many one-row minibatches as there are rows
-        where there are fewer rows than that (a short last rollout)."""
-        count = self.hparams.num_minibatches if count is None else count
-        return torch.tensor_split(self.shuffle(size, role), max(1, min(count, size)))
-
-    def shuffle(self, size: int, role: str) -> Tensor:
-        """A random permutation from ``role``'s own generator. Each role (actor, critic, PPG's aux) draws
-        from its own stream, so its minibatches do not depend on which other roles ran before it, or on
-        which process runs it."""
-        if role not in self.generators:
-            # crc32, not hash(): str hashes differ between processes.
-            self.generators[role] = torch.Generator().manual_seed(hash((self.shuffle_seed, zlib.crc32(role.encode()))) & (2**63 - 1))
-        return torch.randperm(size, generator=self.generators[role]).to(self.device)
-
-    def update_critic(self, batch: dict[str, Tensor]) -> Stats:
-        """``critic_epochs`` epochs of value-loss steps with the critic optimizer."""
-        _, critic_opt = self.optimizers()
-        stats: Stats = defaultdict(list)
-        for _ in range(self.critic_epochs):
-            for idx in self.minibatches(len(batch["returns"]), "critic"):
-                loss = self.optimizer_step(critic_opt, lambda: self.critic_loss(batch, idx),
-                                           self.hparams.critic_max_grad_norm, "critic")
-                stats["value_loss"].append(loss)
-        return stats
-
-    def critic_loss(self, batch: dict[str, Tensor], idx: Tensor) -> tuple[Tensor, Tensor]:
+    # ------------------------------------------------------------------ losses
+    def critic_loss(self, share: Share) -> tuple[Tensor, dict[str, Tensor]]:
+        """``vf_coef * value loss`` of the value network on a share of a minibatch."""
         assert self.agent is not None
-        mb, history, weight = self.minibatch(batch, idx, "critic")
-        new_values = self.agent.value(mb["obs"], history)
+        mb = share.data
+        new_values = self.agent.value(mb["obs"], share.history)
         loss_value, _ = value_loss(new_values, mb["values"], mb["returns"], self._value_clip())
-        return weight * self.hparams.vf_coef * loss_value, self.share_stat(loss_value.detach(), weight, "critic")
+        return share.weight * self.hparams.vf_coef * loss_value, {"value_loss": loss_value.detach()}
 
-    def update_actor(self, batch: dict[str, Tensor]) -> Stats:
-        """``actor_epochs`` epochs of clipped-surrogate steps with the actor optimizer; target-KL early stop."""
-        actor_opt, _ = self.optimizers()
-        stats: Stats = defaultdict(list)
-        for _ in range(self.actor_epochs):
-            epoch_kl: list[Tensor] = []
-            for idx in self.minibatches(len(batch["returns"]), "actor"):
-                step_stats = self.optimizer_step(actor_opt, lambda: self.actor_loss(batch, idx),
-                                                 self.hparams.actor_max_grad_norm, "actor")
-                for key, value in step_stats.items():
-                    stats[key].append(value)
-                epoch_kl.append(step_stats["approx_kl"])
-            # At the epoch's end; every rank of the actor group decides on the same KL, so all stop together.
-            kl = torch.stack(epoch_kl).mean()
-            kl = self.placement.reduce_mean(kl, "actor") if self.placement else kl
-            if self.hparams.target_kl is not None and kl > self.hparams.target_kl:
-                break
-        return stats
-
-    def actor_loss(self, batch: dict[str, Tensor], idx: Tensor) -> tuple[Any, dict[str, Tensor]]:
-        """``-clipped surrogate - ent_coef * entropy`` (+ ``vf_coef * value loss`` on a shared trunk).
+    def actor_loss(self, share: Share) -> tuple[Any, dict[str, Tensor]]:
+        """``-clipped surrogate - ent_coef * entropy`` (+ ``vf_coef * value loss`` on a shared trunk), with the
+        advantages normalized over the whole minibatch (also when ranks share it).
 
         With gradient surgery on a shared trunk the loss comes back as its two terms, policy and value.
         """
         assert self.agent is not None
         hp = self.hparams
-        mb, history, weight = self.minibatch(batch, idx, "actor")
-        advantages = mb["advantages"]
-        whole = batch["advantages"][idx]  # normalized over the whole minibatch, also when ranks share it
-        whole = whole[batch["valid"][idx]] if "valid" in batch else whole
-        if hp.norm_adv and whole.numel() > 1:
-            advantages = (advantages - whole.mean()) / (whole.std() + 1e-8)
+        mb, weight = share.data, share.weight
+        advantages = normalize_advantages(mb["advantages"], share.whole("advantages")) if hp.norm_adv else mb["advantages"]
         if self.agent.shares_trunk:
-            dist, new_values = self.agent(mb["obs"], history)
+            dist, new_values = self.agent(mb["obs"], share.history)
         else:
-            dist, new_values = self.agent.dist(mb["obs"], history), None
-        loss_policy, stats = policy_loss(dist.log_prob(mb["actions"]), mb["logprobs"], advantages, hp.clip_coef)
-        entropy = dist.entropy().mean()
-        loss = weight * (loss_policy - hp.ent_coef * entropy)
-        if new_values is not None:
-            loss_value, _ = value_loss(new_values, mb["values"], mb["returns"], self._value_clip())
-            loss = self.combine(loss, weight * hp.vf_coef * loss_value)
-        stats = {"policy_loss": loss_policy.detach(), "entropy": entropy.detach(), **stats}
-        return loss, {key: self.share_stat(value, weight, "actor") for key, value in stats.items()}
-
-    def minibatch(self, batch: dict[str, Tensor], idx: Tensor, role: str
-                  ) -> tuple[dict[str, Tensor], Optional[History], float]:
-        """This rank's share of minibatch ``idx`` for ``role``: its valid samples as flat tensors, the
-        :class:`History` a recurrent pass needs (then ``obs`` stays ``[L, B, ...]``), and the share's weight
-        (its fraction of the minibatch's valid samples).
-
-        ``batch`` holds flat samples, or sequences (``[U, L, ...]`` with ``valid`` and ``starts``; a
-        recurrent batch also has each sequence's initial ``state``); ``idx`` picks rows of it.
-        """
-        assert self.agent is not None
-        if "valid" not in batch:
-            part, weight = self.local_part(len(idx), role)
-            # An empty share (a minibatch smaller than the group) computes its loss on one row with weight 0:
-            # it adds nothing, and reaches the same parameters as the other ranks' shares.
-            rows = idx[part] if weight > 0 else idx[:1]
-            return {key: value[rows] for key, value in batch.items()}, None, weight
-        counts = batch["valid"][idx].sum(1)
-        part, _ = self.local_part(len(idx), role)
-        weight = float(counts[part].sum() / counts.sum().clamp(min=1))
-        idx = idx[part] if weight > 0 else idx[counts.argmax()].view(1)
-        seq = {key: value[idx].transpose(0, 1) for key, value in batch.items() if key != "state"}  # [L, B, ...]
-        valid, starts = seq.pop("valid").flatten(), seq.pop("starts", None)
-        mb = {key: value.flatten(0, 1)[valid] for key, value in seq.items()}
-        if not self.agent.recurrent:
-            return mb, None, weight
-        assert starts is not None
-        mb["obs"] = seq["obs"]
-        return mb, History(starts, batch["state"][idx], valid), weight
-
-    def share_stat(self, value: Tensor, weight: float, role: str) -> Tensor:
-        """A statistic of this rank's share of a minibatch, scaled so that the mean over the role's group
-        (how stats are merged and the target-KL check averages) is the whole minibatch's, weighted by the
-        shares' sizes; an empty share adds nothing. One rank: ``value`` itself."""
-        group = self.placement.group_size(role) if self.placement is not None else 1
-        return value if group == 1 else value * (weight * group)
-
-    def local_part(self, size: int, role: str) -> tuple[slice, float]:
-        """The rows of a ``size``-row minibatch this rank computes for ``role``, and their weight: with several
-        ranks in the role's group, each takes a contiguous share, weighted by its size, and the summed
-        gradients are the whole minibatch's mean gradient. One rank: all rows (a view, no copy), weight 1."""
-        if self.placement is None:
-            return slice(None), 1.0
-        member, ranks = self.placement.member(role)
-        start, stop = member * size // ranks, (member + 1) * size // ranks
-        return slice(start, stop), (stop - start) / max(size, 1)
-
-    @property
-    def placement(self) -> Optional[ActorCriticPlacement]:
-        """The :class:`~lit_rl.distributed.ActorCriticPlacement` strategy, when training runs under it."""
-        strategy = self._trainer.strategy if self._trainer is not None else None
-        return strategy if isinstance(strategy, ActorCriticPlacement) else None
-
-    def optimizer_role(self, optimizer: Any) -> str:
-        """``actor`` or ``critic``: whose optimizer this is."""
-        optimizers = [getattr(o, "optimizer", o) for o in self.trainer.optimizers]
-        return "actor" if getattr(optimizer, "optimizer", optimizer) is optimizers[0] else "critic"
+            dist, new_values = self.agent.dist(mb["obs"], share.history), None
+        terms, stats = actor_objective(dist, mb["actions"], mb["logprobs"], advantages, hp.clip_coef, new_values,
+                                       mb["values"], mb["returns"], self._value_clip())
+        loss = weight * (terms["policy"] - hp.ent_coef * terms["entropy"])
+        if "value" in terms:
+            loss = self.combine(loss, weight * hp.vf_coef * terms["value"])
+        return loss, stats
 
     def combine(self, *terms: Tensor) -> Any:
         """The sum of loss terms that share the trunk, or the terms themselves for gradient surgery."""
         return terms if self.hparams.gradient_surgery != "none" else sum(terms)
 
-    def optimizer_step(self, optimizer: Optimizer, loss_fn: LossFn, max_grad_norm: Optional[float], role: str) -> Any:
-        """One step of one optimizer: toggle, loss, zero_grad, backward, clip, step, untoggle.
-
-        The toggle freezes every parameter this optimizer does not own, so a shared trunk is trained
-        only by the optimizer that owns it. A non-finite loss stops training before anything is applied.
-        ``loss_fn`` may return a tuple of loss terms: their gradients are combined by gradient surgery.
-        """
-        with self.toggled_optimizer(optimizer):
-            loss, stats = loss_fn()
-            terms = loss if isinstance(loss, tuple) else (loss,)
-            total = sum(terms)
-            finite = bool(torch.isfinite(total))
-            group = self.placement.group_size(self.optimizer_role(optimizer)) if self.placement is not None else 1
-            if not finite and group == 1:
-                raise NonFiniteLossError(self._non_finite_message(role, total))
-            optimizer.zero_grad(set_to_none=True)
-            if len(terms) > 1:
-                stats = {**stats, **self._backward_with_surgery(optimizer, terms)}
-            else:
-                self.manual_backward(total)
-            if self.placement is not None:  # sum the shares of the role's ranks
-                # A non-finite share makes the sum non-finite on every rank of the group: all stop together.
-                summed_finite = self.placement.reduce_gradients(_trainable(optimizer), self.optimizer_role(optimizer))
-                if not (finite and summed_finite):
-                    raise NonFiniteLossError(self._non_finite_message(role, total))
-            if max_grad_norm is not None:
-                self.clip_gradients(optimizer, gradient_clip_val=max_grad_norm, gradient_clip_algorithm="norm")
-            optimizer.step()
-        return stats
-
-    def _backward_with_surgery(self, optimizer: Optimizer, terms: tuple[Tensor, ...]) -> dict[str, Tensor]:
-        """Backward of each term apart, then PCGrad on the parameters that two or more terms reach (the
-        shared trunk); a parameter one term reaches keeps that gradient, one no term reaches keeps none."""
-        params = _trainable(optimizer)
-        per_term: list[list[Optional[Tensor]]] = []
-        for i, term in enumerate(terms):
-            self.manual_backward(term, retain_graph=i < len(terms) - 1)
-            per_term.append([p.grad for p in params])
-            optimizer.zero_grad(set_to_none=True)
-        shared = [j for j in range(len(params)) if sum(g[j] is not None for g in per_term) > 1]
-        for j, p in enumerate(params):
-            grads = [g[j] for g in per_term if g[j] is not None]
-            p.grad = grads[0] if len(grads) == 1 else None
-        if not shared:
-            return {}
-        flat = [torch.cat([(g[j] if g[j] is not None else torch.zeros_like(params[j])).flatten() for j in shared])
-                for g in per_term]
-        combined, stats = pcgrad(flat)
-        offset = 0
-        for j in shared:
-            params[j].grad = combined[offset:offset + params[j].numel()].view_as(params[j]).clone()
-            offset += params[j].numel()
-        return stats
-
     def _value_clip(self) -> Optional[float]:
         return self.hparams.clip_coef if self.hparams.clip_value_loss else None
+
+    @property
+    def placement(self) -> Placement:
+        """Where the roles run: the :class:`~lit_rl.distributed.ActorCriticPlacement` strategy when training runs
+        under it, else one process holding every role."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        return strategy if isinstance(strategy, Placement) else self._one_process
 
     def _non_finite_message(self, role: str, loss: Tensor) -> str:
         callback = getattr(self.trainer, "checkpoint_callback", None)
@@ -682,16 +541,14 @@ class PPO(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["env_steps"] = self.env_steps
+        checkpoint["env_steps"] = self.env_steps  # for reading a checkpoint; the datamodule's state restores the count
         checkpoint["optimizer_classes"] = {role: type(opt).__name__ for role, opt in zip(ROLES, self.trainer.optimizers)}
         checkpoint["lr_schedules"] = {role: describe_schedule(config.scheduler)
                                       for role, config in zip(ROLES, self.trainer.lr_scheduler_configs)}
-        generators = {role: g.get_state() for role, g in self.generators.items()}
-        if self.placement:  # the critic's stream from the critic's first rank, the others from the actor's
-            by_actor, by_critic = (self.placement.from_role(generators, role) for role in ("actor", "critic"))
-            generators = {**{k: v for k, v in by_actor.items() if k != "critic"},
-                          **{k: v for k, v in by_critic.items() if k == "critic"}}
-        checkpoint["shuffle_generators"] = generators
+        # The critic's stream as the critic's first rank has it, the others as the actor's has them.
+        by_actor, by_critic = (self.placement.from_role(self.shuffler.state_dict(), role) for role in ROLES)
+        checkpoint["shuffle_generators"] = {**{k: v for k, v in by_actor.items() if k != "critic"},
+                                            **{k: v for k, v in by_critic.items() if k == "critic"}}
         np_state = np.random.get_state()
         checkpoint["rng_states"] = {
             "torch": torch.get_rng_state(),
@@ -710,10 +567,7 @@ class PPO(L.LightningModule):
             self._saved_schedules = checkpoint.get("lr_schedules", {})
             checkpoint["lr_schedulers"] = []
         self._check_compatible(checkpoint.get("state_dict", {}))
-        self.env_steps = int(checkpoint.get("env_steps", 0))
-        for role, state in checkpoint.get("shuffle_generators", {}).items():
-            self.generators[role] = torch.Generator()
-            self.generators[role].set_state(state)
+        self.shuffler.load_state_dict(checkpoint.get("shuffle_generators", {}))
         rng = checkpoint.get("rng_states")
         if rng:
             torch.set_rng_state(rng["torch"])
@@ -802,11 +656,6 @@ class PPO(L.LightningModule):
                 "Use the config the checkpoint was trained with (same data.env_id, model.arch, model.hidden_sizes), "
                 "or start without --ckpt_path."
             )
-
-
-def _trainable(optimizer: Optimizer) -> list[Tensor]:
-    """The parameters ``optimizer`` steps that the toggle left trainable."""
-    return [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
 
 
 def _constant(_: int) -> float:

@@ -1,15 +1,56 @@
-"""The rollout: ``[T, N]`` tensors of one collection round over ``N`` vector envs."""
+"""The rollout: one collection round over ``N`` vector envs, and the one declaration of its layout.
 
-from dataclasses import dataclass
-from typing import Optional
+Every field declares its layout, and whether PPG's store keeps it:
+
+- ``time``: ``[T, N, ...]``, one row per step (observations, actions, rewards, flags);
+- ``env``: ``[N, ...]``, one row per env (the observation after the last step, the initial recurrent state);
+- ``episodes``: ``[E]``, one entry per episode that ended in the round (a varying count);
+- ``round``: one value for the round (its env-step count, its index, its wall time).
+
+Gathering across ranks (:func:`join`), PPG's store (:meth:`Rollout.stored`), batch preparation
+(:meth:`Rollout.time_fields`, :func:`flatten_valid`, :func:`to_sequences`) and minibatching read these
+declarations; adding a tensor field is one line in :class:`Rollout` (or a subclass: the fields are keyword-only,
+so their order does not matter).
+"""
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
 
+TIME, ENV, EPISODES, ROUND = "time", "env", "episodes", "round"
+ENV_DIM = {TIME: 1, ENV: 0}  # where the env dimension is, in the layouts that have one
+
+
+def time_major(stored: bool = False) -> Any:
+    """A ``[T, N, ...]`` field; ``stored``: PPG's store keeps it for the auxiliary phase."""
+    return field(metadata={"layout": TIME, "stored": stored}, kw_only=True)
+
+
+def env_major(stored: bool = False, default: Any = None, optional: bool = False) -> Any:
+    """An ``[N, ...]`` field (``optional``: may be None, e.g. the state of a feed-forward policy)."""
+    metadata = {"layout": ENV, "stored": stored}
+    return field(default=default, metadata=metadata, kw_only=True) if optional else field(metadata=metadata, kw_only=True)
+
+
+def per_episode() -> Any:
+    """An ``[E]`` field: one entry per episode that ended in the round; gathered by concatenation."""
+    return field(metadata={"layout": EPISODES, "stored": False}, kw_only=True)
+
+
+def per_round(merge: Callable[[list[Any]], Any]) -> Any:
+    """One value for the round; ``merge`` makes one value of every rank's."""
+    return field(metadata={"layout": ROUND, "stored": False, "merge": merge}, kw_only=True)
+
+
+def _first(values: list[Any]) -> Any:
+    return values[0]
+
 
 @dataclass
 class Rollout:
-    """One round of experience, time-major.
+    """One round of experience.
 
     The vector envs use gymnasium's default next-step autoreset: the step after an episode ends only
     resets that env, its action is ignored and it is no transition. Such steps have ``valid=False`` and
@@ -17,24 +58,38 @@ class Rollout:
     observation, so ``next_values`` bootstraps truncated episodes from the right state.
     """
 
-    obs: Tensor  # [T, N, *obs_shape]
-    actions: Tensor  # [T, N, *action_shape]
-    logprobs: Tensor  # [T, N]   log pi_old(a|s) at collection
-    values: Tensor  # [T, N]   V_old(s) at collection (the pre-update critic)
-    rewards: Tensor  # [T, N]   after reward normalization, when it is on
-    terminated: Tensor  # [T, N] bool
-    truncated: Tensor  # [T, N] bool
-    valid: Tensor  # [T, N] bool: False on an autoreset step
-    starts: Tensor  # [T, N] bool: the first step of an episode (a recurrent state is zeroed before it)
-    last_value: Tensor  # [N]      V_old of the observation after the last step
-    last_obs: Tensor  # [N, *obs_shape] the observation after the last step (PPG recomputes its value)
-    last_start: Tensor  # [N] bool: whether last_obs starts an episode
-    episode_returns: Tensor  # [E]  raw returns of the episodes that ended in this rollout
-    episode_lengths: Tensor  # [E]
-    env_steps: int  # env steps taken by the run so far, this rollout included
-    iteration: int  # 0-based index of this rollout in the run
-    rollout_time: float  # seconds spent collecting
-    initial_state: Optional[Tensor] = None  # [N, S] a recurrent policy's state before the first step
+    obs: Tensor = time_major(stored=True)  # [T, N, *obs_shape]
+    actions: Tensor = time_major()  # [T, N, *action_shape]
+    logprobs: Tensor = time_major()  # [T, N]   log pi_old(a|s) at collection
+    values: Tensor = time_major()  # [T, N]   V_old(s) at collection (the pre-update critic)
+    rewards: Tensor = time_major(stored=True)  # [T, N]   after reward normalization, when it is on
+    terminated: Tensor = time_major(stored=True)  # [T, N] bool
+    truncated: Tensor = time_major(stored=True)  # [T, N] bool
+    valid: Tensor = time_major(stored=True)  # [T, N] bool: False on an autoreset step
+    starts: Tensor = time_major(stored=True)  # [T, N] bool: the first step of an episode (a recurrent state is zeroed before it)
+    last_value: Tensor = env_major()  # [N]      V_old of the observation after the last step
+    last_obs: Tensor = env_major(stored=True)  # [N, *obs_shape] the observation after the last step (PPG recomputes its value)
+    last_start: Tensor = env_major(stored=True)  # [N] bool: whether last_obs starts an episode
+    episode_returns: Tensor = per_episode()  # [E]  raw returns of the episodes that ended in this rollout
+    episode_lengths: Tensor = per_episode()  # [E]
+    env_steps: int = per_round(_first)  # env steps taken by the run so far, this rollout included (the same on every rank)
+    iteration: int = per_round(_first)  # 0-based index of this rollout in the run (the same on every rank)
+    rollout_time: float = per_round(max)  # seconds spent collecting (the slowest rank's)
+    initial_state: Optional[Tensor] = env_major(stored=True, optional=True)  # [N, S] a recurrent policy's state before the first step
+
+    @classmethod
+    def layout(cls) -> dict[str, str]:
+        """Every field's layout, by name."""
+        return {f.name: f.metadata["layout"] for f in fields(cls)}
+
+    @classmethod
+    def time_fields(cls) -> tuple[str, ...]:
+        return tuple(name for name, layout in cls.layout().items() if layout == TIME)
+
+    @classmethod
+    def stored_fields(cls) -> tuple[str, ...]:
+        """The fields PPG's store keeps."""
+        return tuple(f.name for f in fields(cls) if f.metadata["stored"])
 
     @property
     def num_steps(self) -> int:
@@ -49,7 +104,51 @@ class Rollout:
         """``V(s_{t+1})`` for every step: the next row's value, and ``last_value`` after the last row."""
         return torch.cat([self.values[1:], self.last_value.unsqueeze(0)])
 
+    def stored(self) -> dict[str, Tensor]:
+        """What PPG's store keeps of this rollout (the stored fields that are set)."""
+        return {name: getattr(self, name) for name in self.stored_fields() if getattr(self, name) is not None}
+
     def to(self, device: torch.device) -> "Rollout":
         """The same rollout with every tensor on ``device``."""
-        fields = {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in vars(self).items()}
-        return Rollout(**fields)
+        values = {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in vars(self).items()}
+        return type(self)(**values)
+
+
+def join(cls: type[Rollout], parts: dict[str, list[Any]]) -> Rollout:
+    """One rollout of every rank's values of each field (``parts[name]``, in rank order), as each field's
+    layout says: env-wise fields concatenated over the env dimension (rank 0's envs first), episodes
+    concatenated, per-round values merged."""
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        layout, given = f.metadata["layout"], parts[f.name]
+        if layout in ENV_DIM:
+            values[f.name] = None if given[0] is None else torch.cat(given, ENV_DIM[layout])
+        elif layout == EPISODES:
+            values[f.name] = torch.cat(given)
+        else:
+            values[f.name] = f.metadata["merge"](given)
+    return cls(**values)
+
+
+def pad_time(x: Tensor, length: int) -> Tensor:
+    """``x`` (``[T, ...]``) padded to ``length`` steps, with False (bool) or 0: padding is invalid."""
+    if x.shape[0] == length:
+        return x
+    pad = x.new_full((length - x.shape[0], *x.shape[1:]), False if x.dtype == torch.bool else 0)
+    return torch.cat([x, pad])
+
+
+def flatten_valid(fields: dict[str, Tensor], valid: Tensor) -> dict[str, Tensor]:
+    """``[T, N, ...]`` fields (or ``[sequences, L, ...]``) as flat samples, the ``valid`` ones only, in the order
+    of the first two dimensions flattened."""
+    mask = valid.flatten()
+    return {key: value.flatten(0, 1)[mask] for key, value in fields.items()}
+
+
+def to_sequences(time_fields: dict[str, Tensor], length: int) -> dict[str, Tensor]:
+    """``[T, N, ...]`` fields cut into ``[N * ceil(T / length), length, ...]`` sequences: env-major within
+    each chunk of time, chunks in time order, a short last chunk padded (as invalid, with ``valid``)."""
+    T, N = next(iter(time_fields.values())).shape[:2]
+    chunks = -(-T // length)
+    return {key: pad_time(value, chunks * length).view(chunks, length, N, *value.shape[2:]).transpose(1, 2).flatten(0, 1)
+            for key, value in time_fields.items()}

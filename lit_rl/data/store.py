@@ -1,8 +1,8 @@
 """PPG's rollout store: what the auxiliary phase needs from the last ``N_pi`` rollouts, and no more.
 
-Per rollout it keeps the observations, rewards, termination/truncation flags, the valid mask, the
-episode-start flags, the observation after the last step and (recurrent policies) the state at the
-rollout's start: enough to recompute value targets with the current critic and the policy's distribution
+Per rollout it keeps the fields :class:`~lit_rl.data.rollout.Rollout` declares ``stored``: the observations,
+rewards, termination/truncation flags, the valid mask, the episode-start flags, the observation after the
+last step and (recurrent policies) the state at the rollout's start: enough to recompute value targets with the current critic and the policy's distribution
 at the phase start. Actions, log-probs, advantages and the old values are not kept.
 
 Memory (bytes), with ``B = num_envs * num_steps`` samples per rollout and ``o`` bytes per observation:
@@ -20,7 +20,6 @@ Memory (bytes), with ``B = num_envs * num_steps`` samples per rollout and ``o`` 
 """
 
 import os
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -29,7 +28,6 @@ from torch import Tensor
 
 from lit_rl.data.rollout import Rollout
 
-KEPT = ("obs", "rewards", "terminated", "truncated", "valid", "starts", "last_obs", "last_start", "initial_state")
 # Observations per forward pass when the auxiliary phase recomputes values and pi_old over the store.
 FORWARD_CHUNK = 16384
 
@@ -44,7 +42,7 @@ class RolloutStore:
         return len(self.rollouts)
 
     def add(self, rollout: Rollout) -> None:
-        self.rollouts.append({key: getattr(rollout, key) for key in KEPT if getattr(rollout, key) is not None})
+        self.rollouts.append(rollout.stored())
 
     def clear(self) -> None:
         self.rollouts = []
@@ -103,10 +101,3 @@ def format_bytes(n: float) -> str:
         n /= 1024
     return f"{n:.1f} GiB"
 
-
-def pad_time(x: Tensor, length: int, value: Any = 0) -> Tensor:
-    """``x`` ([T, ...]) padded with ``value`` to ``length`` steps."""
-    if x.shape[0] == length:
-        return x
-    pad = x.new_full((length - x.shape[0], *x.shape[1:]), value)
-    return torch.cat([x, pad])

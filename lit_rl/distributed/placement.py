@@ -21,7 +21,7 @@ import os
 import time
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Callable, Iterator, Literal, Optional
 
 import torch
 import torch.distributed as dist
@@ -29,17 +29,98 @@ from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from lit_rl.data.rollout import Rollout
+from lit_rl.data.rollout import ENV_DIM, Rollout, join
 from lit_rl.errors import ConfigError, PeerLostError
 
 ROLES = ("actor", "critic")
 UpdateMode = Literal["serial", "parallel"]
-# Rollout fields with the env dimension at index 1 ([T, N, ...]) and at index 0 ([N, ...]).
-_TIME_MAJOR = ("obs", "actions", "logprobs", "values", "rewards", "terminated", "truncated", "valid", "starts")
-_ENV_MAJOR = ("last_value", "last_obs", "last_start", "initial_state")
 
 
-class ActorCriticPlacement(DDPStrategy):
+class Placement:
+    """Where the roles run, as the algorithm sees it. This base class is one process holding every role:
+    gathering, merging, reducing and the weight exchange pass straight through. The algorithm runs the same
+    code under it and under :class:`ActorCriticPlacement`; it has no branches on placement.
+
+    The algorithm tells the placement which optimizer belongs to which role (:meth:`assign_optimizers`, from
+    ``configure_optimizers``); the placement never probes the module.
+    """
+
+    def __init__(self) -> None:
+        self.optimizer_roles: dict[int, str] = {}  # id of an optimizer -> its role
+
+    def assign_optimizers(self, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+        """Records which role each optimizer belongs to."""
+        self.optimizer_roles = {id(optimizer): role for role, optimizer in optimizers.items()}
+
+    @property
+    def roles(self) -> list[str]:
+        """The roles this process trains."""
+        return list(ROLES)
+
+    def group_size(self, role: str) -> int:
+        """The processes that train ``role``."""
+        return 1
+
+    def member(self, role: str) -> tuple[int, int]:
+        """``(index of this process in role's group, group size)``."""
+        return 0, 1
+
+    def gather_rollout(self, rollout: Rollout) -> Rollout:
+        """The rollouts of all processes as one."""
+        return rollout
+
+    def reduce_gradients(self, params: list[Tensor], role: str) -> bool:
+        """Sums the gradients of ``params`` over ``role``'s group; returns whether the sums are finite (a lone
+        process has checked its own loss: True)."""
+        return True
+
+    def reduce_mean(self, value: Tensor, role: str) -> Tensor:
+        """The mean of ``value`` over ``role``'s group."""
+        return value
+
+    def sync_weights(self, params_by_role: dict[str, list[Tensor]]) -> None:
+        """Gives every process each role's parameters as that role's first process has them."""
+
+    def merge_stats(self, stats: dict[str, list[Tensor]]) -> dict[str, list[Tensor]]:
+        """Every process's per-step stats, merged by name."""
+        return stats
+
+    def from_role(self, obj: Any, role: str) -> Any:
+        """``obj`` as the first process of ``role`` has it."""
+        return obj
+
+    def wait_for_role(self) -> None:
+        """Between the first and the second role of an update: where the second waits for the first."""
+
+
+def gather_rollout(rollout: Rollout, world_size: int, all_gather: Callable[[list[Tensor], Tensor, str], None],
+                   all_gather_object: Callable[[Any], list[Any]]) -> Rollout:
+    """Every rank's ``rollout`` as one, as the layout each field declares (:mod:`lit_rl.data.rollout`) says: the
+    tensors with an env dimension by ``all_gather(parts, tensor, name)``, the rest (episodes, per-round values)
+    by one ``all_gather_object``; joined in rank order."""
+    cls = type(rollout)
+    parts: dict[str, list[Any]] = {}
+    others: dict[str, Any] = {}
+    for name, layout in cls.layout().items():
+        value = getattr(rollout, name)
+        if layout not in ENV_DIM:
+            others[name] = value.cpu() if isinstance(value, Tensor) else value
+        elif value is None:  # e.g. initial_state of a feed-forward policy
+            parts[name] = [None] * world_size
+        else:
+            as_int = value.dtype == torch.bool  # gathered as uint8: not every backend gathers bools
+            local = value.to(torch.uint8) if as_int else value
+            gathered = [torch.empty_like(local) for _ in range(world_size)]
+            all_gather(gathered, local.contiguous(), name)
+            parts[name] = [t.bool() for t in gathered] if as_int else gathered
+    for theirs in all_gather_object(others):
+        for name, value in theirs.items():
+            own = getattr(rollout, name)
+            parts.setdefault(name, []).append(value.to(own.device) if isinstance(value, Tensor) else value)
+    return join(cls, parts)
+
+
+class ActorCriticPlacement(DDPStrategy, Placement):
     """DDP processes with the actor on ``actor_ranks`` and the critic on ``critic_ranks``.
 
     Args:
@@ -69,6 +150,7 @@ class ActorCriticPlacement(DDPStrategy):
                 raise ConfigError(f"trainer.strategy.init_args: {role}_ranks and {role}_nodes are both set; "
                                   "give one of them.")
         super().__init__(timeout=timedelta(seconds=timeout_s), **kwargs)
+        Placement.__init__(self)
         self.requested = {"actor": actor_ranks, "critic": critic_ranks}
         self.requested_nodes = {"actor": actor_nodes, "critic": critic_nodes}
         self.update_mode = update_mode
@@ -176,23 +258,12 @@ class ActorCriticPlacement(DDPStrategy):
         """The rollouts of all ranks as one, envs in rank order (rank 0's envs first)."""
         if self.world_size == 1:
             return rollout
-        fields = dict(vars(rollout))
-        for key in (*_TIME_MAJOR, *_ENV_MAJOR):
-            tensor = fields[key]
-            if tensor is None:  # initial_state of a feed-forward policy
-                continue
-            as_int = tensor.dtype == torch.bool
-            local = tensor.to(torch.uint8) if as_int else tensor
-            parts = [torch.empty_like(local) for _ in range(self.world_size)]
-            with self.bounded(f"gathering the rollout ({key})"):
-                dist.all_gather(parts, local.contiguous())
-            joined = torch.cat(parts, 1 if key in _TIME_MAJOR else 0)
-            fields[key] = joined.bool() if as_int else joined
-        episodes = self.all_gather_object((fields["episode_returns"].cpu(), fields["episode_lengths"].cpu()))
-        fields["episode_returns"] = torch.cat([e[0] for e in episodes]).to(rollout.episode_returns.device)
-        fields["episode_lengths"] = torch.cat([e[1] for e in episodes]).to(rollout.episode_lengths.device)
-        fields["rollout_time"] = max(self.all_gather_object(rollout.rollout_time))
-        return Rollout(**fields)
+
+        def all_gather(parts: list[Tensor], tensor: Tensor, name: str) -> None:
+            with self.bounded(f"gathering the rollout ({name})"):
+                dist.all_gather(parts, tensor)
+
+        return gather_rollout(rollout, self.world_size, all_gather, self.all_gather_object)
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         """``obj`` from every rank, in rank order."""
@@ -280,8 +351,7 @@ class ActorCriticPlacement(DDPStrategy):
     def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
         """The state of ``optimizer`` as its role's first rank holds it, for the checkpoint rank 0 writes."""
         state = optimizer.state_dict()
-        module = self.lightning_module
-        role = module.optimizer_role(optimizer) if module is not None and hasattr(module, "optimizer_role") else None
+        role = self.optimizer_roles.get(id(getattr(optimizer, "optimizer", optimizer)))
         return state if role is None else self.from_role(state, role)
 
     @classmethod

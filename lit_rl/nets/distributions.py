@@ -1,0 +1,187 @@
+"""Action distributions: :class:`ActionDist` and its Categorical, MultiCategorical and diagonal Gaussian
+kinds, the :class:`PolicyHead` that maps features to one, and :func:`noise_dim` for noise-driven sampling."""
+
+from typing import Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.distributions import Categorical, Normal, kl_divergence
+
+from lit_rl.errors import ConfigError
+from lit_rl.nets.layers import layer
+
+
+class ActionDist:
+    """The policy's distribution over a batch of actions, with the four things PPO needs."""
+
+    def sample(self) -> Tensor:
+        raise NotImplementedError
+
+    def sample_from(self, noise: Tensor) -> Tensor:
+        """A sample drawn with the given uniform noise in [0, 1) (``[B, noise_dim(space)]``, see
+        :func:`noise_dim`): the same noise gives the same actions, whichever process or batch layout draws
+        them."""
+        raise NotImplementedError
+
+    def log_prob(self, actions: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def entropy(self) -> Tensor:
+        raise NotImplementedError
+
+    def mode(self) -> Tensor:
+        raise NotImplementedError
+
+    def params(self) -> Tensor:
+        """The distribution's parameters as one ``[B, P]`` tensor; ``PolicyHead.from_params`` rebuilds it."""
+        raise NotImplementedError
+
+    def kl(self, other: "ActionDist") -> Tensor:
+        """``KL(self || other)`` per sample, exact (``[B]``)."""
+        raise NotImplementedError
+
+
+class CategoricalDist(ActionDist):
+    def __init__(self, logits: Tensor) -> None:
+        self.dist = Categorical(logits=logits, validate_args=False)
+
+    def sample(self) -> Tensor:
+        return self.dist.sample()
+
+    def sample_from(self, noise: Tensor) -> Tensor:
+        return _inverse_cdf(self.dist.probs, noise[..., 0])
+
+    def log_prob(self, actions: Tensor) -> Tensor:
+        return self.dist.log_prob(actions.long())
+
+    def entropy(self) -> Tensor:
+        return self.dist.entropy()
+
+    def mode(self) -> Tensor:
+        return self.dist.logits.argmax(-1)
+
+    def params(self) -> Tensor:
+        return self.dist.logits
+
+    def kl(self, other: ActionDist) -> Tensor:
+        assert isinstance(other, CategoricalDist)
+        return kl_divergence(self.dist, other.dist)
+
+
+class MultiCategoricalDist(ActionDist):
+    """Independent categoricals, one per MultiDiscrete component; log-probs and entropies add up."""
+
+    def __init__(self, logits: Tensor, nvec: Sequence[int]) -> None:
+        self.dists = [Categorical(logits=part, validate_args=False) for part in logits.split(list(nvec), -1)]
+
+    def sample(self) -> Tensor:
+        return torch.stack([d.sample() for d in self.dists], -1)
+
+    def sample_from(self, noise: Tensor) -> Tensor:
+        return torch.stack([_inverse_cdf(d.probs, noise[..., k]) for k, d in enumerate(self.dists)], -1)
+
+    def log_prob(self, actions: Tensor) -> Tensor:
+        return sum(d.log_prob(a) for d, a in zip(self.dists, actions.long().unbind(-1)))
+
+    def entropy(self) -> Tensor:
+        return sum(d.entropy() for d in self.dists)
+
+    def mode(self) -> Tensor:
+        return torch.stack([d.logits.argmax(-1) for d in self.dists], -1)
+
+    def params(self) -> Tensor:
+        return torch.cat([d.logits for d in self.dists], -1)
+
+    def kl(self, other: ActionDist) -> Tensor:
+        assert isinstance(other, MultiCategoricalDist)
+        return sum(kl_divergence(p, q) for p, q in zip(self.dists, other.dists))
+
+
+class DiagGaussianDist(ActionDist):
+    """Diagonal Gaussian over unbounded actions. Clipping to the env's bounds happens in the env wrapper,
+    so log-probs are of the sampled (unclipped) action."""
+
+    def __init__(self, mean: Tensor, log_std: Tensor) -> None:
+        self.dist = Normal(mean, log_std.exp().expand_as(mean), validate_args=False)
+
+    def sample(self) -> Tensor:
+        return self.dist.sample()
+
+    def sample_from(self, noise: Tensor) -> Tensor:
+        u = noise.clamp(1e-7, 1 - 1e-7)
+        return self.dist.mean + self.dist.stddev * (2.0**0.5) * torch.erfinv(2 * u - 1)
+
+    def log_prob(self, actions: Tensor) -> Tensor:
+        return self.dist.log_prob(actions).sum(-1)
+
+    def entropy(self) -> Tensor:
+        return self.dist.entropy().sum(-1)
+
+    def mode(self) -> Tensor:
+        return self.dist.mean
+
+    def params(self) -> Tensor:
+        return torch.cat([self.dist.mean, self.dist.scale.log()], -1)
+
+    def kl(self, other: ActionDist) -> Tensor:
+        assert isinstance(other, DiagGaussianDist)
+        return kl_divergence(self.dist, other.dist).sum(-1)
+
+
+class PolicyHead(nn.Module):
+    """Maps trunk features to an :class:`ActionDist` for a Discrete, MultiDiscrete or Box action space."""
+
+    def __init__(self, in_dim: int, space: gym.Space, log_std_init: float = 0.0) -> None:
+        super().__init__()
+        self.nvec: list[int] = []
+        if isinstance(space, gym.spaces.Discrete):
+            out_dim = int(space.n)
+        elif isinstance(space, gym.spaces.MultiDiscrete) and len(space.shape) == 1:
+            self.nvec = [int(n) for n in space.nvec]
+            out_dim = sum(self.nvec)
+        elif isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
+            out_dim = int(space.shape[0])
+            # State-independent log standard deviation, learned.
+            self.log_std = nn.Parameter(torch.full((out_dim,), float(log_std_init)))
+        else:
+            raise ConfigError(
+                f"data.env_id: action space {space} is not supported; the policy handles Discrete, "
+                "1-D MultiDiscrete and 1-D Box actions. Pick another env, or register one whose action "
+                "space a gymnasium ActionWrapper turns into one of these."
+            )
+        self.continuous = isinstance(space, gym.spaces.Box)
+        self.linear = layer(in_dim, out_dim, gain=0.01)
+        # Width of ActionDist.params(): logits, or a Gaussian's mean and log std.
+        self.num_params = 2 * out_dim if self.continuous else out_dim
+
+    def forward(self, features: Tensor) -> ActionDist:
+        out = self.linear(features)
+        if self.continuous:
+            return DiagGaussianDist(out, self.log_std)
+        return self.from_params(out)
+
+    def from_params(self, params: Tensor) -> ActionDist:
+        """The distribution whose ``params()`` are ``params`` (e.g. a frozen copy of an earlier policy)."""
+        if self.continuous:
+            mean, log_std = params.chunk(2, -1)
+            return DiagGaussianDist(mean, log_std)
+        if self.nvec:
+            return MultiCategoricalDist(params, self.nvec)
+        return CategoricalDist(params)
+
+
+def noise_dim(space: gym.Space) -> int:
+    """Uniform numbers :meth:`ActionDist.sample_from` needs per action in ``space``."""
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return len(space.nvec)
+    if isinstance(space, gym.spaces.Box):
+        return int(np.prod(space.shape))
+    return 1
+
+
+def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
+    """The category whose cumulative probability first reaches ``u``."""
+    cdf = probs.cumsum(-1)
+    return (cdf < u.unsqueeze(-1)).sum(-1).clamp(max=probs.shape[-1] - 1)

@@ -1,0 +1,101 @@
+"""The Rollout declares its layout once: a new tensor field is gathered across ranks, kept by PPG's store and
+carried into the training batch from that one declaration."""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from lit_rl.algos.ppo import PPO
+from lit_rl.data.rollout import ENV, TIME, Rollout, env_major, flatten_valid, time_major, to_sequences
+from lit_rl.data.store import RolloutStore
+from lit_rl.distributed.placement import gather_rollout
+from tests.helpers import OBS
+
+T, N = 5, 3  # steps, envs per rank
+
+
+@dataclass
+class RolloutWithCost(Rollout):
+    """A rollout with two more fields, each one declaration."""
+
+    cost: torch.Tensor = time_major(stored=True)  # [T, N] a per-step cost, e.g. for a constrained objective
+    goal: torch.Tensor = env_major(stored=False, optional=True)  # [N, 2]
+
+
+def make_rollout(rank: int, cls: type = RolloutWithCost) -> Rollout:
+    """A rollout whose every value tells the rank (and env and step) it came from."""
+    g = torch.Generator().manual_seed(rank)
+    time = lambda *shape: torch.rand(T, N, *shape, generator=g) + 10 * rank  # noqa: E731
+    valid = torch.ones(T, N, dtype=torch.bool)
+    valid[2, rank % N] = False
+    fields = dict(obs=time(4), actions=torch.randint(0, 2, (T, N), generator=g), logprobs=time(), values=time(),
+                  rewards=time(), terminated=torch.zeros(T, N, dtype=torch.bool), truncated=torch.zeros(T, N, dtype=torch.bool),
+                  valid=valid, starts=torch.zeros(T, N, dtype=torch.bool), last_value=torch.rand(N, generator=g) + rank,
+                  last_obs=torch.rand(N, 4, generator=g) + rank, last_start=torch.zeros(N, dtype=torch.bool),
+                  episode_returns=torch.full((rank + 1,), float(rank)), episode_lengths=torch.full((rank + 1,), rank + 1),
+                  env_steps=64, iteration=2, rollout_time=1.0 + rank)
+    if cls is RolloutWithCost:
+        fields.update(cost=torch.arange(T * N, dtype=torch.float32).view(T, N) + 100 * rank,
+                      goal=torch.full((N, 2), float(rank)))
+    return cls(**fields)
+
+
+def _gather_on_rank(rank: int, world_size: int, store: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+
+    def all_gather_object(obj: object) -> list:
+        gathered: list = [None] * world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
+    joined = gather_rollout(make_rollout(rank), world_size, lambda parts, t, name: dist.all_gather(parts, t),
+                            all_gather_object)
+    torch.save(vars(joined), os.path.join(out, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_a_new_field_is_gathered_across_ranks_by_its_declaration(tmp_path: Path):
+    """Two real gloo processes gather a rollout with a field Rollout does not have: each rank ends with every
+    rank's envs of it, in rank order, along the layout's env dimension, like every declared field."""
+    mp.spawn(_gather_on_rank, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    parts = [make_rollout(r) for r in range(2)]
+    for rank in range(2):
+        joined = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        assert torch.equal(joined["cost"], torch.cat([p.cost for p in parts], 1))  # [T, 2N]
+        assert torch.equal(joined["goal"], torch.cat([p.goal for p in parts], 0))  # [2N, 2]
+        assert torch.equal(joined["obs"], torch.cat([p.obs for p in parts], 1))
+        assert torch.equal(joined["valid"], torch.cat([p.valid for p in parts], 1)) and joined["valid"].dtype == torch.bool
+        assert torch.equal(joined["last_obs"], torch.cat([p.last_obs for p in parts], 0))
+        assert torch.equal(joined["episode_returns"], torch.tensor([0.0, 1.0, 1.0]))
+        assert joined["rollout_time"] == 2.0 and joined["env_steps"] == 64 and joined["iteration"] == 2
+        assert joined["initial_state"] is None
+
+
+def test_a_new_field_reaches_the_store_the_batch_and_minibatches():
+    rollout = make_rollout(0)
+    assert RolloutWithCost.layout()["cost"] == TIME and RolloutWithCost.layout()["goal"] == ENV
+    store = RolloutStore()
+    store.add(rollout)
+    assert torch.equal(store.rollouts[0]["cost"], rollout.cost) and "goal" not in store.rollouts[0]
+    assert "actions" not in store.rollouts[0]  # declared not stored
+
+    module = PPO()
+    module.build(OBS, __import__("gymnasium").spaces.Discrete(2))
+    batch = module.prepare_batch(rollout)
+    valid = rollout.valid.flatten()
+    assert torch.equal(batch["cost"], rollout.cost.flatten()[valid])  # flat valid samples, with the rest
+    assert len(batch["cost"]) == len(batch["returns"]) == int(valid.sum())
+
+
+def test_sequences_and_flat_samples_keep_the_time_env_layout():
+    x = torch.arange(6 * 2).view(6, 2)  # [T=6, N=2]: value = 2 * t + env
+    seqs = to_sequences({"x": x, "valid": torch.ones(6, 2, dtype=torch.bool)}, 4)  # chunks of 4, last one padded
+    assert seqs["x"].tolist() == [[0, 2, 4, 6], [1, 3, 5, 7], [8, 10, 0, 0], [9, 11, 0, 0]]
+    assert seqs["valid"].tolist() == [[True] * 4, [True] * 4, [True, True, False, False], [True, True, False, False]]
+    valid = torch.ones(6, 2, dtype=torch.bool)
+    valid[1, 0] = False
+    assert flatten_valid({"x": x}, valid)["x"].tolist() == [0, 1, 3, 4, 5, 6, 7, 8, 9, 10, 11]
