@@ -18,7 +18,8 @@ The auxiliary phase's value losses are ``0.5 * MSE`` with weight 1, as in the re
 ``vf_aux`` and ``vf_true``), not ``vf_coef``; the stored observations and rewards keep the normalization
 statistics of the iteration that collected them.
 
-Architectures (``arch``): ``dual`` (a policy network with the aux head, and a separate value network),
+Architectures (``arch``, the names PPO uses): ``separate`` (the paper's "dual": a policy network with the aux
+head, and a separate value network),
 ``shared`` (one trunk, policy head, aux head and value head; the value loss reaches the trunk through
 the actor step, where ``gradient_surgery: pcgrad`` can resolve its conflict with the policy's losses) and
 ``detach`` (one trunk; the value head reads detached features). The actor optimizer owns the trunk,
@@ -47,7 +48,7 @@ from lit_rl.losses import aux_value_loss, clone_kl
 from lit_rl.nets import History
 from lit_rl.returns import gae
 
-PPGArch = Literal["dual", "shared", "detach"]
+PPGArch = Literal["separate", "shared", "detach"]
 AuxMinibatch = Literal["sequences", "samples"]
 
 
@@ -55,7 +56,7 @@ class PPG(PPO):
     """Phasic Policy Gradient. The defaults are the paper's (see configs/ppg/defaults.yaml).
 
     Args:
-        arch: ``dual``, ``shared`` or ``detach`` (see the module docstring).
+        arch: ``separate``, ``shared`` or ``detach`` (see the module docstring).
         n_pi: Policy-phase iterations per auxiliary phase (N_pi).
         aux_epochs: Epochs of the auxiliary phase over the stored rollouts (E_aux); 0 turns it off (PPO).
         beta_clone: Weight of the behaviour-cloning term ``KL(pi_old || pi)`` in the auxiliary phase.
@@ -79,7 +80,7 @@ class PPG(PPO):
     def __init__(
         self,
         *,
-        arch: PPGArch = "dual",
+        arch: PPGArch = "separate",
         n_pi: int = 32,
         aux_epochs: int = 6,
         beta_clone: float = 1.0,
@@ -91,9 +92,12 @@ class PPG(PPO):
         critic_epochs: Optional[int] = 1,
         **kwargs: Any,
     ) -> None:
-        if arch not in ("dual", "shared", "detach"):
-            raise ConfigError(f"model.arch: {arch!r} is not one of ['dual', 'shared', 'detach'].")
-        super().__init__(arch="separate" if arch == "dual" else arch, actor_epochs=actor_epochs,
+        if arch == "dual":
+            raise ConfigError("model.arch: 'dual' is the PPG paper's name for what lit_rl calls 'separate' (a policy "
+                              "network with the aux head, and a separate value network); set model.arch=separate.")
+        if arch not in ("separate", "shared", "detach"):
+            raise ConfigError(f"model.arch: {arch!r} is not one of ['separate', 'shared', 'detach'].")
+        super().__init__(arch=arch, actor_epochs=actor_epochs,
                          critic_epochs=critic_epochs, **kwargs)
         for key, value, low in (("n_pi", n_pi, 1), ("aux_epochs", aux_epochs, 0), ("aux_minibatch_size", aux_minibatch_size, 1)):
             if value < low:
@@ -125,9 +129,9 @@ class PPG(PPO):
 
         hp = self.hparams
         dist_params = PolicyHead(1, action_space).num_params
-        # Floats of the recurrent state: an LSTM's h and c (a GRU's h), one summarizer per network in dual.
+        # Floats of the recurrent state: an LSTM's h and c (a GRU's h), one summarizer per network in separate.
         state_size = 0 if hp.recurrent is None else (
-            hp.recurrent_size * (2 if hp.recurrent == "lstm" else 1) * (2 if self.network_arch == "separate" else 1))
+            hp.recurrent_size * (2 if hp.recurrent == "lstm" else 1) * (2 if hp.arch == "separate" else 1))
         needed = RolloutStore.estimate_bytes(hp.n_pi, num_envs, num_steps, observation_space, dist_params,
                                              -(-hp.n_pi * num_envs // hp.aux_minibatch_size), state_size)
         device = self.device if self._trainer is None else self.trainer.strategy.root_device
@@ -247,6 +251,9 @@ class PPG(PPO):
                              "store": self.store.state_dict() if self.hparams.store_in_checkpoint else []}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("hyper_parameters", {})
+        if saved.get("arch") == "dual":  # written before the architecture took PPO's name
+            saved["arch"] = "separate"
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("ppg")
         if state is None:

@@ -40,7 +40,7 @@ from lit_rl.data.rollout import Rollout, flatten_valid, pad_time, to_sequences
 from lit_rl.distributed.placement import ROLES, Placement
 from lit_rl.errors import ConfigError
 from lit_rl.losses import actor_objective, normalize_advantages, value_loss
-from lit_rl.nets import RECURRENT, ActorCritic, Arch, History, Recurrent
+from lit_rl.nets import ActorCritic, Arch, History, Recurrent
 from lit_rl.returns import gae
 
 UpdateOrder = Literal["critic_first", "actor_first"]
@@ -147,7 +147,6 @@ class PPO(L.LightningModule):
         self.critic_scheduler = critic_scheduler
         self.actor_epochs = update_epochs if actor_epochs is None else actor_epochs
         self.critic_epochs = update_epochs if critic_epochs is None else critic_epochs
-        self.network_arch: str = arch  # the ActorCritic arch; PPG maps its names onto these
         self._check_hparams()
         self.agent: Optional[ActorCritic] = None
         self.last_logged: dict[str, float] = {}  # the last value of every metric logged (a run summary)
@@ -188,11 +187,8 @@ class PPO(L.LightningModule):
                     raise ConfigError(f"model.{key}: the learning rate (init_args.lr) must be > 0, got {lr}.")
         if hp.bptt_length is not None and hp.bptt_length < 1:
             raise ConfigError(f"model.bptt_length: must be a positive integer or null, got {hp.bptt_length}.")
-        if hp.recurrent is not None and hp.recurrent not in RECURRENT:
-            raise ConfigError(f"model.recurrent: {hp.recurrent!r} is not one of {list(RECURRENT)} (or null for none).")
-        if hp.recurrent is not None and hp.recurrent_size < 1:
-            raise ConfigError(f"model.recurrent_size: must be a positive integer, got {hp.recurrent_size}.")
-        if hp.gradient_surgery != "none" and self.network_arch != "shared":
+        ActorCritic.check_config(hp.arch, hp.hidden_sizes, hp.activation, hp.recurrent, hp.recurrent_size)
+        if hp.gradient_surgery != "none" and hp.arch != "shared":
             raise ConfigError(
                 f"model.gradient_surgery: {hp.gradient_surgery!r} only acts where two losses share a trunk; with "
                 f"model.arch={hp.arch!r} each loss has its own parameters. Use model.arch=shared or gradient_surgery=none."
@@ -230,7 +226,7 @@ class PPO(L.LightningModule):
         """Creates the networks for these spaces (once)."""
         if self.agent is None:
             hp = self.hparams
-            self.agent = ActorCritic(observation_space, action_space, hp.hidden_sizes, hp.activation, self.network_arch,
+            self.agent = ActorCritic(observation_space, action_space, hp.hidden_sizes, hp.activation, hp.arch,
                                      hp.log_std_init, aux_head=self.uses_aux_head, recurrent=hp.recurrent,
                                      recurrent_size=hp.recurrent_size)
 

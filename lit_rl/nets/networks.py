@@ -3,7 +3,7 @@ action distribution and a critic that returns a value, plus :func:`check_spaces`
 
 Three architectures:
 
-- ``separate`` (PPG calls it ``dual``): the actor (policy trunk + policy head) and the critic (value
+- ``separate`` (the PPG paper calls it "dual"): the actor (policy trunk + policy head) and the critic (value
   trunk + value head) share nothing, so each loss reaches only its own network.
 - ``shared``: one trunk feeds both heads. The trunk belongs to the actor's parameters (and so to the
   actor optimizer); the critic's parameters are the value head alone. See ``lit_rl.algos.ppo`` for how
@@ -78,6 +78,22 @@ class ActorCritic(nn.Module):
     ``aux_head`` adds PPG's auxiliary value head on the policy trunk (an actor parameter).
     """
 
+    @staticmethod
+    def check_config(arch: str, hidden_sizes: Sequence[int], activation: str, recurrent: Optional[str],
+                     recurrent_size: int) -> None:
+        """A ConfigError naming the key, unless these settings make a network; the algorithms call it when they
+        are configured, so a bad setting fails before any environment starts."""
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"model.activation: {activation!r} is not one of {sorted(ACTIVATIONS)}.")
+        if arch not in ARCHS:
+            raise ConfigError(f"model.arch: {arch!r} is not one of {list(ARCHS)}.")
+        if not hidden_sizes:
+            raise ConfigError("model.hidden_sizes: give at least one hidden layer width, e.g. [64, 64].")
+        if recurrent is not None and recurrent not in RECURRENT:
+            raise ConfigError(f"model.recurrent: {recurrent!r} is not one of {list(RECURRENT)} (or null for none).")
+        if recurrent is not None and recurrent_size < 1:
+            raise ConfigError(f"model.recurrent_size: must be a positive integer, got {recurrent_size}.")
+
     def __init__(
         self,
         observation_space: gym.Space,
@@ -91,16 +107,7 @@ class ActorCritic(nn.Module):
         recurrent_size: int = 128,
     ) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ConfigError(f"model.activation: {activation!r} is not one of {sorted(ACTIVATIONS)}.")
-        if arch not in ARCHS:
-            raise ConfigError(f"model.arch: {arch!r} is not one of {list(ARCHS)}.")
-        if not hidden_sizes:
-            raise ConfigError("model.hidden_sizes: give at least one hidden layer width, e.g. [64, 64].")
-        if recurrent is not None and recurrent not in RECURRENT:
-            raise ConfigError(f"model.recurrent: {recurrent!r} is not one of {list(RECURRENT)} (or null for none).")
-        if recurrent is not None and recurrent_size < 1:
-            raise ConfigError(f"model.recurrent_size: must be a positive integer, got {recurrent_size}.")
+        self.check_config(arch, hidden_sizes, activation, recurrent, recurrent_size)
         self.arch = arch
         self.encoder = ObsEncoder(observation_space)
         in_dim = self.encoder.out_dim
