@@ -28,10 +28,13 @@ from lit_rl.sweep import SUMMARY_ENV
 
 _SPECIAL_CKPT = {"best", "hpc", "registry"}
 
-# The module pulls each rollout itself (training_step(dataloader_iter)) so that it comes from the current
-# policy; Lightning warns about that signature on every run.
-warnings.filterwarnings("ignore", message=r".*`dataloader_iter`.*")
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+def _ignore_known_warnings() -> None:
+    """Silences the warnings every run would print, once the CLI runs (never on import)."""
+    # The module pulls each rollout itself (training_step(dataloader_iter)) so that it comes from the current
+    # policy; Lightning warns about that signature on every run.
+    warnings.filterwarnings("ignore", message=r".*`dataloader_iter`.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 class SaveConfig(SaveConfigCallback):
@@ -70,6 +73,7 @@ class LitRLCLI(LightningCLI):
     """
 
     def __init__(self, args: Any = None, run: bool = True) -> None:
+        _ignore_known_warnings()
         set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
         super().__init__(
             model_class=PPO,
@@ -191,11 +195,8 @@ class LitRLCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         torch.set_num_threads(max(1, int(cfg.torch_threads)))
-        model_args = cfg.model.init_args if "init_args" in cfg.model else cfg.model
-        data = cfg.data
-        PPO.check_batch(data.num_envs, data.num_steps, model_args.num_minibatches, model_args.get("recurrent"),
-                        model_args.get("bptt_length"))
-        L.seed_everything(data.seed, workers=True, verbose=False)
+        # The batch is checked once, by the module's setup, on the datamodule the run uses (PPO.check_batch).
+        L.seed_everything(cfg.data.seed, workers=True, verbose=False)
 
     def after_fit(self) -> None:
         """Under ``lit-rl sweep`` (``LIT_RL_SUMMARY_FILE`` set): the run's summary for the sweep, from rank 0."""

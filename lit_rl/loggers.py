@@ -6,13 +6,19 @@ from typing import Any, Mapping, Optional
 from urllib.parse import urlparse
 
 import lightning as L
-from lightning.fabric.utilities.logger import _add_prefix
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from lit_rl.errors import ConfigError
 
 STEP_METRIC = "env_steps"
+
+
+def add_prefix(metrics: Mapping[str, Any], prefix: str, join_char: str) -> Mapping[str, Any]:
+    """``{prefix}{join_char}{key}`` for every key, as Lightning's loggers name metrics; unchanged without a prefix."""
+    if not prefix:
+        return metrics
+    return {f"{prefix}{join_char}{k}": v for k, v in metrics.items()}
 
 
 def wandb_logged_in() -> bool:
@@ -50,6 +56,7 @@ class WandbLogger(_LightningWandbLogger):
                            "checkpoints folder. `wandb login` to upload them as artifacts.")
             kwargs["log_model"] = False
         super().__init__(offline=offline, **kwargs)
+        self._metric_prefix = kwargs.get("prefix", "")
         self._axis_defined = False
 
     @property
@@ -66,7 +73,7 @@ class WandbLogger(_LightningWandbLogger):
         """Logs with ``env_steps`` as the x-axis: the module passes the env-step count as ``step``."""
         if step is None or STEP_METRIC not in metrics:
             return super().log_metrics(metrics, step)
-        self.experiment.log(_add_prefix(dict(metrics), self._prefix, self.LOGGER_JOIN_CHAR))
+        self.experiment.log(add_prefix(dict(metrics), self._metric_prefix, self.LOGGER_JOIN_CHAR))
 
     @rank_zero_only
     def log_video(self, key: str, videos: list[Any], step: Optional[int] = None, **kwargs: Any) -> None:

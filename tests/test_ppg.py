@@ -33,7 +33,7 @@ def aux_minibatch(module: PPG, n: int = 64) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------- architectures: who owns what, who gets gradients
-@pytest.mark.parametrize("arch", ["dual", "shared", "detach"])
+@pytest.mark.parametrize("arch", ["separate", "shared", "detach"])
 def test_optimizers_own_disjoint_parts_and_the_actor_owns_the_aux_head(arch):
     agent = built(arch).agent
     actor, critic = agent.actor_parameters(), agent.critic_parameters()
@@ -44,8 +44,8 @@ def test_optimizers_own_disjoint_parts_and_the_actor_owns_the_aux_head(arch):
 
 
 @pytest.mark.parametrize("space", [gym.spaces.Discrete(3), gym.spaces.Box(-2, 2, (2,), np.float32)])
-def test_dual_policy_losses_give_no_gradient_to_the_value_network(space):
-    module = built("dual", space)
+def test_separate_policy_losses_give_no_gradient_to_the_value_network(space):
+    module = built("separate", space)
     critic = module.agent.critic_parameters()
     batch = random_batch(action_space=space)
     loss, _ = module.actor_loss(share_of(batch, torch.arange(64)))
@@ -180,13 +180,13 @@ def test_pcgrad_policy_phase_through_the_trainer_leaves_the_aux_head_alone(tmp_p
 
 def test_gradient_surgery_needs_a_shared_trunk():
     with pytest.raises(ConfigError, match="model.gradient_surgery"):
-        PPG(arch="dual", gradient_surgery="pcgrad")
+        PPG(arch="separate", gradient_surgery="pcgrad")
     with pytest.raises(ConfigError, match="model.gradient_surgery"):
         PPO(arch="separate", gradient_surgery="pcgrad")
 
 
 # ---------------------------------------------------------------- the auxiliary phase does its two jobs
-def run_aux_phase(tmp_path, beta_clone: float, arch: str = "dual", aux_epochs: int = 6, **data: object) -> dict[str, float]:
+def run_aux_phase(tmp_path, beta_clone: float, arch: str = "separate", aux_epochs: int = 6, **data: object) -> dict[str, float]:
     """One auxiliary phase after 2 CartPole iterations; measures KL(pi_old || pi) and the aux value loss over
     the stored observations, before and after the phase."""
     # The policy phase first makes the policy far from uniform, so that trunk changes show in it.
@@ -241,7 +241,7 @@ def test_bc_term_keeps_the_policy_close_and_without_it_the_policy_drifts(tmp_pat
     assert without > 5 * with_bc
 
 
-@pytest.mark.parametrize("arch", ["dual", "detach", "shared"])
+@pytest.mark.parametrize("arch", ["separate", "detach", "shared"])
 def test_aux_phase_lowers_the_aux_value_loss_on_the_stored_data(tmp_path, arch):
     measured = run_aux_phase(tmp_path, beta_clone=1.0, arch=arch)
     assert measured["aux_loss_after"] < 0.7 * measured["aux_loss_before"], measured
@@ -340,6 +340,13 @@ def test_resume_mid_policy_phase_keeps_the_phase_counter(tmp_path, store_in_chec
 def test_a_ppo_checkpoint_cannot_resume_ppg(tmp_path):
     ppo, dm = make({}, {**CARTPOLE, "total_timesteps": 128})
     fit(ppo, dm, tmp_path / "a")
-    ppg, dm = make({"arch": "dual"}, {**CARTPOLE, "total_timesteps": 256}, cls=PPG)
+    ppg, dm = make({"arch": "separate"}, {**CARTPOLE, "total_timesteps": 256}, cls=PPG)
     with pytest.raises(ConfigError, match="ckpt_path"):
         fit(ppg, dm, tmp_path / "b", ckpt_path=str(tmp_path / "a" / "ckpt" / "last.ckpt"))
+
+
+def test_the_old_architecture_name_dual_is_read_as_separate():
+    """Configs and checkpoints from before the rename say arch: dual; they get the same network, with a warning."""
+    with pytest.warns(UserWarning, match="'dual'.*now called 'separate'"):
+        module = PPG(arch="dual")
+    assert module.hparams.arch == "separate"

@@ -37,6 +37,7 @@ from collections import defaultdict
 from typing import Any, Callable, Literal, Optional
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lit_rl.algos.ppo import PPO
@@ -48,7 +49,7 @@ from lit_rl.losses import aux_value_loss, clone_kl
 from lit_rl.nets import History
 from lit_rl.returns import gae
 
-PPGArch = Literal["separate", "shared", "detach"]
+PPGArch = Literal["separate", "shared", "detach", "dual"]  # dual: the old name of separate
 AuxMinibatch = Literal["sequences", "samples"]
 
 
@@ -92,9 +93,10 @@ class PPG(PPO):
         critic_epochs: Optional[int] = 1,
         **kwargs: Any,
     ) -> None:
-        if arch == "dual":
-            raise ConfigError("model.arch: 'dual' is the PPG paper's name for what lit_rl calls 'separate' (a policy "
-                              "network with the aux head, and a separate value network); set model.arch=separate.")
+        if arch == "dual":  # checkpoints and configs from before the rename keep working
+            rank_zero_warn("model.arch: 'dual' (the PPG paper's name) is now called 'separate', as in PPO; using "
+                           "'separate'. Set model.arch=separate to silence this.")
+            arch = "separate"
         if arch not in ("separate", "shared", "detach"):
             raise ConfigError(f"model.arch: {arch!r} is not one of ['separate', 'shared', 'detach'].")
         super().__init__(arch=arch, actor_epochs=actor_epochs,

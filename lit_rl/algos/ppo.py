@@ -140,6 +140,7 @@ class PPO(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["actor_optimizer", "critic_optimizer", "actor_scheduler", "critic_scheduler"])
+        self.hparams.arch = arch  # as PPO got it: a subclass may have translated the user's (PPG's old 'dual')
         self.automatic_optimization = False
         self.actor_optimizer = actor_optimizer
         self.critic_optimizer = critic_optimizer
@@ -155,6 +156,7 @@ class PPO(L.LightningModule):
         self.shuffler = Shuffler()  # minibatch orders, one stream per role
         self._one_process = Placement()  # where the roles run without a placement strategy: all here
         self.updaters: dict[str, RoleUpdater] = {}  # by role; made with the optimizers
+        self._checkpoint_env_steps = 0  # of a loaded checkpoint, for env_steps without a datamodule
         # Of the checkpoint a fit resumes from: how its config differs, how far its LR schedules had run, and
         # what they were (check_resume and on_load_checkpoint note them; apply_config_on_resume uses them).
         self._resume_notes: list[str] = []
@@ -336,9 +338,10 @@ class PPO(L.LightningModule):
 
     @property
     def env_steps(self) -> int:
-        """Env steps taken by the run: the datamodule's count (the one owner); 0 before any."""
+        """Env steps taken by the run, this iteration's rollout included: the datamodule's count (its one owner);
+        without a datamodule, the loaded checkpoint's (for reading); else 0."""
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        return int(getattr(datamodule, "env_steps", 0))
+        return int(getattr(datamodule, "env_steps", self._checkpoint_env_steps))
 
     def update(self, rollout: Rollout, batch: dict[str, Tensor]) -> tuple[Stats, dict[str, float]]:
         """One iteration's learning: for each role, in ``update_order``, its epochs of its loss; then the weight
@@ -470,7 +473,8 @@ class PPO(L.LightningModule):
         callback = getattr(self.trainer, "checkpoint_callback", None)
         last = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
         kept = f"The last good checkpoint is {last}." if last else "No checkpoint had been saved yet."
-        return (f"The {role} loss is {loss.item()} after {self.env_steps} env steps; training stopped before "
+        return (f"The {role} loss is {loss.item()} in the update after {self.env_steps} env steps were collected; "
+                "training stopped before "
                 f"this update was applied. {kept} Lower the learning rate, turn on data.normalize_observation / "
                 "data.normalize_reward, or check the env's rewards and observations for NaN/inf.")
 
@@ -564,6 +568,7 @@ class PPO(L.LightningModule):
             checkpoint["lr_schedulers"] = []
         self._check_compatible(checkpoint.get("state_dict", {}))
         self.shuffler.load_state_dict(checkpoint.get("shuffle_generators", {}))
+        self._checkpoint_env_steps = int(checkpoint.get("env_steps", 0))
         rng = checkpoint.get("rng_states")
         if rng:
             torch.set_rng_state(rng["torch"])

@@ -352,6 +352,9 @@ class ActorCriticPlacement(DDPStrategy, Placement):
         """The state of ``optimizer`` as its role's first rank holds it, for the checkpoint rank 0 writes."""
         state = optimizer.state_dict()
         role = self.optimizer_roles.get(id(getattr(optimizer, "optimizer", optimizer)))
+        if role is None and self.world_size > 1:
+            raise RuntimeError("ActorCriticPlacement: an optimizer no role was assigned to is being checkpointed; the "
+                               "module must call placement.assign_optimizers in configure_optimizers.")
         return state if role is None else self.from_role(state, role)
 
     @classmethod
