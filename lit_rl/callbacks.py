@@ -3,15 +3,18 @@ land on an iteration boundary."""
 
 import glob
 import os
+import re
 import signal
+import subprocess
 import threading
 from types import FrameType
 from typing import Any, Optional
 
 import lightning as L
+from fsspec.core import url_to_fs
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.plugins.environments import SLURMEnvironment
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 
 class EnvStepCheckpoint(ModelCheckpoint):
@@ -34,14 +37,27 @@ class EnvStepCheckpoint(ModelCheckpoint):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self.every_n_env_steps <= 0 or self._should_skip_saving_checkpoint(trainer):
+        if self.every_n_env_steps <= 0:
             return
         bucket = pl_module.env_steps // self.every_n_env_steps
-        if bucket > self._saved_bucket:
+        if bucket > self._saved_bucket and self._save_now(trainer):
             self._saved_bucket = bucket
-            candidates = self._monitor_candidates(trainer)
-            self._save_topk_checkpoint(trainer, candidates)
-            self._save_last_checkpoint(trainer, candidates)
+
+    def _save_now(self, trainer: L.Trainer) -> bool:
+        """Saves the top-k checkpoint and ``last.ckpt`` now, as ModelCheckpoint's own hooks do; False when
+        ModelCheckpoint's rules skip this step (not fitting, sanity check, fast_dev_run, already saved at
+        this global step).
+
+        ModelCheckpoint has no public "save now": its triggers are epochs, optimizer steps and time, never
+        env steps. So this calls the private methods its hooks call (Lightning 2.6), and is the one place
+        here that does.
+        """
+        if self._should_skip_saving_checkpoint(trainer):
+            return False
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)
+        return True
 
 
 class EnvStepProgressBar(TQDMProgressBar):
@@ -88,9 +104,9 @@ class SlurmRequeueAtIterationEnd(Callback):
     env steps the checkpoint would then miss or count twice) or of an update (half-stepped weights), and,
     with several ranks, at a different point on each. This callback only notes the signal; after each
     iteration (rollout, update and weight exchange done) the ranks agree whether any of them got it, and
-    then all call Lightning's own handler together (checkpoint, requeue) and stop, without the end-of-fit
-    evaluation. The checkpoint so holds exactly the iterations done, with their env-step count. A signal
-    in the iteration that reaches the budget is ignored: the run is finishing anyway.
+    then all do together what Lightning's handler does (:func:`checkpoint_and_requeue`) and stop, without
+    the end-of-fit evaluation. The checkpoint so holds exactly the iterations done, with their env-step
+    count. A signal in the iteration that reaches the budget is ignored: the run is finishing anyway.
     """
 
     def __init__(self) -> None:
@@ -102,7 +118,7 @@ class SlurmRequeueAtIterationEnd(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Installed before Lightning registers its signal handlers (after on_fit_start), which then leaves an
         # existing USR1 handler in place: from here on the signal is only noted, never acted on mid-step.
-        environment = getattr(trainer._accelerator_connector, "cluster_environment", None)
+        environment = _cluster_environment(trainer)
         if stage != "fit" or not (isinstance(environment, SLURMEnvironment) and environment.auto_requeue
                                   and environment.requeue_signal) or threading.current_thread() is not threading.main_thread():
             return
@@ -132,11 +148,72 @@ class SlurmRequeueAtIterationEnd(Callback):
         signum = self._environment.requeue_signal
         rank_zero_info(f"SLURM requeue signal at {getattr(pl_module, 'env_steps', '?')} env steps: checkpointing "
                        "at the end of this iteration and requeueing")
-        trainer._signal_connector._slurm_sigusr_handler_fn(signum, None)  # Lightning's save + scontrol requeue
+        checkpoint_and_requeue(trainer, signum)
         self.requeued = True
         trainer.should_stop = True
         # Stopping would run the end-of-fit evaluation, which SLURM's SIGTERM (the requeue) would cut short.
-        trainer.fit_loop.epoch_loop._skip_next_val = True
+        _skip_end_of_fit_validation(trainer)
+
+
+def _cluster_environment(trainer: L.Trainer) -> Any:
+    """The trainer's cluster environment (SLURMEnvironment under SLURM), with whatever strategy.
+
+    Private: only parallel strategies expose ``strategy.cluster_environment``; Lightning's own signal
+    handling reads this same attribute.
+    """
+    return getattr(trainer._accelerator_connector, "cluster_environment", None)
+
+
+def _skip_end_of_fit_validation(trainer: L.Trainer) -> None:
+    """Stops ``trainer.should_stop`` from running the validation that Lightning runs when it stops a fit.
+
+    Private: Lightning has no public switch for it; this is the flag its fit loop reads (Lightning 2.6).
+    """
+    trainer.fit_loop.epoch_loop._skip_next_val = True
+
+
+def hpc_save_path(folder: str) -> str:
+    """``folder/hpc_ckpt_{N+1}.ckpt``, N the highest number among the ``hpc_ckpt_*`` files there (0 if none):
+    the next name Lightning's SLURM resume picks up (it resumes from the highest N in
+    ``trainer.default_root_dir``). Lightning's own helper sits on a private class; this reads the number
+    the way it does."""
+    fs, uri = url_to_fs(str(folder))
+    numbers = [0]
+    if fs.exists(folder):
+        for entry in fs.listdir(uri):
+            name = os.path.basename(entry["name"])
+            if "hpc_ckpt_" in name:
+                numbers.append(int(re.sub("[^0-9]", "", name.split("hpc_ckpt_")[-1])))
+    return os.path.join(folder, f"hpc_ckpt_{max(numbers) + 1}.ckpt")
+
+
+def checkpoint_and_requeue(trainer: L.Trainer, signum: int) -> None:
+    """What Lightning does on SLURM's requeue signal (``SLURMEnvironment(auto_requeue=True)``), with public
+    calls: finalize the loggers, save ``hpc_ckpt_N.ckpt`` in ``trainer.default_root_dir`` (all ranks), and
+    on rank 0 ``scontrol requeue`` the job (``ARRAYJOB_TASK`` for an array task)."""
+    rank_zero_info(f"Handling auto-requeue signal: {signum}")
+    for logger in trainer.loggers:
+        logger.finalize("finished")  # all metrics written before the checkpoint
+    trainer.save_checkpoint(hpc_save_path(trainer.default_root_dir))
+    if not trainer.is_global_zero:
+        return
+    array_job_id = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array_job_id is not None:
+        job_id = f"{array_job_id}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    else:
+        job_id = os.environ["SLURM_JOB_ID"]
+    assert re.match("[0-9_-]+", job_id)
+    cmd = ["scontrol", "requeue", job_id]
+    rank_zero_info(f"requeing job {job_id}...")
+    try:
+        result = subprocess.call(cmd)
+    except FileNotFoundError:
+        # scontrol not found outside a shell: try again through one, as Lightning does.
+        result = subprocess.call(" ".join(cmd), shell=True)
+    if result == 0:
+        rank_zero_info(f"Requeued SLURM job: {job_id}")
+    else:
+        rank_zero_warn(f"Requeuing SLURM job {job_id} failed with error code {result}")
 
 
 class LogEvaluationVideos(Callback):
