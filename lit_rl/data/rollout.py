@@ -28,10 +28,10 @@ def time_major(stored: bool = False) -> Any:
     return field(metadata={"layout": TIME, "stored": stored}, kw_only=True)
 
 
-def env_major(stored: bool = False, default: Any = None, optional: bool = False) -> Any:
-    """An ``[N, ...]`` field (``optional``: may be None, e.g. the state of a feed-forward policy)."""
+def env_major(stored: bool = False, optional: bool = False) -> Any:
+    """An ``[N, ...]`` field (``optional``: may be None, its default, e.g. the state of a feed-forward policy)."""
     metadata = {"layout": ENV, "stored": stored}
-    return field(default=default, metadata=metadata, kw_only=True) if optional else field(metadata=metadata, kw_only=True)
+    return field(default=None, metadata=metadata, kw_only=True) if optional else field(metadata=metadata, kw_only=True)
 
 
 def per_episode() -> Any:
