@@ -151,7 +151,7 @@ class LitRLCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         """``fit`` runs this run's config: the module checks it against the checkpoint, refuses what cannot
-        apply and prints what differs (:meth:`lit_rl.algos.PPO.check_resume`). ``validate``/``test`` take
+        apply and prints what differs (:class:`lit_rl.algos.resume.Resume`). ``validate``/``test`` take
         the model's settings from the checkpoint, as LightningCLI does."""
         if self.config.get("subcommand") != "fit":
             super()._parse_ckpt_path()
@@ -205,7 +205,7 @@ class LitRLCLI(LightningCLI):
             return
         saver = next((c for c in self.trainer.callbacks if isinstance(c, SaveConfig)), None)
         requeued = any(getattr(c, "requeued", False) for c in self.trainer.callbacks)
-        summary = {"preempted": requeued, "metrics": dict(getattr(self.model, "last_logged", {})),
+        summary = {"preempted": requeued, "metrics": dict(self.model.metrics.last_logged) if isinstance(self.model, PPO) else {},
                    "env_steps": int(getattr(self.model, "env_steps", 0)),
                    "config": os.path.abspath(saver.config_path) if getattr(saver, "config_path", None) else None}
         with open(path, "w") as f:

@@ -10,7 +10,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from lit_rl.algos.ppo import PPO
-from lit_rl.data.rollout import ENV, TIME, Rollout, env_major, flatten_valid, time_major, to_sequences
+from lit_rl.algos.metrics import RunMetrics
+from lit_rl.data.rollout import ENV, TIME, Rollout, env_major, flatten_valid, per_episode, time_major, to_sequences
 from lit_rl.data.store import RolloutStore
 from lit_rl.distributed.placement import gather_rollout
 from tests.helpers import OBS
@@ -20,10 +21,11 @@ T, N = 5, 3  # steps, envs per rank
 
 @dataclass
 class RolloutWithCost(Rollout):
-    """A rollout with two more fields, each one declaration."""
+    """A rollout with three more fields, each one declaration."""
 
     cost: torch.Tensor = time_major(stored=True)  # [T, N] a per-step cost, e.g. for a constrained objective
     goal: torch.Tensor = env_major(stored=False, optional=True)  # [N, 2]
+    episode_costs: torch.Tensor = per_episode("episodic_cost")  # [E] each ended episode's summed cost
 
 
 def make_rollout(rank: int, cls: type = RolloutWithCost) -> Rollout:
@@ -40,7 +42,7 @@ def make_rollout(rank: int, cls: type = RolloutWithCost) -> Rollout:
                   env_steps=64, iteration=2, rollout_time=1.0 + rank)
     if cls is RolloutWithCost:
         fields.update(cost=torch.arange(T * N, dtype=torch.float32).view(T, N) + 100 * rank,
-                      goal=torch.full((N, 2), float(rank)))
+                      goal=torch.full((N, 2), float(rank)), episode_costs=torch.arange(rank + 1.0) + 10 * rank)
     return cls(**fields)
 
 
@@ -71,6 +73,7 @@ def test_a_new_field_is_gathered_across_ranks_by_its_declaration(tmp_path: Path)
         assert torch.equal(joined["valid"], torch.cat([p.valid for p in parts], 1)) and joined["valid"].dtype == torch.bool
         assert torch.equal(joined["last_obs"], torch.cat([p.last_obs for p in parts], 0))
         assert torch.equal(joined["episode_returns"], torch.tensor([0.0, 1.0, 1.0]))
+        assert torch.equal(joined["episode_costs"], torch.tensor([0.0, 10.0, 11.0]))
         assert joined["rollout_time"] == 2.0 and joined["env_steps"] == 64 and joined["iteration"] == 2
         assert joined["initial_state"] is None
 
@@ -99,3 +102,19 @@ def test_sequences_and_flat_samples_keep_the_time_env_layout():
     valid = torch.ones(6, 2, dtype=torch.bool)
     valid[1, 0] = False
     assert flatten_valid({"x": x}, valid)["x"].tolist() == [0, 1, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+
+
+def test_a_new_per_episode_field_is_logged_as_its_declared_metric():
+    """The iteration's metrics take every per-episode field from the declaration: the subclass's cost is logged
+    as ``train/episodic_cost`` (its mean), beside the returns and lengths."""
+    rollout = make_rollout(1)  # episodes: returns [1, 1], lengths [2, 2], costs [10, 11]
+    module = PPO()
+    module.build(OBS, __import__("gymnasium").spaces.Discrete(2))
+    metrics = RunMetrics(PPO.loss_metrics).iteration_metrics(rollout, module.prepare_batch(rollout), {}, {"actor": 1e-3})
+    assert float(metrics["train/episodic_cost"]) == 10.5
+    assert float(metrics["train/episodic_return"]) == 1.0 and float(metrics["train/episodic_length"]) == 2.0
+    assert metrics["train/lr_actor"] == 1e-3 and metrics["env_steps"] == 64.0
+    empty = make_rollout(1)
+    empty.episode_costs = torch.zeros(0)
+    assert "train/episodic_cost" not in RunMetrics(PPO.loss_metrics).iteration_metrics(
+        empty, module.prepare_batch(empty), {}, {})  # no episode ended: nothing logged, not a NaN

@@ -18,23 +18,21 @@ trunk in opposite directions, ``gradient_surgery: pcgrad`` removes the conflicti
 detached trunk features: the value loss never reaches the trunk.
 """
 
-import random
 import time
 import warnings
 from collections import defaultdict
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Iterable, Iterator, Literal, Optional
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
-from torchmetrics import MeanMetric
-from torchmetrics.functional import explained_variance
 
+from lit_rl.algos.metrics import RunMetrics
+from lit_rl.algos.resume import Resume
+from lit_rl.algos.schedules import LinearDecay, constant
 from lit_rl.algos.updater import RoleUpdater, Share, Shuffler, Stats
 from lit_rl.data.rollout import Rollout, flatten_valid, pad_time, to_sequences
 from lit_rl.distributed.placement import ROLES, Placement
@@ -45,19 +43,6 @@ from lit_rl.returns import gae
 
 UpdateOrder = Literal["critic_first", "actor_first"]
 GradientSurgery = Literal["none", "pcgrad"]
-
-
-class LinearDecay:
-    """LR factor ``1 - iteration / num_iterations`` (CleanRL's annealing), floored at 0."""
-
-    def __init__(self, num_iterations: int) -> None:
-        self.num_iterations = num_iterations
-
-    def __call__(self, iteration: int) -> float:
-        return max(0.0, 1.0 - iteration / self.num_iterations)
-
-    def __repr__(self) -> str:
-        return f"linear decay to 0 over {self.num_iterations} iterations"
 
 
 class PPO(L.LightningModule):
@@ -150,18 +135,11 @@ class PPO(L.LightningModule):
         self.critic_epochs = update_epochs if critic_epochs is None else critic_epochs
         self._check_hparams()
         self.agent: Optional[ActorCritic] = None
-        self.last_logged: dict[str, float] = {}  # the last value of every metric logged (a run summary)
-        self.metrics = torch.nn.ModuleDict({name: MeanMetric() for name in (*self.loss_metrics, "episodic_return", "episodic_length")})
-        self._fit_start: Optional[tuple[float, int]] = None
+        self.metrics = RunMetrics(self.loss_metrics)  # what each iteration and evaluation logs
         self.shuffler = Shuffler()  # minibatch orders, one stream per role
         self._one_process = Placement()  # where the roles run without a placement strategy: all here
         self.updaters: dict[str, RoleUpdater] = {}  # by role; made with the optimizers
-        self._checkpoint_env_steps = 0  # of a loaded checkpoint, for env_steps without a datamodule
-        # Of the checkpoint a fit resumes from: how its config differs, how far its LR schedules had run, and
-        # what they were (check_resume and on_load_checkpoint note them; apply_config_on_resume uses them).
-        self._resume_notes: list[str] = []
-        self._schedule_progress: list[int] = []
-        self._saved_schedules: dict[str, str] = {}
+        self.resume = Resume()  # the checkpoint's entries, and a resumed fit's config
 
     # ------------------------------------------------------------------ configuration
     def _check_hparams(self) -> None:
@@ -181,12 +159,11 @@ class PPO(L.LightningModule):
         for key in ("actor_max_grad_norm", "critic_max_grad_norm", "target_kl"):
             if hp[key] is not None and hp[key] <= 0:
                 raise ConfigError(f"model.{key}: must be > 0 or null, got {hp[key]}.")
-        probe = [torch.nn.Parameter(torch.zeros(1))]
-        for key in ("actor_optimizer", "critic_optimizer"):
-            for group in getattr(self, key)(probe).param_groups:
+        for role in ROLES:
+            for group in self.make_optimizer(role, [torch.nn.Parameter(torch.zeros(1))]).param_groups:
                 lr = group.get("lr", 1.0)
                 if not (isinstance(lr, (int, float)) and lr > 0) and not (isinstance(lr, Tensor) and lr.item() > 0):
-                    raise ConfigError(f"model.{key}: the learning rate (init_args.lr) must be > 0, got {lr}.")
+                    raise ConfigError(f"model.{role}_optimizer: the learning rate (init_args.lr) must be > 0, got {lr}.")
         if hp.bptt_length is not None and hp.bptt_length < 1:
             raise ConfigError(f"model.bptt_length: must be a positive integer or null, got {hp.bptt_length}.")
         ActorCritic.check_config(hp.arch, hp.hidden_sizes, hp.activation, hp.recurrent, hp.recurrent_size)
@@ -278,11 +255,13 @@ class PPO(L.LightningModule):
                          for i, role in enumerate(ROLES)}
         return optimizers, [self.make_scheduler(role, opt) for role, opt in zip(ROLES, optimizers)]
 
-    def make_optimizer(self, role: str) -> Optimizer:
-        """``role``'s optimizer over its parameters, as configured."""
-        assert self.agent is not None
+    def make_optimizer(self, role: str, params: Optional[Iterable[Tensor]] = None) -> Optimizer:
+        """``role``'s optimizer, as configured, over ``params`` (default: the role's parameters)."""
         make = self.actor_optimizer if role == "actor" else self.critic_optimizer
-        return make(self.agent.actor_parameters() if role == "actor" else self.agent.critic_parameters())
+        if params is None:
+            assert self.agent is not None
+            params = self.agent.actor_parameters() if role == "actor" else self.agent.critic_parameters()
+        return make(params)
 
     def make_scheduler(self, role: str, optimizer: Optimizer) -> Any:
         """``role``'s LR schedule, as configured: the given scheduler, else linear annealing to 0 over the
@@ -293,7 +272,7 @@ class PPO(L.LightningModule):
         num_iterations = getattr(getattr(self.trainer, "datamodule", None), "num_iterations", None)
         if self.hparams.anneal_lr and num_iterations:
             return LambdaLR(optimizer, LinearDecay(num_iterations))
-        return LambdaLR(optimizer, _constant)
+        return LambdaLR(optimizer, constant)
 
     # ------------------------------------------------------------------ acting
     @torch.inference_mode()
@@ -334,14 +313,14 @@ class PPO(L.LightningModule):
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
             for scheduler in self.lr_schedulers():
                 scheduler.step()
-        self.log_iteration(rollout, batch, stats, info)
+        self.metrics.log_iteration(self, rollout, batch, stats, info)
 
     @property
     def env_steps(self) -> int:
         """Env steps taken by the run, this iteration's rollout included: the datamodule's count (its one owner);
         without a datamodule, the loaded checkpoint's (for reading); else 0."""
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        return int(getattr(datamodule, "env_steps", self._checkpoint_env_steps))
+        return int(getattr(datamodule, "env_steps", self.resume.env_steps))
 
     def update(self, rollout: Rollout, batch: dict[str, Tensor]) -> tuple[Stats, dict[str, float]]:
         """One iteration's learning: for each role, in ``update_order``, its epochs of its loss; then the weight
@@ -478,207 +457,20 @@ class PPO(L.LightningModule):
                 f"this update was applied. {kept} Lower the learning rate, turn on data.normalize_observation / "
                 "data.normalize_reward, or check the env's rewards and observations for NaN/inf.")
 
-    # ------------------------------------------------------------------ metrics
+    # ------------------------------------------------------------------ metrics and checkpoints
     def on_train_start(self) -> None:
-        self._fit_start = (time.perf_counter(), self.trainer.datamodule.env_steps if self.trainer.datamodule else 0)
+        self.metrics.start(self.trainer.datamodule.env_steps if self.trainer.datamodule else 0)
         if self.trainer.ckpt_path:
-            self.apply_config_on_resume()
-
-    def log_iteration(self, rollout: Rollout, batch: dict[str, Tensor], stats: Stats,
-                      info: dict[str, float]) -> None:
-        """Logs the iteration's metrics against env steps, and exposes them to callbacks and the progress bar."""
-        metrics: dict[str, Any] = {"env_steps": float(rollout.env_steps), "train/iteration": float(rollout.iteration)}
-        for name in self.loss_metrics:
-            if stats.get(name):
-                self.metrics[name].update(torch.stack(stats[name]))
-                metrics[f"train/{name}"] = self.metrics[name].compute()
-                self.metrics[name].reset()
-        if rollout.episode_returns.numel():
-            for name, values in (("episodic_return", rollout.episode_returns), ("episodic_length", rollout.episode_lengths)):
-                self.metrics[name].update(values)
-                metrics[f"train/{name}"] = self.metrics[name].compute()
-                self.metrics[name].reset()
-        values, returns = batch["values"], batch["returns"]
-        if "valid" in batch:  # sequences: their valid samples
-            values, returns = values[batch["valid"]], returns[batch["valid"]]
-        metrics["train/explained_variance"] = explained_variance(values, returns)
-        metrics["train/actor_updates"] = float(len(stats.get("policy_loss", [])))
-        for role, opt in zip(("actor", "critic"), self.optimizers()):
-            metrics[f"train/lr_{role}"] = opt.param_groups[0]["lr"]
-        now = time.perf_counter()
-        start_time, start_steps = self._fit_start or (now - 1e-9, 0)
-        metrics["perf/sps"] = (rollout.env_steps - start_steps) / max(now - start_time, 1e-9)
-        metrics["perf/rollout_time"] = rollout.rollout_time
-        metrics.update(info)
-        metrics = self._log_against_env_steps(metrics)
-        # Callbacks and the progress bar see a few metrics; each self.log costs about a millisecond.
-        shown = {"train/episodic_return": "return", "perf/sps": "sps"}
-        self.log("env_steps", metrics["env_steps"], logger=False, on_step=True, on_epoch=False, batch_size=1)
-        self.log_dict({shown[k]: metrics[k] for k in shown if k in metrics}, logger=False, prog_bar=True,
-                      on_step=True, on_epoch=False, batch_size=1)
+            self.resume.apply_config(self)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._log_evaluation("val", batch)
+        self.metrics.log_evaluation(self, "val", batch)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._log_evaluation("test", batch)
+        self.metrics.log_evaluation(self, "test", batch)
 
-    def _log_evaluation(self, stage: str, batch: dict[str, Tensor]) -> None:
-        returns, lengths = batch["episode_returns"].float(), batch["episode_lengths"].float()
-        std = returns.std(unbiased=False) if returns.numel() > 1 else torch.zeros(())
-        metrics = {f"{stage}/episodic_return_mean": returns.mean(), f"{stage}/episodic_return_std": std,
-                   f"{stage}/episodic_length_mean": lengths.mean(), f"{stage}/episodes": float(returns.numel())}
-        self.log_dict(metrics, logger=False, batch_size=1)
-        self._log_against_env_steps({"env_steps": float(self.env_steps), **metrics})
-
-    def _log_against_env_steps(self, metrics: dict[str, Any]) -> dict[str, float]:
-        """Writes ``metrics`` to every logger with the env-step count as the step; returns them as floats."""
-        values = {k: float(v) for k, v in metrics.items()}
-        self.last_logged.update(values)
-        for logger in self.loggers:
-            logger.log_metrics(values, step=int(values["env_steps"]))
-        return values
-
-    # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["env_steps"] = self.env_steps  # for reading a checkpoint; the datamodule's state restores the count
-        checkpoint["optimizer_classes"] = {role: type(opt).__name__ for role, opt in zip(ROLES, self.trainer.optimizers)}
-        checkpoint["lr_schedules"] = {role: describe_schedule(config.scheduler)
-                                      for role, config in zip(ROLES, self.trainer.lr_scheduler_configs)}
-        # The critic's stream as the critic's first rank has it, the others as the actor's has them.
-        by_actor, by_critic = (self.placement.from_role(self.shuffler.state_dict(), role) for role in ROLES)
-        checkpoint["shuffle_generators"] = {**{k: v for k, v in by_actor.items() if k != "critic"},
-                                            **{k: v for k, v in by_critic.items() if k == "critic"}}
-        np_state = np.random.get_state()
-        checkpoint["rng_states"] = {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                      "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-            "python": random.getstate(),
-        }
+        self.resume.save(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._resume_notes = self.check_resume(checkpoint)
-        if self._trainer is not None and self.trainer.state.fn == "fit":
-            # The schedules are rebuilt from this run's config (apply_config_on_resume); of the checkpoint's, only
-            # how far they have run is kept, so Lightning loads no scheduler state (of another class, it could not).
-            self._schedule_progress = [int(state["last_epoch"]) for state in checkpoint.get("lr_schedulers", [])]
-            self._saved_schedules = checkpoint.get("lr_schedules", {})
-            checkpoint["lr_schedulers"] = []
-        self._check_compatible(checkpoint.get("state_dict", {}))
-        self.shuffler.load_state_dict(checkpoint.get("shuffle_generators", {}))
-        self._checkpoint_env_steps = int(checkpoint.get("env_steps", 0))
-        rng = checkpoint.get("rng_states")
-        if rng:
-            torch.set_rng_state(rng["torch"])
-            if rng["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
-            n = rng["numpy"]
-            np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                                 n["cached_gaussian"]))
-            random.setstate(rng["python"])
-
-    # ------------------------------------------------------------------ resume
-    #: Hyperparameters that shape the networks, or only set their initial weights: with other values than
-    #: the checkpoint's they could not take effect, so resuming with them is refused.
-    network_hparams: tuple[str, ...] = ("arch", "hidden_sizes", "activation", "log_std_init", "recurrent",
-                                        "recurrent_size")
-
-    def check_resume(self, checkpoint: dict[str, Any]) -> list[str]:
-        """Before anything is restored: refuses a config that cannot apply to the checkpoint's networks and
-        optimizer state (one line naming the key); returns how this run's model and data config differ
-        from the checkpoint's, as ``key: old -> new`` lines. Everything else in this run's config applies."""
-        source = f"the checkpoint {self.trainer.ckpt_path}" if self._trainer is not None else "the checkpoint"
-        hparams = checkpoint.get("hyper_parameters", {})
-        saved_class = str(hparams.get("_class_path", "")).rpartition(".")[2]
-        if saved_class and saved_class != type(self).__name__:
-            raise ConfigError(f"model.class_path: {source} was trained by {saved_class}, not {type(self).__name__}; "
-                              f"resume it with model.class_path of {saved_class}, or start without --ckpt_path.")
-        for key in self.network_hparams:
-            if key in hparams and hparams[key] != self.hparams.get(key):
-                raise ConfigError(
-                    f"model.{key}: {source} was trained with {key}={hparams[key]!r}, this run asks for "
-                    f"{self.hparams.get(key)!r}; that cannot apply to the saved networks. Resume with "
-                    f"model.{key}={hparams[key]!r}, or start a new run without --ckpt_path.")
-        probe = [torch.nn.Parameter(torch.zeros(1))]
-        fitting = self._trainer is not None and self.trainer.state.fn == "fit"  # not for evaluation alone
-        for role, saved in checkpoint.get("optimizer_classes", {}).items() if fitting else ():
-            configured = type(getattr(self, f"{role}_optimizer")(probe)).__name__
-            if configured != saved:
-                raise ConfigError(
-                    f"model.{role}_optimizer: {source} was trained with {saved}, whose state cannot be loaded into "
-                    f"{configured}. Resume with {saved}, or start a new run without --ckpt_path.")
-        notes = _differences("model", hparams, dict(self.hparams))
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        saved_data = checkpoint.get("datamodule_hyper_parameters", {})
-        if datamodule is not None and saved_data:
-            notes += _differences("data", saved_data, dict(datamodule.hparams))
-        return notes
-
-    def apply_config_on_resume(self) -> None:
-        """Once Lightning has restored the optimizers from the checkpoint, this run's config takes over where it
-        can: each optimizer's hyperparameters (LR, betas, eps, ...) are the configured ones (its moments and
-        step counts stay the checkpoint's), and each schedule is rebuilt from the config and run forward over
-        the iterations the checkpoint's had run, so ``anneal_lr`` anneals over this run's budget and rollout
-        size (an extended run does not train at LR 0). Prints what differs from the checkpoint."""
-        notes = list(self._resume_notes)
-        progress = self._schedule_progress
-        for i, (role, optimizer, config) in enumerate(zip(ROLES, self.trainer.optimizers, self.trainer.lr_scheduler_configs)):
-            for group, new in zip(optimizer.param_groups, self.make_optimizer(role).param_groups):
-                for key, value in new.items():
-                    old = group.get("initial_lr", group.get("lr")) if key == "lr" else group.get(key)
-                    if key != "params" and old != value:
-                        notes.append(f"model.{role}_optimizer.{key}: {old!r} -> {value!r}")
-                group.update({key: value for key, value in new.items() if key != "params"}, initial_lr=new["lr"])
-            done = progress[i] if i < len(progress) else 0
-            with warnings.catch_warnings():  # the schedule is run forward before this run's first step
-                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-                scheduler = self.make_scheduler(role, optimizer)
-                for _ in range(done):
-                    scheduler.step()
-            after = describe_schedule(scheduler)
-            before = self._saved_schedules.get(role, after)
-            if before != after:
-                notes.append(f"model.{role}_scheduler: {before} -> {after}")
-            config.scheduler = scheduler
-        if notes:
-            rank_zero_info(f"Resuming from {self.trainer.ckpt_path} with this run's config, which differs from the "
-                           "checkpoint's in:\n  " + "\n  ".join(notes))
-
-    def _check_compatible(self, saved: dict[str, Tensor]) -> None:
-        """A checkpoint whose networks do not fit these gets one clear error instead of a shape dump."""
-        own = {k: v.shape for k, v in self.state_dict().items()}
-        problems = [k for k in own if k not in saved] + [k for k in saved if k not in own]
-        problems += [f"{k} {tuple(saved[k].shape)} vs {tuple(own[k])}" for k in own if k in saved and saved[k].shape != own[k]]
-        if problems:
-            raise ConfigError(
-                f"ckpt_path: the checkpoint's networks do not match this model/env ({'; '.join(problems[:4])}). "
-                "Use the config the checkpoint was trained with (same data.env_id, model.arch, model.hidden_sizes), "
-                "or start without --ckpt_path."
-            )
-
-
-def _constant(_: int) -> float:
-    return 1.0
-
-
-def _differences(prefix: str, saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``prefix.key: old -> new`` for each setting whose value differs (internal ``_`` keys left out)."""
-    unset = "(unset)"
-    return [f"{prefix}.{key}: {saved.get(key, unset)!r} -> {current.get(key, unset)!r}"
-            for key in sorted(set(saved) | set(current))
-            if not key.startswith("_") and saved.get(key, unset) != current.get(key, unset)]
-
-
-# A schedule's progress, as opposed to its settings.
-_SCHEDULE_PROGRESS = {"last_epoch", "_step_count", "_last_lr", "base_lrs", "_get_lr_called_within_step", "_is_initial",
-                      "verbose", "lr_lambdas"}
-
-
-def describe_schedule(scheduler: Any) -> str:
-    """An LR schedule's settings in words, e.g. ``linear decay to 0 over 64 iterations``."""
-    if isinstance(scheduler, LambdaLR):
-        return ", ".join("constant" if f is _constant else repr(f) for f in scheduler.lr_lambdas)
-    settings = {k: v for k, v in scheduler.state_dict().items() if k not in _SCHEDULE_PROGRESS}
-    return f"{type(scheduler).__name__}({', '.join(f'{k}={v!r}' for k, v in sorted(settings.items()))})"
+        self.resume.load(self, checkpoint)

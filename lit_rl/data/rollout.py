@@ -4,11 +4,12 @@ Every field declares its layout, and whether PPG's store keeps it:
 
 - ``time``: ``[T, N, ...]``, one row per step (observations, actions, rewards, flags);
 - ``env``: ``[N, ...]``, one row per env (the observation after the last step, the initial recurrent state);
-- ``episodes``: ``[E]``, one entry per episode that ended in the round (a varying count);
+- ``episodes``: ``[E]``, one entry per episode that ended in the round (a varying count), logged as a metric;
 - ``round``: one value for the round (its env-step count, its index, its wall time).
 
 Gathering across ranks (:func:`join`), PPG's store (:meth:`Rollout.stored`), batch preparation
-(:meth:`Rollout.time_fields`, :func:`flatten_valid`, :func:`to_sequences`) and minibatching read these
+(:meth:`Rollout.time_fields`, :func:`flatten_valid`, :func:`to_sequences`), minibatching and the episode metrics
+(:meth:`Rollout.episode_metrics`) read these
 declarations; adding a tensor field is one line in :class:`Rollout` (or a subclass: the fields are keyword-only,
 so their order does not matter).
 """
@@ -34,9 +35,10 @@ def env_major(stored: bool = False, optional: bool = False) -> Any:
     return field(default=None, metadata=metadata, kw_only=True) if optional else field(metadata=metadata, kw_only=True)
 
 
-def per_episode() -> Any:
-    """An ``[E]`` field: one entry per episode that ended in the round; gathered by concatenation."""
-    return field(metadata={"layout": EPISODES, "stored": False}, kw_only=True)
+def per_episode(metric: str) -> Any:
+    """An ``[E]`` field: one entry per episode that ended in the round; gathered by concatenation, and logged
+    each iteration as the mean ``train/<metric>``."""
+    return field(metadata={"layout": EPISODES, "stored": False, "metric": metric}, kw_only=True)
 
 
 def per_round(merge: Callable[[list[Any]], Any]) -> Any:
@@ -70,8 +72,8 @@ class Rollout:
     last_value: Tensor = env_major()  # [N]      V_old of the observation after the last step
     last_obs: Tensor = env_major(stored=True)  # [N, *obs_shape] the observation after the last step (PPG recomputes its value)
     last_start: Tensor = env_major(stored=True)  # [N] bool: whether last_obs starts an episode
-    episode_returns: Tensor = per_episode()  # [E]  raw returns of the episodes that ended in this rollout
-    episode_lengths: Tensor = per_episode()  # [E]
+    episode_returns: Tensor = per_episode("episodic_return")  # [E]  raw returns of the episodes that ended in this rollout
+    episode_lengths: Tensor = per_episode("episodic_length")  # [E]
     env_steps: int = per_round(_first)  # env steps taken by the run so far, this rollout included (the same on every rank)
     iteration: int = per_round(_first)  # 0-based index of this rollout in the run (the same on every rank)
     rollout_time: float = per_round(max)  # seconds spent collecting (the slowest rank's)
@@ -85,6 +87,11 @@ class Rollout:
     @classmethod
     def time_fields(cls) -> tuple[str, ...]:
         return tuple(name for name, layout in cls.layout().items() if layout == TIME)
+
+    @classmethod
+    def episode_metrics(cls) -> dict[str, str]:
+        """The per-episode fields, by name, with the metric each is logged as."""
+        return {f.name: f.metadata["metric"] for f in fields(cls) if f.metadata["layout"] == EPISODES}
 
     @classmethod
     def stored_fields(cls) -> tuple[str, ...]:
