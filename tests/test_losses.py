@@ -99,6 +99,12 @@ def test_normalize_advantages_over_itself_has_mean_zero_std_one():
     assert out.std().item() == pytest.approx(1.0, rel=1e-6)
 
 
+def test_normalize_advantages_of_two_samples_is_normalized():
+    """Two samples are enough: (x - mean) / std, with the unbiased std (sqrt(2) for 1 and 3)."""
+    adv = torch.tensor([1.0, 3.0], dtype=F64)
+    assert_close(normalize_advantages(adv, adv), torch.tensor([-1.0, 1.0], dtype=F64) / math.sqrt(2))
+
+
 def test_normalize_advantages_uses_the_stats_of_over_not_of_the_share():
     over = torch.tensor([0.0, 2.0, 4.0, 10.0], dtype=F64)  # mean 4, unbiased std sqrt(56/3)
     share = over[:2]

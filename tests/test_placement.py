@@ -143,6 +143,24 @@ def test_normalization_statistics_are_merged_over_processes(presets):
     assert checkpoint["RolloutDataModule"]["return_rms"]["count"] == single["data"]["return_rms"]["count"]
 
 
+def test_the_checkpoint_holds_each_optimizer_as_its_role_has_it(presets):
+    """Rank 0 writes the checkpoint, and under critic_device it does not train the critic: the critic's
+    optimizer state (Adam's step counts and moments) and its minibatch stream must come from rank 1. They
+    equal the one-process run's; rank 0's own copy of the critic optimizer never stepped."""
+    (single,), two = presets["single"], presets["critic_device"]
+    one = torch.load(next(single["dir"].rglob("last.ckpt")), weights_only=False)
+    placed = torch.load(next(two[0]["dir"].rglob("last.ckpt")), weights_only=False)
+    for i in range(2):
+        expected, got = one["optimizer_states"][i]["state"], placed["optimizer_states"][i]["state"]
+        assert expected and expected.keys() == got.keys(), i
+        for key in expected:
+            assert torch.equal(expected[key]["step"], got[key]["step"]), (i, key)
+            assert torch.allclose(expected[key]["exp_avg_sq"], got[key]["exp_avg_sq"], rtol=1e-4, atol=1e-10), (i, key)
+    assert one["shuffle_generators"].keys() == placed["shuffle_generators"].keys()
+    for stream, state in one["shuffle_generators"].items():
+        assert torch.equal(torch.as_tensor(state), torch.as_tensor(placed["shuffle_generators"][stream])), stream
+
+
 def test_ranks_that_do_not_exist_are_refused(tmp_path):
     proc = lit_rl("fit", "--config", str(REPO / "configs/ppo/cartpole.yaml"), *SMALL, "--data.num_envs", "4",
                   "--trainer.devices", "2", "--trainer.strategy", "lit_rl.distributed.ActorCriticPlacement",

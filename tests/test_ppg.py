@@ -1,6 +1,7 @@
 """PPG: gradient routing per architecture, the auxiliary phase's two jobs, gradient surgery, memory, resume."""
 
 import copy
+from collections import Counter
 
 import gymnasium as gym
 import numpy as np
@@ -276,7 +277,7 @@ def test_store_keeps_what_the_formula_says_and_big_settings_are_refused(tmp_path
 
 
 @pytest.mark.parametrize("aux_minibatch", ["sequences", "samples"])
-def test_aux_phase_takes_minibatches_of_aux_minibatch_size_sequences(tmp_path, aux_minibatch):
+def test_aux_phase_takes_minibatches_of_aux_minibatch_size_sequences(tmp_path, aux_minibatch, monkeypatch):
     """The reference (openai/phasic-policy-gradient) trains the aux phase on minibatches of aux_mbsize=4
     (env, rollout) sequences. n_pi 2 x 4 envs = 8 sequences: 2 minibatches per aux epoch, so 6 epochs take
     12 steps of each optimizer; the default must be the reference's 4."""
@@ -293,9 +294,19 @@ def test_aux_phase_takes_minibatches_of_aux_minibatch_size_sequences(tmp_path, a
         return parts
 
     module.minibatches = minibatches
+    steps: Counter = Counter()  # optimizer steps of the auxiliary phase, by role
+    step = RoleUpdater.step
+
+    def counted(self, loss_fn, what):
+        if what.startswith("auxiliary-phase"):
+            steps[self.role] += 1
+        return step(self, loss_fn, what)
+
+    monkeypatch.setattr(RoleUpdater, "step", counted)
     fit(module, dm, tmp_path)
     assert module.aux_phases == 1
     assert len(sizes) == 6 * 2
+    assert steps == {"actor": 12, "critic": 12}
     if aux_minibatch == "sequences":
         assert sizes == [4] * 12
     else:  # as many single steps as 4 sequences of 32 steps hold, split evenly over the valid ones
