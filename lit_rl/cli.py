@@ -198,6 +198,12 @@ class LitRLCLI(LightningCLI):
         # The batch is checked once, by the module's setup, on the datamodule the run uses (PPO.check_batch).
         L.seed_everything(cfg.data.seed, workers=True, verbose=False)
 
+    def before_fit(self) -> None:
+        """The module's checks of the data (:meth:`lit_rl.algos.PPO.check_data`) before the trainer writes
+        anything: a run that cannot train leaves no run folder, config copy or logger run."""
+        if isinstance(self.model, PPO) and self.datamodule is not None:
+            self.model.check_data(self.datamodule)
+
     def after_fit(self) -> None:
         """Under ``lit-rl sweep`` (``LIT_RL_SUMMARY_FILE`` set): the run's summary for the sweep, from rank 0."""
         path = os.environ.get(SUMMARY_ENV)

@@ -81,9 +81,11 @@ def batch_size(config: str) -> int:
     return int(data["num_envs"]) * int(data["num_steps"])
 
 
-def run_case(name: str, root: Path) -> dict[str, Any]:
-    """Runs one case with ``lit-rl fit``: each rank's final parameters and the logged training metrics."""
+def run_case(name: str, root: Path, more: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Runs one case with ``lit-rl fit`` (``more``: flags added to the case's): each rank's final parameters and
+    the logged training metrics."""
     config, extra, iterations = CASES[name]
+    extra = [*extra, *more]
     out = root / name.replace("/", "_")
     args = ["fit", "--config", config, *extra, *QUIET, "--data.total_timesteps", str(int(iterations * batch_size(config))),
             "--trainer.logger.save_dir", str(out), "--trainer.callbacks+=scripts.behaviour_reference.SaveFinalState",
@@ -136,6 +138,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", choices=["record", "compare"])
     parser.add_argument("--cases", nargs="*", default=list(CASES), help="case names (default: all)")
+    parser.add_argument("--more", default="", help="flags added to every case, e.g. '--data.collection overlapped "
+                        "--data.policy_lag 0' (compare: that mode must give the reference's numbers)")
     args = parser.parse_args()
     # record --cases: those cases are recorded again, the others kept.
     reference = torch.load(REFERENCE, weights_only=False) if REFERENCE.exists() else {"cases": {}}
@@ -143,7 +147,7 @@ def main() -> None:
     print(f"{'case':40s} {'ranks':>5s} {'rows':>5s}  result")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.cases:
-            result = run_case(name, Path(tmp))
+            result = run_case(name, Path(tmp), tuple(args.more.split()))
             if args.mode == "record":
                 reference["cases"][name] = result
                 verdict = "recorded"

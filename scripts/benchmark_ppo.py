@@ -33,13 +33,14 @@ CONFIG = REPO / "configs/ppo/cartpole_cleanrl.yaml"
 TARGET = 0.5  # training SPS / ceiling SPS
 
 
-def train(total: int, accelerator: str, workdir: str, config: Path = CONFIG, late_fraction: float = 0.05
-          ) -> dict[str, Any]:
-    """Trains ``config`` for ``total`` env steps in ``workdir``: wall time, rollout and update time (their sum
-    is ``loop``), the mean training return over the last ``late_fraction`` of the steps, and the module."""
+def train(total: int, accelerator: str, workdir: str, config: Path = CONFIG, late_fraction: float = 0.05,
+          extra: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+    """Trains ``config`` (with the flags ``extra``) for ``total`` env steps in ``workdir``: wall time, rollout and
+    update time (their sum is ``loop``), the mean training return over the last ``late_fraction`` of the steps,
+    and the module."""
     args = ["fit", "--config", str(config), "--data.total_timesteps", str(total), "--trainer.accelerator", accelerator,
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-            "--trainer.limit_val_batches", "0", "--checkpoint.every_n_env_steps", "0"]
+            "--trainer.limit_val_batches", "0", "--checkpoint.every_n_env_steps", "0", *extra]
     cwd = os.getcwd()
     os.chdir(workdir)
     try:

@@ -87,3 +87,30 @@ class CueEnv(gym.Env):
 
 
 gym.register("Cue-v0", entry_point=CueEnv)
+
+
+class StallEnv(gym.Env):
+    """CartPole that misbehaves after ``after`` steps of this env instance: ``mode`` ``raise`` raises, ``hang``
+    sleeps for an hour (a stuck simulator), ``slow`` takes 2 ms a step."""
+
+    def __init__(self, after: int = 100, mode: str = "raise") -> None:
+        self.inner = gym.make("CartPole-v1")
+        self.observation_space = self.inner.observation_space
+        self.action_space = self.inner.action_space
+        self.after, self.mode, self.steps = after, mode, 0
+
+    def reset(self, *, seed: Any = None, options: Any = None) -> Any:
+        return self.inner.reset(seed=seed, options=options)
+
+    def step(self, action: Any) -> Any:
+        self.steps += 1
+        if self.steps > self.after:
+            if self.mode == "raise":
+                raise RuntimeError(f"the simulator broke at step {self.steps}")
+            import time
+
+            time.sleep(0.002 if self.mode == "slow" else 3600)
+        return self.inner.step(action)
+
+
+gym.register("Stall-v0", entry_point=StallEnv, max_episode_steps=500)

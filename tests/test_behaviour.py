@@ -19,3 +19,17 @@ def test_training_matches_the_reference_exactly(tmp_path, reference, name):
     result = run_case(name, tmp_path)
     assert result["metrics"] and result["params"]
     assert differences(reference[name], result) == []
+
+
+# Overlapped collection at policy lag 0 is the synchronous run: every single-process case gives the reference's
+# numbers (overlapped collection runs with one learner process so far).
+ONE_PROCESS = [name for name in CASES if not name.startswith("placement/") or name.endswith("single_device")]
+OVERLAPPED_LAG_0 = ("--data.collection", "overlapped", "--data.policy_lag", "0")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ONE_PROCESS)
+def test_overlapped_collection_at_lag_0_matches_the_reference_exactly(tmp_path, reference, name):
+    result = run_case(name, tmp_path, OVERLAPPED_LAG_0)
+    assert result["metrics"] and result["params"]
+    assert differences(reference[name], result) == []

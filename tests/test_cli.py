@@ -46,6 +46,8 @@ BAD_INPUT = [
     (["--data.total_timesteps", "1001"], "data.total_timesteps"),
     (["--ckpt_path", "missing.ckpt"], "ckpt_path"),
     (["--ckpt_path", "last"], "ckpt_path=last"),
+    (["--data.policy_lag", "2"], "data.policy_lag"),
+    (["--data.collection", "overlapped", "--data.num_collectors", "3"], "data.num_collectors"),
 ]
 
 
@@ -57,6 +59,15 @@ def test_bad_input_gets_one_clear_message(extra, key, tmp_path, capsys, monkeypa
     assert code == 2
     assert key in err and "Traceback" not in err
     assert not list(tmp_path.rglob("metrics.csv")), "no run may start on bad input"
+
+
+def test_a_batch_that_does_not_split_leaves_no_run_behind(tmp_path, capsys, monkeypatch):
+    """The module's data checks run before the trainer starts: no run folder, config copy or wandb run."""
+    monkeypatch.chdir(tmp_path)
+    code, err = run_main(["fit", "--config", str(REPO / "configs/ppo/cartpole.yaml"), "--config",
+                          str(REPO / "configs/loggers/wandb.yaml"), *TINY, "--model.init_args.num_minibatches", "7"], capsys)
+    assert code == 2 and "model.num_minibatches" in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_config_file(tmp_path, capsys):

@@ -5,16 +5,16 @@ import pytest
 from tests.helpers import REPO, TINY, lit_rl, read_metrics
 
 
-def train(config: str, tmp_path) -> tuple[float, float]:
-    """Trains with a config as shipped; returns (mean training return over the episodes that ended in
-    the last 5% of the budget, mean greedy evaluation return at the end)."""
+def train(config: str, tmp_path, *more: str) -> tuple[float, float]:
+    """Trains with a config as shipped (``more``: flags added); returns (mean training return over the episodes
+    that ended in the last 5% of the budget, mean greedy evaluation return at the end)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
-    lit_rl("fit", "--config", str(REPO / config), *TINY, cwd=tmp_path)
+    lit_rl("fit", "--config", str(REPO / config), *TINY, *more, cwd=tmp_path)
     rows = read_metrics(next(tmp_path.rglob("metrics.csv")))
     budget = max(r["env_steps"] for r in rows if "env_steps" in r)
     late = [r["train/episodic_return"] for r in rows if "train/episodic_return" in r and r["env_steps"] > 0.95 * budget]
     evaluation = [r["val/episodic_return_mean"] for r in rows if "val/episodic_return_mean" in r]
-    print(f"{config}: budget {budget:.0f}, training return (last 5%) {sum(late) / len(late):.1f}, "
+    print(f"{config} {' '.join(more)}: budget {budget:.0f}, training return (last 5%) {sum(late) / len(late):.1f}, "
           f"greedy evaluation {evaluation[-1]:.1f}")
     return sum(late) / len(late), evaluation[-1]
 
@@ -45,3 +45,22 @@ def test_lstm_ppo_solves_cartpole_without_velocities_within_200k_steps_and_the_m
     assert lstm_train >= 475 and lstm_eval >= 475
     # Without memory the positions alone cannot tell which way the pole moves.
     assert mlp_train <= 0.5 * 475 and mlp_eval <= 0.5 * 475
+
+
+# Overlapped collection (data.collection=overlapped, policy lag 1: each rollout collected with the weights from
+# one update back while the learner updates), at the budgets the issue sets.
+OVERLAPPED = ("--data.collection", "overlapped")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config, budget, threshold", [
+    ("configs/ppo/cartpole.yaml", 150_000, 475),
+    ("configs/ppo/cartpole_cleanrl.yaml", 500_000, 475),
+    ("configs/ppo/pendulum.yaml", 300_000, -300),
+    ("configs/ppg/cartpole.yaml", 200_000, 475),
+    ("configs/ppo/cartpole_novel_lstm.yaml", 250_000, 475),
+])
+def test_overlapped_collection_learns(tmp_path, config, budget, threshold):
+    train_return, eval_return = train(config, tmp_path, *OVERLAPPED, "--data.total_timesteps", str(budget))
+    assert train_return >= threshold and eval_return >= threshold
+

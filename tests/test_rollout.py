@@ -9,8 +9,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from lit_rl.algos.ppg import PPG
 from lit_rl.algos.ppo import PPO
 from lit_rl.algos.metrics import RunMetrics
+from lit_rl.algos.updater import share_of
 from lit_rl.data.rollout import ENV, TIME, Rollout, env_major, flatten_valid, per_episode, time_major, to_sequences
 from lit_rl.data.store import RolloutStore
 from lit_rl.distributed.placement import gather_rollout
@@ -86,12 +88,22 @@ def test_a_new_field_reaches_the_store_the_batch_and_minibatches():
     assert torch.equal(store.rollouts[0]["cost"], rollout.cost) and "goal" not in store.rollouts[0]
     assert "actions" not in store.rollouts[0]  # declared not stored
 
+    ppg = PPG()  # the auxiliary phase's batch: one sequence per env, with the stored field
+    ppg.build(OBS, __import__("gymnasium").spaces.Discrete(2))
+    ppg.store.add(rollout)
+    aux = ppg.take_aux_batch()
+    assert torch.equal(aux["cost"], rollout.cost.transpose(0, 1)) and "goal" not in aux
+
     module = PPO()
     module.build(OBS, __import__("gymnasium").spaces.Discrete(2))
     batch = module.prepare_batch(rollout)
     valid = rollout.valid.flatten()
     assert torch.equal(batch["cost"], rollout.cost.flatten()[valid])  # flat valid samples, with the rest
     assert len(batch["cost"]) == len(batch["returns"]) == int(valid.sum())
+    idx = torch.tensor([5, 0, 3, 7])  # a minibatch, and each of two ranks' shares of it: the loss sees the field
+    assert torch.equal(share_of(batch, idx).data["cost"], batch["cost"][idx])
+    halves = [share_of(batch, idx, member, 2).data["cost"] for member in range(2)]
+    assert torch.equal(torch.cat(halves), batch["cost"][idx])
 
 
 def test_sequences_and_flat_samples_keep_the_time_env_layout():

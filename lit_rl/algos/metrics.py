@@ -8,7 +8,9 @@ resumed and extended, line up. The metrics of one iteration (``train/<name>``):
 - one mean per per-episode field of the rollout (as :meth:`lit_rl.data.Rollout.episode_metrics` names them:
   ``episodic_return``, ``episodic_length``), when an episode ended;
 - the explained variance of the collection-time values, the number of actor steps and each role's LR;
-- ``perf/sps`` since the fit started, ``perf/rollout_time`` and what the update reported (``perf/update_time``).
+- ``perf/sps`` since the fit started, the per-round fields the rollout declares a metric for
+  (``perf/rollout_time``; with overlapped collection ``perf/policy_lag``, ``perf/collector_wait``,
+  ``perf/learner_wait``), and what the update reported (``perf/update_time``).
 """
 
 import time
@@ -74,7 +76,7 @@ class RunMetrics(torch.nn.Module):
         now = time.perf_counter()
         start_time, start_steps = self._fit_start or (now - 1e-9, 0)
         metrics["perf/sps"] = (rollout.env_steps - start_steps) / max(now - start_time, 1e-9)
-        metrics["perf/rollout_time"] = rollout.rollout_time
+        metrics.update({name: getattr(rollout, field) for field, name in type(rollout).round_metrics().items()})
         return metrics
 
     def log_evaluation(self, module: "PPO", stage: str, batch: dict[str, Tensor]) -> None:

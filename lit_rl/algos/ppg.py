@@ -199,6 +199,7 @@ class PPG(PPO):
         assert self.agent is not None
         hp = self.hparams
         length = max(r["rewards"].shape[0] for r in self.store.rollouts)
+        time_fields = self.store.time_fields()
         parts: dict[str, list[Tensor]] = defaultdict(list)
         for stored in self.store.rollouts:
             r = {key: t.to(self.device) for key, t in stored.items()}
@@ -217,7 +218,8 @@ class PPG(PPO):
                 last_value = self.agent.value(r["last_obs"])
             next_values = torch.cat([values[1:], last_value.unsqueeze(0)])
             _, returns = gae(r["rewards"], values, next_values, r["terminated"], r["truncated"], hp.gamma, hp.gae_lambda)
-            fields = {"obs": r["obs"], "returns": returns, "old_params": old_params, "valid": r["valid"], "starts": r["starts"]}
+            # Every stored time-major field (obs, flags, rewards, and any a Rollout subclass declares stored).
+            fields = {**{key: r[key] for key in time_fields}, "returns": returns, "old_params": old_params}
             # Time-major [T, N, ...] -> [N, T, ...] sequences; a shorter last rollout is padded as invalid.
             for key, value in to_sequences({key: pad_time(value, length) for key, value in fields.items()}, length).items():
                 parts[key].append(value)

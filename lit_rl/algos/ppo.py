@@ -18,6 +18,7 @@ trunk in opposite directions, ``gradient_surgery: pcgrad`` removes the conflicti
 detached trunk features: the value loss never reaches the trunk.
 """
 
+import dataclasses
 import time
 import warnings
 from collections import defaultdict
@@ -199,6 +200,18 @@ class PPO(L.LightningModule):
                 f"does not split into {num_minibatches} minibatches; pick one of {divisors} or change num_steps."
             )
 
+    def check_data(self, datamodule: Any) -> None:
+        """What training needs of the datamodule's rollouts: they split into the minibatches, and reward
+        normalization uses the discount being learned. ``setup`` calls it; the ``lit-rl`` command calls it
+        before the trainer starts, so a bad combination leaves no run folder behind."""
+        hp = self.hparams
+        self.check_batch(datamodule.num_envs, datamodule.num_steps, hp.num_minibatches, hp.recurrent, hp.bptt_length)
+        data_hp = getattr(datamodule, "hparams", {})
+        if data_hp.get("normalize_reward") and data_hp.get("gamma", hp.gamma) != hp.gamma:
+            raise ConfigError(f"data.gamma ({data_hp['gamma']}) differs from model.gamma ({hp.gamma}); reward "
+                              "normalization must use the discount being learned. Give the datamodule model.gamma "
+                              "(the lit-rl command links the two: set model.gamma alone).")
+
     uses_aux_head = False  # PPG adds an auxiliary value head to the policy trunk
 
     def build(self, observation_space: Any, action_space: Any) -> None:
@@ -227,9 +240,8 @@ class PPO(L.LightningModule):
                 "preset in configs/placement/.")
         datamodule = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and datamodule is not None:
+            self.check_data(datamodule)
             hp = self.hparams
-            self.check_batch(datamodule.num_envs, datamodule.num_steps, hp.num_minibatches,
-                             hp.recurrent, hp.bptt_length)
             placement = self.placement
             if hp.gradient_surgery != "none" and placement.group_size("actor") > 1:
                 raise ConfigError(
@@ -237,11 +249,6 @@ class PPO(L.LightningModule):
                     f"{placement.group_size('actor')} ranks of the actor group (trainer.strategy.init_args.actor_ranks). "
                     "Give the actor one rank, or set gradient_surgery=none."
                 )
-        data_hp = getattr(datamodule, "hparams", {})
-        if data_hp.get("normalize_reward") and data_hp.get("gamma", self.hparams.gamma) != self.hparams.gamma:
-            raise ConfigError(f"data.gamma ({data_hp['gamma']}) differs from model.gamma ({self.hparams.gamma}); reward "
-                              "normalization must use the discount being learned. Give the datamodule model.gamma "
-                              "(the lit-rl command links the two: set model.gamma alone).")
         if stage == "fit":
             self.shuffler = Shuffler(int(getattr(datamodule, "seed", 0)))
 
@@ -275,24 +282,15 @@ class PPO(L.LightningModule):
         return LambdaLR(optimizer, constant)
 
     # ------------------------------------------------------------------ acting
-    @torch.inference_mode()
     def act(self, obs: Tensor, deterministic: bool = False, noise: Optional[Tensor] = None,
             history: Optional[History] = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Actions, their log-probs and the state values for a batch of observations. Actions are the
-        mode, or drawn with ``noise`` (uniform, a row per observation), or sampled. A recurrent policy
-        takes one step of ``history`` and leaves its new state in ``history.final_state``."""
+        """Actions, log-probs and values of the current policy, without gradients (:meth:`ActorCritic.act`)."""
         assert self.agent is not None
-        dist, value = self.agent(obs.unsqueeze(0) if history is not None else obs, history)
-        if deterministic:
-            action = dist.mode()
-        else:
-            action = dist.sample_from(noise) if noise is not None else dist.sample()
-        return action, dist.log_prob(action), value
+        return self.agent.act(obs, deterministic, noise, history)
 
-    @torch.inference_mode()
     def value(self, obs: Tensor, history: Optional[History] = None) -> Tensor:
         assert self.agent is not None
-        return self.agent.value(obs.unsqueeze(0) if history is not None else obs, history)
+        return self.agent.act_value(obs, history)
 
     def initial_state(self, batch: int) -> Optional[Tensor]:
         """The recurrent state before any step (None without a summarizer)."""
@@ -305,6 +303,8 @@ class PPO(L.LightningModule):
         # prefetching would collect it one update too early. StopIteration at the budget ends training.
         rollout: Rollout = next(dataloader_iter)[0].to(self.device)
         rollout = self.placement.gather_rollout(rollout)  # every rank's shard: all compute the same advantages
+        if rollout.policy_lag:  # collected with older weights (overlapped collection)
+            rollout = self.revalue(rollout)
         batch = self.prepare_batch(rollout)
         stats, info = self.update(rollout, batch)
         stats = self.placement.merge_stats(stats)  # every rank logs the stats of the roles it did not run, too
@@ -368,6 +368,27 @@ class PPO(L.LightningModule):
         ``stream``'s own shuffle (:class:`~lit_rl.algos.updater.Shuffler`)."""
         count = self.hparams.num_minibatches if count is None else count
         return self.shuffler.split(size, stream, count, self.device)
+
+    @torch.no_grad()
+    def revalue(self, rollout: Rollout) -> Rollout:
+        """A rollout collected by an older policy, with ``values`` and ``last_value`` from the current critic.
+
+        Advantages, returns and the value clip then come from the critic being updated, as when collection
+        and update take turns; the log-probs stay those of the policy that acted (the PPO ratio is the current
+        policy over the behaviour policy). A recurrent critic runs from the state recorded at collection.
+        """
+        assert self.agent is not None
+        T, N = rollout.num_steps, rollout.num_envs
+        if self.agent.recurrent:
+            assert rollout.initial_state is not None
+            history = History(rollout.starts, rollout.initial_state)
+            _, values = self.agent(rollout.obs, history)
+            assert history.final_state is not None
+            last = self.agent.value(rollout.last_obs.unsqueeze(0), History(rollout.last_start.unsqueeze(0), history.final_state))
+        else:
+            values = self.agent.value(rollout.obs.flatten(0, 1))
+            last = self.agent.value(rollout.last_obs)
+        return dataclasses.replace(rollout, values=values.view(T, N), last_value=last)
 
     def prepare_batch(self, rollout: Rollout) -> dict[str, Tensor]:
         """Advantages and returns from the pre-update critic, with every time-major field of the rollout: the

@@ -11,11 +11,13 @@ import torch
 from gymnasium.wrappers import vector as vw
 
 from lit_rl.data.collector import Collector, Policy
+from lit_rl.data.overlap import CollectorSpec, OverlappedCollection, Schedule, merge_moments
 from lit_rl.data.rollout import Rollout
 from lit_rl.errors import ConfigError
 from lit_rl.wrappers import NormalizeObservation, NormalizeReward, mask_vector_observation
 
 VectorizationMode = Literal["auto", "sync", "async", "vector_entry_point"]
+Collection = Literal["sync", "overlapped"]
 
 
 def check_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
@@ -70,6 +72,14 @@ class RolloutDataModule(L.LightningDataModule):
         eval_envs: Envs that run those episodes in parallel.
         record_video: Record evaluation episodes of the first eval env (needs ``moviepy``).
         video_dir: Where videos go; defaults to the logger's folder.
+        collection: ``sync`` (default): a rollout is collected when the module asks for it, with the current
+            policy, while the update waits. ``overlapped``: collector processes collect the next rollouts while
+            the module updates on this one, with weights ``policy_lag`` updates old (:mod:`lit_rl.data.overlap`).
+        policy_lag: Overlapped only (default 1): rollout ``j`` is collected with the weights after update
+            ``j - policy_lag``, exactly. 0 collects with the newest weights (no overlap; the synchronous run).
+        num_collectors: Overlapped only (default 1): collector processes; ``num_envs`` must divide by it.
+        collector_timeout: Overlapped only (default 300): seconds without a rollout after which the run stops
+            with an error naming the collector.
     """
 
     def __init__(
@@ -92,6 +102,10 @@ class RolloutDataModule(L.LightningDataModule):
         eval_envs: int = 10,
         record_video: bool = False,
         video_dir: Optional[str] = None,
+        collection: Collection = "sync",
+        policy_lag: Optional[int] = None,
+        num_collectors: Optional[int] = None,
+        collector_timeout: Optional[float] = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -110,6 +124,21 @@ class RolloutDataModule(L.LightningDataModule):
         for key, value in (("clip_observation", clip_observation), ("clip_reward", clip_reward)):
             if value is not None and value <= 0:
                 raise ConfigError(f"data.{key}: must be positive or null, got {value}.")
+        overlapped = {"policy_lag": policy_lag, "num_collectors": num_collectors, "collector_timeout": collector_timeout}
+        if collection == "sync":
+            given = [key for key, value in overlapped.items() if value is not None]
+            if given:
+                raise ConfigError(f"data.{given[0]}: applies to data.collection=overlapped only, and this run's "
+                                  "collection is sync; set data.collection=overlapped, or remove "
+                                  f"{', '.join('data.' + k for k in given)}.")
+        elif collection != "overlapped":
+            raise ConfigError(f"data.collection: {collection!r} is not one of 'sync', 'overlapped'.")
+        for key, value in overlapped.items():
+            if value is not None and (value < 0 if key == "policy_lag" else value <= 0):
+                raise ConfigError(f"data.{key}: must be {'>= 0' if key == 'policy_lag' else 'positive'}, got {value}.")
+        self.policy_lag = 1 if policy_lag is None else int(policy_lag)
+        self.num_collectors = 1 if num_collectors is None else int(num_collectors)
+        self.collector_timeout = 300.0 if collector_timeout is None else float(collector_timeout)
         if record_video:
             try:
                 import moviepy  # noqa: F401
@@ -128,6 +157,10 @@ class RolloutDataModule(L.LightningDataModule):
         self.iteration = 0
         self.collector: Optional[Collector] = None
         self.eval_collector: Optional[Collector] = None
+        # Overlapped collection: envs built here for their spaces and the run's normalization statistics, never
+        # stepped (the collector processes step theirs), and the processes themselves while a fit runs.
+        self.reference_envs: Optional[gym.vector.VectorEnv] = None
+        self.overlap: Optional[OverlappedCollection] = None
         self._norm_state: dict[str, Any] = {}
 
     # ----------------------------------------------------------------- environments
@@ -147,6 +180,17 @@ class RolloutDataModule(L.LightningDataModule):
 
     def check_processes(self) -> None:
         """A ConfigError unless the run's envs split evenly over the processes that collect."""
+        if self.hparams.collection == "overlapped":
+            if self.world_size > 1:
+                raise ConfigError(
+                    f"data.collection: overlapped collection runs with one learner process so far; this run has "
+                    f"{self.world_size} (trainer.num_nodes x trainer.devices, or a placement preset). Use "
+                    "data.collection=sync with placement, or one device.")
+            n, c = self.num_envs, self.num_collectors
+            if n % c:
+                raise ConfigError(f"data.num_collectors: data.num_envs={n} envs cannot be split evenly over {c} "
+                                  f"collector processes; use a divisor of {n}.")
+            return
         n, p = self.num_envs, self.world_size
         if n % p:
             near = " or ".join(str(k) for k in (n - n % p, n - n % p + p) if k > 0)
@@ -201,20 +245,31 @@ class RolloutDataModule(L.LightningDataModule):
         return self._any_envs().single_action_space
 
     def _any_envs(self) -> gym.vector.VectorEnv:
-        collector = self.collector or self.eval_collector
-        if collector is None:
+        envs = self.training_envs or (self.eval_collector.envs if self.eval_collector is not None else None)
+        if envs is None:
             raise RuntimeError("RolloutDataModule.setup() has not built any environments yet")
-        return collector.envs
+        return envs
+
+    @property
+    def training_envs(self) -> Optional[gym.vector.VectorEnv]:
+        """The training envs whose wrappers hold the run's normalization statistics: the collector's, or in
+        overlapped mode the reference envs (None before setup)."""
+        return self.collector.envs if self.collector is not None else self.reference_envs
 
     def setup(self, stage: str) -> None:
         from lit_rl.nets import check_spaces
 
         if stage == "fit":
             self.check_processes()
-        if stage == "fit" and self.collector is None:
-            self.collector = Collector(self.make_envs(self.envs_per_process, training=True),
-                                       env_offset=self.rank * self.envs_per_process, noise_seed=self.seed)
-            check_spaces(self.collector.envs.single_observation_space, self.collector.envs.single_action_space)
+        if stage == "fit" and self.training_envs is None:
+            if self.hparams.collection == "overlapped":
+                self.reference_envs = self.make_envs(1, training=True)
+            else:
+                self.collector = Collector(self.make_envs(self.envs_per_process, training=True),
+                                           env_offset=self.rank * self.envs_per_process, noise_seed=self.seed)
+            envs = self.training_envs
+            assert envs is not None
+            check_spaces(envs.single_observation_space, envs.single_action_space)
         if self.eval_collector is None:
             self.eval_collector = Collector(self.make_envs(min(self.hparams.eval_envs, self.hparams.eval_episodes), training=False,
                                                            video_folder=self._video_folder()))
@@ -232,10 +287,13 @@ class RolloutDataModule(L.LightningDataModule):
         return f"{log_dir or '.'}/videos"
 
     def teardown(self, stage: str) -> None:
-        for collector in (self.collector, self.eval_collector):
-            if collector is not None:
-                collector.envs.close()
-        self.collector = self.eval_collector = None
+        if self.overlap is not None:
+            self.overlap.close()
+            self.overlap = None
+        for envs in (self.training_envs, self.eval_collector.envs if self.eval_collector is not None else None):
+            if envs is not None:
+                envs.close()
+        self.collector = self.eval_collector = self.reference_envs = None
 
     # ----------------------------------------------------------------- rollouts
     @property
@@ -252,8 +310,12 @@ class RolloutDataModule(L.LightningDataModule):
     def rollouts(self, policy: Policy) -> Iterator[Rollout]:
         """Yields rollouts collected with ``policy`` until ``total_timesteps`` env steps are taken.
 
-        Each rollout is collected when it is asked for, so it always comes from the current policy.
+        Each rollout is collected when it is asked for, so it always comes from the current policy; in
+        overlapped mode (:meth:`overlapped_rollouts`) with the policy ``policy_lag`` updates back.
         """
+        if self.hparams.collection == "overlapped":
+            yield from self.overlapped_rollouts(policy)
+            return
         assert self.collector is not None
         # A resumed run starts fresh episodes, seeded apart from those the run already saw.
         seed = self.seed + self.rank * self.envs_per_process + self.iteration * 7919
@@ -267,6 +329,41 @@ class RolloutDataModule(L.LightningDataModule):
             self._stop_at_budget()
             yield rollout
         self._stop_at_budget()
+
+    def overlapped_rollouts(self, module: Any) -> Iterator[Rollout]:
+        """The same rollouts as :meth:`rollouts` (envs, seeds, noise, budget), collected by
+        ``num_collectors`` processes while the module learns. Before taking rollout ``j`` the module's weights
+        after update ``j - 1`` are published, with the statistics of the rollouts taken so far; a rollout is
+        counted when it is taken, and the collectors stop with the fit (a rollout in flight is dropped)."""
+        envs = self.reference_envs
+        assert envs is not None and module.agent is not None
+        stats = _running_stats(envs)
+        n = self.num_envs // self.num_collectors
+        seed = self.seed + self.iteration * 7919
+        schedule = Schedule(self.iteration, self.env_steps, self.num_envs, self.num_steps, self.total_timesteps)
+        first = self.iteration
+        hparams = {k: v for k, v in self.hparams.items() if not k.startswith("_")}
+        specs = [CollectorSpec(c, hparams, n, c * n, seed + c * n, self.seed, schedule, self.policy_lag, first)
+                 for c in range(self.num_collectors)]
+        self.overlap = OverlappedCollection(specs, module.agent, stats, self.policy_lag, self.collector_timeout)
+        try:
+            while self.env_steps < self.total_timesteps:
+                if self.iteration > first:
+                    self.overlap.publish(self.iteration, module.agent, stats)
+                rollout, moments, _ = self.overlap.take()
+                assert rollout.iteration == self.iteration
+                self.env_steps = rollout.env_steps
+                for name, rms in stats.items():
+                    rms.pending = merge_moments(moments[name])
+                    rms.commit(self._sum_over_processes)
+                self.iteration += 1
+                self._stop_at_budget()
+                yield rollout
+            self._stop_at_budget()
+        finally:
+            if self.overlap is not None:
+                self.overlap.close()
+                self.overlap = None
 
     def update_normalization(self) -> None:
         """Folds the rollout's observation and return moments, merged over all processes, into the
@@ -293,7 +390,7 @@ class RolloutDataModule(L.LightningDataModule):
     def _eval_batches(self) -> "_Stream":
         def episodes() -> Iterator[dict[str, torch.Tensor]]:
             assert self.eval_collector is not None
-            if self.collector is not None:  # during fit: evaluate with the current normalization statistics
+            if self.training_envs is not None:  # during fit: evaluate with the current normalization statistics
                 self._norm_state = {k: v for k, v in self.state_dict().items() if k.endswith("_rms")}
                 self._apply_norm_state(self.eval_collector.envs)
             returns, lengths = self.eval_collector.evaluate(
@@ -309,8 +406,8 @@ class RolloutDataModule(L.LightningDataModule):
     # ----------------------------------------------------------------- checkpoint state
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"env_steps": self.env_steps, "iteration": self.iteration}
-        if self.collector is not None:
-            for name, rms in _running_stats(self.collector.envs).items():
+        if self.training_envs is not None:
+            for name, rms in _running_stats(self.training_envs).items():
                 state[name] = {"mean": torch.tensor(rms.mean), "var": torch.tensor(rms.var), "count": float(rms.count)}
         elif self._norm_state:
             state.update(self._norm_state)
@@ -328,9 +425,9 @@ class RolloutDataModule(L.LightningDataModule):
                 f"could not stop exactly at the budget. Set data.total_timesteps to e.g. {fits}, or num_envs to "
                 f"a divisor of {left}.")
         self._norm_state = {k: v for k, v in state_dict.items() if k in ("obs_rms", "return_rms")}
-        for collector in (self.collector, self.eval_collector):
-            if collector is not None:
-                self._apply_norm_state(collector.envs)
+        for envs in (self.training_envs, self.eval_collector.envs if self.eval_collector is not None else None):
+            if envs is not None:
+                self._apply_norm_state(envs)
 
     def _apply_norm_state(self, envs: gym.vector.VectorEnv) -> None:
         for name, rms in _running_stats(envs).items():

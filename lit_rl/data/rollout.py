@@ -41,9 +41,16 @@ def per_episode(metric: str) -> Any:
     return field(metadata={"layout": EPISODES, "stored": False, "metric": metric}, kw_only=True)
 
 
-def per_round(merge: Callable[[list[Any]], Any]) -> Any:
-    """One value for the round; ``merge`` makes one value of every rank's."""
-    return field(metadata={"layout": ROUND, "stored": False, "merge": merge}, kw_only=True)
+_REQUIRED: Any = object()
+
+
+def per_round(merge: Callable[[list[Any]], Any], metric: Optional[str] = None, default: Any = _REQUIRED) -> Any:
+    """One value for the round; ``merge`` makes one value of every rank's. With ``metric`` it is logged each
+    iteration under that name."""
+    metadata = {"layout": ROUND, "stored": False, "merge": merge, "metric": metric}
+    if default is _REQUIRED:
+        return field(metadata=metadata, kw_only=True)
+    return field(default=default, metadata=metadata, kw_only=True)
 
 
 def _first(values: list[Any]) -> Any:
@@ -76,7 +83,11 @@ class Rollout:
     episode_lengths: Tensor = per_episode("episodic_length")  # [E]
     env_steps: int = per_round(_first)  # env steps taken by the run so far, this rollout included (the same on every rank)
     iteration: int = per_round(_first)  # 0-based index of this rollout in the run (the same on every rank)
-    rollout_time: float = per_round(max)  # seconds spent collecting (the slowest rank's)
+    rollout_time: float = per_round(max, "perf/rollout_time")  # seconds spent collecting (the slowest rank's)
+    # Overlapped collection (lit_rl.data.overlap); 0 when collection and update take turns.
+    policy_lag: int = per_round(max, "perf/policy_lag", default=0)  # updates the acting policy is behind the learner's
+    collector_wait: float = per_round(max, "perf/collector_wait", default=0.0)  # seconds collectors waited for weights or a free buffer
+    learner_wait: float = per_round(max, "perf/learner_wait", default=0.0)  # seconds the learner waited for this rollout
     initial_state: Optional[Tensor] = env_major(stored=True, optional=True)  # [N, S] a recurrent policy's state before the first step
 
     @classmethod
@@ -92,6 +103,11 @@ class Rollout:
     def episode_metrics(cls) -> dict[str, str]:
         """The per-episode fields, by name, with the metric each is logged as."""
         return {f.name: f.metadata["metric"] for f in fields(cls) if f.metadata["layout"] == EPISODES}
+
+    @classmethod
+    def round_metrics(cls) -> dict[str, str]:
+        """The per-round fields logged as metrics, by name, with the metric's name."""
+        return {f.name: f.metadata["metric"] for f in fields(cls) if f.metadata.get("metric") and f.metadata["layout"] == ROUND}
 
     @classmethod
     def stored_fields(cls) -> tuple[str, ...]:

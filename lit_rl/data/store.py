@@ -1,6 +1,7 @@
 """PPG's rollout store: what the auxiliary phase needs from the last ``N_pi`` rollouts, and no more.
 
-Per rollout it keeps the fields :class:`~lit_rl.data.rollout.Rollout` declares ``stored``: the observations,
+Per rollout it keeps the fields :class:`~lit_rl.data.rollout.Rollout` (or a subclass) declares ``stored``, and the
+auxiliary phase's sequences carry every stored time-major one: the observations,
 rewards, termination/truncation flags, the valid mask, the episode-start flags, the observation after the
 last step and (recurrent policies) the state at the rollout's start: enough to recompute value targets with the current critic and the policy's distribution
 at the phase start. Actions, log-probs, advantages and the old values are not kept.
@@ -17,6 +18,7 @@ Memory (bytes), with ``B = num_envs * num_steps`` samples per rollout and ``o`` 
   bytes, or a forward chunk of :data:`FORWARD_CHUNK` observations, ``FORWARD_CHUNK * 4 * e`` bytes.
 
 :meth:`RolloutStore.estimate_bytes` gives the peak; PPG refuses a setting whose peak does not fit.
+The estimate counts the fields above; the extra stored fields of a :class:`Rollout` subclass are not in it.
 """
 
 import os
@@ -26,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lit_rl.data.rollout import Rollout
+from lit_rl.data.rollout import TIME, Rollout
 
 # Observations per forward pass when the auxiliary phase recomputes values and pi_old over the store.
 FORWARD_CHUNK = 16384
@@ -37,12 +39,19 @@ class RolloutStore:
 
     def __init__(self) -> None:
         self.rollouts: list[dict[str, Tensor]] = []
+        self.layout = Rollout.layout()  # of the rollouts added last (a subclass may declare more fields)
 
     def __len__(self) -> int:
         return len(self.rollouts)
 
     def add(self, rollout: Rollout) -> None:
         self.rollouts.append(rollout.stored())
+        self.layout = type(rollout).layout()
+
+    def time_fields(self) -> tuple[str, ...]:
+        """The stored time-major fields (``[T, N, ...]``): what the auxiliary phase's sequences carry."""
+        names = self.rollouts[0] if self.rollouts else ()
+        return tuple(name for name in names if self.layout.get(name) == TIME)
 
     def clear(self) -> None:
         self.rollouts = []

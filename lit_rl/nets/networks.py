@@ -206,6 +206,24 @@ class ActorCritic(nn.Module):
         assert policy_features is not None and value_features is not None
         return self.policy_head(policy_features), self.value_head(value_features).squeeze(-1)
 
+    @torch.inference_mode()
+    def act(self, obs: Tensor, deterministic: bool = False, noise: Optional[Tensor] = None,
+            history: Optional[History] = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Actions, their log-probs and the state values for a batch of observations, without gradients.
+        Actions are the mode, or drawn with ``noise`` (uniform, a row per observation), or sampled. With a
+        ``history`` (recurrent) the batch is one step, and the new state is left in ``history.final_state``."""
+        dist, value = self(obs.unsqueeze(0) if history is not None else obs, history)
+        if deterministic:
+            action = dist.mode()
+        else:
+            action = dist.sample_from(noise) if noise is not None else dist.sample()
+        return action, dist.log_prob(action), value
+
+    @torch.inference_mode()
+    def act_value(self, obs: Tensor, history: Optional[History] = None) -> Tensor:
+        """The state values of a batch of observations (one step of ``history``), without gradients."""
+        return self.value(obs.unsqueeze(0) if history is not None else obs, history)
+
     def forward_aux(self, obs: Tensor, with_value: bool = True, history: Optional[History] = None
                     ) -> tuple[ActionDist, Tensor, Optional[Tensor]]:
         """``(policy, aux value, value or None)`` in one pass: what PPG's auxiliary phase reads."""

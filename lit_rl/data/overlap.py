@@ -1,0 +1,386 @@
+"""Overlapped collection on one machine: collector processes step the envs while the learner updates.
+
+``data.collection: overlapped`` has the :class:`~lit_rl.data.RolloutDataModule` start ``data.num_collectors``
+collector processes, each with its share of the run's envs. Three things cross between them, all in shared
+memory:
+
+- **Weights** (:class:`WeightRing`): after ``v`` updates the learner publishes version ``v`` (the networks'
+  weights, and the normalization statistics of the rollouts it has consumed) into slot ``v % (lag + 1)`` of
+  a ring. The collector of rollout ``j`` waits for version ``j - lag`` and acts with exactly that version,
+  so a run is as reproducible as a synchronous one, and at ``policy_lag: 0`` it is the synchronous run.
+- **Rollouts** (:class:`RolloutSlots`): each collector writes a rollout into one of ``lag + 1`` buffers it
+  allocated in shared memory once, and sends the learner the buffer's index with the few per-round and
+  per-episode values. The learner copies the rollout out and hands the buffer back.
+- **Normalization moments**: a collector never updates its statistics itself. It sends the moments of the
+  rollout's raw observations and returns; the learner merges them into the run's statistics (its
+  datamodule's, which checkpoints hold) and publishes them with the next weights.
+
+::
+
+    learner (datamodule + module)                    collector c (one process, envs c*n .. c*n+n-1)
+    ---------------------------------                ----------------------------------------------
+    publish(v): weights, statistics --> ring[v % R]  wait for version j - lag; load it
+    take(j) <-- rollout j in buffer b, moments ---   collect rollout j into buffer b
+    copy out, buffer b back ----------------------->  (reuses b for a later rollout)
+    merge moments; update on rollout j
+
+A collector that fails sends its traceback, and the learner raises it; one that dies or sends nothing for
+``data.collector_timeout`` seconds (once its envs are built; it may take :data:`STARTUP` seconds to start)
+ends the run with one line naming it. Collectors die with the learner,
+even when it is killed with SIGKILL (Linux's parent-death signal, and a check of the parent in every wait),
+and ignore Ctrl-C, which the learner handles: it stops them.
+"""
+
+import copy
+import ctypes
+import os
+import queue
+import signal
+import time
+import traceback
+from dataclasses import dataclass, fields
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+import torch.multiprocessing as mp
+from gymnasium.wrappers.utils import RunningMeanStd
+from torch import Tensor
+
+from lit_rl.data.rollout import ENV_DIM, TIME, Rollout, join
+from lit_rl.nets import ActorCritic, History
+
+POLL = 0.2  # seconds between checks of the other side while waiting
+STARTUP = 300.0  # seconds a collector may take to start (spawn, imports, building its envs), at least
+
+
+class CollectorError(RuntimeError):
+    """A collector process failed, died or stopped sending rollouts."""
+
+
+@dataclass
+class Schedule:
+    """The run's rollouts from ``iteration`` on: ``num_steps`` steps each over the run's ``num_envs`` envs until
+    ``total_timesteps`` env steps (the last one shorter), as the synchronous datamodule collects them."""
+
+    iteration: int
+    env_steps: int
+    num_envs: int
+    num_steps: int
+    total_timesteps: int
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        """``(iteration, steps, env_steps after it)`` of each rollout left."""
+        iteration, env_steps = self.iteration, self.env_steps
+        while env_steps < self.total_timesteps:
+            steps = min(self.num_steps, (self.total_timesteps - env_steps) // self.num_envs)
+            env_steps += steps * self.num_envs
+            yield iteration, steps, env_steps
+            iteration += 1
+
+
+class AgentPolicy:
+    """What a collector process acts with: an :class:`~lit_rl.nets.ActorCritic` on the CPU (the collector's
+    ``Policy``)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, agent: ActorCritic) -> None:
+        self.agent = agent
+
+    def act(self, obs: Tensor, deterministic: bool = False, noise: Optional[Tensor] = None,
+            history: Optional[History] = None) -> tuple[Tensor, Tensor, Tensor]:
+        return self.agent.act(obs, deterministic, noise, history)
+
+    def value(self, obs: Tensor, history: Optional[History] = None) -> Tensor:
+        return self.agent.act_value(obs, history)
+
+    def initial_state(self, batch: int) -> Optional[Tensor]:
+        return self.agent.initial_state(batch) if self.agent.recurrent else None
+
+
+def _moments(rms: RunningMeanStd) -> dict[str, Tensor]:
+    return {"mean": torch.as_tensor(np.asarray(rms.mean, dtype=np.float64)),
+            "var": torch.as_tensor(np.asarray(rms.var, dtype=np.float64)),
+            "count": torch.tensor(float(rms.count), dtype=torch.float64)}
+
+
+def _set_moments(rms: RunningMeanStd, moments: dict[str, Any]) -> None:
+    """Sets ``rms`` to ``moments`` (tensors or numpy arrays)."""
+    rms.mean = np.asarray(moments["mean"]).astype(np.asarray(rms.mean).dtype).reshape(np.shape(rms.mean))
+    rms.var = np.asarray(moments["var"]).astype(np.asarray(rms.var).dtype).reshape(np.shape(rms.var))
+    rms.count = float(moments["count"])
+
+
+class WeightRing:
+    """``lag + 1`` versions of the networks' weights and the normalization statistics, in shared memory.
+
+    The learner writes version ``v`` into slot ``v % size`` (then announces it to each collector through a
+    queue of its own: no lock is shared with a collector, which could die holding it); a collector reads the
+    version it needs. The collector of rollout ``j`` needs version ``j - lag`` while the learner can at most
+    be writing version ``j`` (it needs rollout ``j`` for the next), so with ``lag + 1`` slots no slot is read
+    while it is written.
+    """
+
+    def __init__(self, agent: ActorCritic, stats: dict[str, RunningMeanStd], lag: int) -> None:
+        self.size = lag + 1
+        self.slots = [{"weights": {k: v.detach().clone().cpu().share_memory_() for k, v in agent.state_dict().items()},
+                       "stats": {name: {k: v.share_memory_() for k, v in _moments(rms).items()}
+                                 for name, rms in stats.items()}}
+                      for _ in range(self.size)]
+
+    def write(self, version: int, agent: ActorCritic, stats: dict[str, RunningMeanStd]) -> None:
+        slot = self.slots[version % self.size]
+        with torch.no_grad():
+            for key, value in agent.state_dict().items():
+                slot["weights"][key].copy_(value)
+        for name, rms in stats.items():
+            for key, value in _moments(rms).items():
+                slot["stats"][name][key].copy_(value)
+
+    def load(self, version: int, agent: ActorCritic, stats: dict[str, RunningMeanStd]) -> None:
+        slot = self.slots[version % self.size]
+        with torch.no_grad():
+            agent.load_state_dict(slot["weights"])
+        for name, rms in stats.items():
+            _set_moments(rms, slot["stats"][name])
+
+
+class RolloutSlots:
+    """A collector's rollout buffers in shared memory, allocated from its first rollout: every time-major and
+    env-major field the :class:`~lit_rl.data.Rollout` declares (time-major ones hold ``num_steps`` rows; a
+    shorter last rollout uses the first rows). Per-episode and per-round values travel in the message."""
+
+    def __init__(self, first: Rollout, count: int) -> None:
+        self.buffers = [{f.name: getattr(first, f.name).clone().share_memory_() for f in fields(first)
+                         if f.metadata["layout"] in ENV_DIM and getattr(first, f.name) is not None}
+                        for _ in range(count)]
+
+    def write(self, index: int, rollout: Rollout) -> dict[str, Any]:
+        """Copies ``rollout``'s tensors into buffer ``index``; returns the rest of it (the message)."""
+        rest: dict[str, Any] = {}
+        for f in fields(rollout):
+            value = getattr(rollout, f.name)
+            if f.name in self.buffers[index]:
+                target = self.buffers[index][f.name]
+                (target[: value.shape[0]] if f.metadata["layout"] == TIME else target).copy_(value)
+            else:  # small: by value (a tensor would travel as one more shared-memory file)
+                rest[f.name] = value.numpy() if isinstance(value, Tensor) else value
+        return {"slot": index, "steps": rollout.num_steps, "fields": rest}
+
+    @staticmethod
+    def read(cls: type[Rollout], buffers: dict[str, Tensor], message: dict[str, Any]) -> Rollout:
+        """The rollout of a message, its tensors copied out of the buffers (which may then be reused)."""
+        steps = message["steps"]
+        values = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in message["fields"].items()}
+        for f in fields(cls):
+            if f.name in buffers:
+                buffer = buffers[f.name]
+                values[f.name] = (buffer[:steps] if f.metadata["layout"] == TIME else buffer).clone()
+        return cls(**values)
+
+
+@dataclass
+class CollectorSpec:
+    """What a collector process needs to start (pickled once, at spawn)."""
+
+    index: int
+    data_hparams: dict[str, Any]  # the RolloutDataModule's, to build the envs
+    num_envs: int  # this collector's envs
+    env_offset: int  # the run's index of its first env
+    reset_seed: int
+    noise_seed: int
+    schedule: Schedule
+    lag: int
+    first_version: int  # the version published when the collectors start (the resumed iteration)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when the process that started it dies (even by SIGKILL)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the parent check in every wait remains
+
+
+def collector_main(spec: CollectorSpec, agent: ActorCritic, ring: WeightRing, versions: Any, outbox: Any, free: Any,
+                   stop: Any, parent: int) -> None:
+    """A collector process: collects the schedule's rollouts, each with the version of the weights it needs."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the learner, which stops the collectors
+    torch.set_num_threads(1)
+    try:
+        from lit_rl.data.collector import Collector
+        from lit_rl.data.datamodule import RolloutDataModule, _running_stats
+
+        def keep_waiting() -> None:
+            if stop.value or os.getppid() != parent:
+                raise SystemExit(0)
+
+        data = RolloutDataModule(**spec.data_hparams)
+        collector = Collector(data.make_envs(spec.num_envs, training=True), spec.env_offset, spec.noise_seed)
+        stats = _running_stats(collector.envs)
+        policy = AgentPolicy(agent)
+        collector.reset(spec.reset_seed)
+        outbox.put(("ready", spec.index, None))
+        slots: Optional[RolloutSlots] = None
+        published = -1  # the newest version announced
+        for iteration, steps, env_steps in spec.schedule:
+            version = max(spec.first_version, iteration - spec.lag)
+            start = time.perf_counter()
+            while published < version:
+                try:
+                    published = max(published, versions.get(timeout=POLL))
+                except queue.Empty:
+                    keep_waiting()
+            waited = time.perf_counter() - start
+            ring.load(version, agent, stats)
+            rollout = collector.collect(policy, steps, env_steps=env_steps, iteration=iteration)
+            rollout.policy_lag = iteration - version
+            moments = {}
+            for name, rms in stats.items():
+                moments[name] = {k: v.numpy() for k, v in _moments(rms.pending).items()}
+                rms.pending = RunningMeanStd(epsilon=0.0, shape=rms.pending.mean.shape)
+            if slots is None:
+                slots = RolloutSlots(rollout, spec.lag + 1)
+                # The learner hands the buffers out once it holds them: shared tensors travel as file descriptors
+                # that this process must stay alive to pass.
+                outbox.put(("buffers", spec.index, slots.buffers))
+            start = time.perf_counter()
+            while True:
+                try:
+                    index = free.get(timeout=POLL)
+                    break
+                except queue.Empty:
+                    keep_waiting()
+            rollout.collector_wait = waited + time.perf_counter() - start
+            outbox.put(("rollout", spec.index, {**slots.write(index, rollout), "moments": moments}))
+        while True:  # the schedule is done; the learner stops the collectors when it is
+            time.sleep(POLL)
+            keep_waiting()
+    except SystemExit:
+        pass
+    except BaseException:  # noqa: BLE001 - every failure goes to the learner, which raises it
+        outbox.put(("error", spec.index, traceback.format_exc()))
+        raise SystemExit(1)
+
+
+class OverlappedCollection:
+    """The learner's side: starts the collectors, takes their rollouts in order, publishes weights, stops them."""
+
+    def __init__(self, specs: list[CollectorSpec], agent: ActorCritic, stats: dict[str, RunningMeanStd],
+                 lag: int, timeout: float) -> None:
+        ctx = mp.get_context("spawn")
+        self.lag, self.timeout = lag, timeout
+        self.ring = WeightRing(agent, stats, lag)
+        self.versions = [ctx.Queue() for _ in specs]
+        self.outbox = ctx.Queue()
+        self.free = [ctx.Queue() for _ in specs]
+        self.stop = ctx.RawValue("b", 0)  # set by the learner only; no lock a dying collector could hold
+        self.buffers: dict[int, list[dict[str, Tensor]]] = {}
+        self.waiting: dict[int, list[dict[str, Any]]] = {spec.index: [] for spec in specs}
+        self.ready: set[int] = set()  # the collectors whose envs are built (the timeout applies to them)
+        self.heard = {spec.index: 0.0 for spec in specs}  # when each last sent something
+        self.started = time.perf_counter()
+        acting = copy.deepcopy(agent).cpu()  # the collectors' own copy (spawn moves it to shared memory)
+        self.processes = [ctx.Process(target=collector_main, name=f"lit-rl-collector-{spec.index}", daemon=True,
+                                      args=(spec, acting, self.ring, self.versions[spec.index], self.outbox,
+                                            self.free[spec.index], self.stop, os.getpid()))
+                          for spec in specs]
+        self.publish(specs[0].first_version, agent, stats)
+        for process in self.processes:
+            process.start()
+
+    def publish(self, version: int, agent: ActorCritic, stats: dict[str, RunningMeanStd]) -> None:
+        """Makes ``version`` (the weights after that many updates) the one collectors can act with."""
+        self.ring.write(version, agent, stats)
+        for announce in self.versions:
+            announce.put(version)
+
+    def take(self, cls: type[Rollout] = Rollout) -> tuple[Rollout, dict[str, list[dict[str, Any]]], float]:
+        """The next rollout of every collector, joined (collector 0's envs first); each collector's
+        normalization moments (a list per statistic); and the seconds waited."""
+        start = time.perf_counter()
+        for index in self.waiting:
+            while not self.waiting[index]:
+                self._receive(start)
+        parts: dict[str, list[Any]] = {f.name: [] for f in fields(cls)}
+        moments: dict[str, list[dict[str, Any]]] = {}
+        for index, pending in self.waiting.items():
+            message = pending.pop(0)
+            rollout = RolloutSlots.read(cls, self.buffers[index][message["slot"]], message)
+            self.free[index].put(message["slot"])
+            for f in fields(cls):
+                parts[f.name].append(getattr(rollout, f.name))
+            for name, m in message["moments"].items():
+                moments.setdefault(name, []).append(m)
+        waited = time.perf_counter() - start
+        rollout = join(cls, parts) if len(self.waiting) > 1 else cls(**{k: v[0] for k, v in parts.items()})
+        rollout.learner_wait = waited
+        return rollout, moments, waited
+
+    def _receive(self, since: float) -> None:
+        """Takes one message from the collectors, or raises when one died or is late: it sent nothing for
+        ``timeout`` seconds since the learner began to wait (or since it started: once its envs were built)."""
+        try:
+            kind, index, payload = self.outbox.get(timeout=POLL)
+        except OSError:  # a message whose shared memory its dead sender can no longer pass
+            time.sleep(1)
+            self._check_alive()
+            raise
+        except queue.Empty:
+            now = time.perf_counter()
+            self._check_alive()
+            late = [i for i, pending in self.waiting.items() if not pending and (
+                now - max(since, self.heard[i]) > self.timeout if i in self.ready
+                else now - self.started > max(self.timeout, STARTUP))]
+            if late:
+                raise CollectorError(
+                    f"collectors {late} sent no rollout for {self.timeout:.0f} s (data.collector_timeout); the run "
+                    "stops. Raise data.collector_timeout if an env's steps are that slow.") from None
+            return
+        self.heard[index] = time.perf_counter()
+        if kind == "error":
+            raise CollectorError(f"collector {index} failed:\n{payload}")
+        if kind == "ready":
+            self.ready.add(index)
+        elif kind == "buffers":
+            self.buffers[index] = payload
+            for slot in range(len(payload)):
+                self.free[index].put(slot)
+        else:
+            self.waiting[index].append(payload)
+
+    def _check_alive(self) -> None:
+        for i, process in enumerate(self.processes):
+            if not process.is_alive():
+                process.join(1)
+                raise CollectorError(f"collector {i} (pid {process.pid}) died with exit code {process.exitcode}; the "
+                                     "run stops. See its output above.") from None
+
+    def close(self) -> None:
+        """Stops the collectors (at the end, or on an error or Ctrl-C), dropping any rollout in flight."""
+        self.stop.value = 1
+        for q in (*self.versions, *self.free):
+            q.cancel_join_thread()  # a dead collector never reads what is left in its queues
+        deadline = time.monotonic() + 5
+        for process in self.processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join(1)
+        self.processes = []
+
+
+def merge_moments(parts: list[dict[str, Any]]) -> RunningMeanStd:
+    """One collector's moments as they are; several merged (Chan et al.), as one pending update."""
+    merged = RunningMeanStd(epsilon=0.0, shape=tuple(np.shape(parts[0]["mean"])))
+    if len(parts) == 1:
+        _set_moments(merged, parts[0])
+        return merged
+    for part in parts:
+        if float(part["count"]) > 0:
+            merged.update_from_moments(np.asarray(part["mean"]), np.asarray(part["var"]), float(part["count"]))
+    return merged
+
