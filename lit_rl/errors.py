@@ -19,15 +19,19 @@ class NonFiniteLossError(RuntimeError):
     """A loss became NaN or inf; training stops before any optimizer step is taken with it."""
 
 
+class CollectorError(RuntimeError):
+    """A collector process of overlapped collection failed, died or stopped sending rollouts."""
+
+
 class PeerLostError(RuntimeError):
     """Another process of a distributed run died or stopped answering; this one stops instead of hanging."""
 
 
 def user_error(err: BaseException) -> Optional[Exception]:
-    """The ConfigError, NonFiniteLossError or PeerLostError behind ``err``, if there is one."""
+    """The ConfigError, NonFiniteLossError, PeerLostError or CollectorError behind ``err``, if there is one."""
     seen = err
     while seen is not None:
-        if isinstance(seen, (ConfigError, NonFiniteLossError, PeerLostError)):
+        if isinstance(seen, (ConfigError, NonFiniteLossError, PeerLostError, CollectorError)):
             return seen
         seen = seen.__cause__ or seen.__context__
     last = ConfigError.last

@@ -91,20 +91,24 @@ gym.register("Cue-v0", entry_point=CueEnv)
 
 class StallEnv(gym.Env):
     """CartPole that misbehaves after ``after`` steps of this env instance: ``mode`` ``raise`` raises, ``hang``
-    sleeps for an hour (a stuck simulator), ``slow`` takes 2 ms a step."""
+    sleeps for an hour (a stuck simulator), ``slow`` takes 2 ms a step (only envs first reset with a seed of at
+    least ``slow_from_seed``, when it is given)."""
 
-    def __init__(self, after: int = 100, mode: str = "raise") -> None:
+    def __init__(self, after: int = 100, mode: str = "raise", slow_from_seed: Any = None) -> None:
         self.inner = gym.make("CartPole-v1")
         self.observation_space = self.inner.observation_space
         self.action_space = self.inner.action_space
         self.after, self.mode, self.steps = after, mode, 0
+        self.slow_from_seed, self.misbehaves = slow_from_seed, slow_from_seed is None
 
     def reset(self, *, seed: Any = None, options: Any = None) -> Any:
+        if seed is not None and self.slow_from_seed is not None:
+            self.misbehaves = seed >= self.slow_from_seed
         return self.inner.reset(seed=seed, options=options)
 
     def step(self, action: Any) -> Any:
         self.steps += 1
-        if self.steps > self.after:
+        if self.steps > self.after and self.misbehaves:
             if self.mode == "raise":
                 raise RuntimeError(f"the simulator broke at step {self.steps}")
             import time

@@ -20,8 +20,7 @@ import torch
 from lit_rl.algos.ppo import PPO
 from lit_rl.algos.updater import share_of
 from lit_rl.data.datamodule import RolloutDataModule
-from lit_rl.data.overlap import CollectorError
-from lit_rl.errors import ConfigError
+from lit_rl.errors import CollectorError, ConfigError
 from lit_rl.losses import normalize_advantages
 from tests.helpers import REPO, TINY, fit, lit_rl, make, read_metrics
 
@@ -64,7 +63,13 @@ def test_policy_lag_0_is_the_synchronous_run_exactly(tmp_path):
     assert train_metrics(tmp_path / "sync") == train_metrics(tmp_path / "overlapped")
 
 
-@pytest.mark.parametrize("lag, env", [(1, {}), (2, {"env_id": "tests.envs:Stall-v0", "env_kwargs": {"after": 0, "mode": "slow"}})])
+SLOW = {"env_id": "tests.envs:Stall-v0", "env_kwargs": {"after": 0, "mode": "slow"}}
+# Two collectors, the second's envs (seeds 5 and 6 of data.seed 3) slow: they load their versions at other times.
+SECOND_SLOW = {"env_id": "tests.envs:Stall-v0", "env_kwargs": {"after": 0, "mode": "slow", "slow_from_seed": 5},
+               "num_collectors": 2}
+
+
+@pytest.mark.parametrize("lag, env", [(1, {}), (2, SLOW), (2, SECOND_SLOW)], ids=["lag1", "lag2", "lag2-two-collectors"])
 def test_each_rollout_is_collected_with_the_weights_of_exactly_lag_updates_back(tmp_path, lag, env):
     """Rollout j's recorded log-probs are those of the weights after update j - lag (the first rollouts: the
     initial weights), not those the learner holds when it takes it, even when newer weights were published
@@ -132,6 +137,24 @@ def test_the_update_of_a_stale_rollout_uses_the_recorded_logprobs(tmp_path):
     assert not torch.allclose(loss, recomputed, atol=1e-4)
 
 
+def test_revalue_of_a_recurrent_critic_runs_from_the_recorded_state():
+    """With the weights that collected it, a recurrent rollout's recomputed values are its recorded ones: the
+    critic runs from the state recorded at the rollout's start (the second rollout's is not zero)."""
+    from lit_rl.data.collector import Collector
+
+    env = gym.make("CartPole-v1")
+    module = PPO(recurrent="lstm", recurrent_size=16)
+    module.build(env.observation_space, env.action_space)
+    collector = Collector(gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync"))
+    collector.reset(0)
+    collector.collect(module, 16, env_steps=32, iteration=0)
+    rollout = collector.collect(module, 16, env_steps=64, iteration=1)
+    assert rollout.initial_state is not None and rollout.initial_state.abs().sum() > 0
+    again = module.revalue(rollout)
+    assert torch.allclose(again.values, rollout.values, atol=1e-5)
+    assert torch.allclose(again.last_value, rollout.last_value, atol=1e-5)
+
+
 def test_lag_1_is_reproducible_and_the_budget_exact(tmp_path):
     """Two runs give the same parameters (each rollout's weights are fixed by its index, not by timing), the
     last rollout is the budget's remainder, and the waits and lag are logged."""
@@ -177,14 +200,64 @@ def test_resume_drops_the_rollout_in_flight_and_extends_exactly(tmp_path):
     assert data.env_steps == 768 and data.iteration == 6
 
 
+def test_a_resumed_run_normalizes_with_the_checkpoint_statistics(tmp_path):
+    """Resumed from one checkpoint with normalized observations, overlapped at lag 0 continues exactly as
+    synchronous does: the collectors' first observations are normalized with the checkpoint's statistics."""
+    module, data = make(data={**NORMALIZED, "total_timesteps": 256})
+    fit(module, data, tmp_path / "first")
+    ckpt = str(tmp_path / "first" / "ckpt" / "last.ckpt")
+    finals = []
+    for name, extra in (("sync", {}), ("overlapped", {**OVERLAPPED, "policy_lag": 0})):
+        module, data = make(data={**NORMALIZED, "total_timesteps": 512, **extra})
+        fit(module, data, tmp_path / name, ckpt_path=ckpt)
+        finals.append(module.state_dict())
+    for key, value in finals[0].items():
+        assert torch.equal(value, finals[1][key]), key
+
+
+def test_two_collectors_merge_their_statistics_and_a_later_validate_uses_them(tmp_path):
+    """Two collectors' moments make the statistics one process would have (every env's steps); the fit leaves
+    no collector behind, and a validate after it normalizes with the run's statistics."""
+    import multiprocessing
+
+    from lit_rl.data.datamodule import _running_stats
+
+    common = {**NORMALIZED, "vectorization_mode": "sync", "total_timesteps": 512}
+    module, sync = make(data=common)
+    fit(module, sync, tmp_path / "sync")
+    module, data = make(data={**common, **OVERLAPPED, "policy_lag": 0, "num_collectors": 2})
+    fit(module, data, tmp_path / "two")
+    assert not multiprocessing.active_children()
+    for name in ("obs_rms", "return_rms"):
+        one, two = sync.state_dict()[name], data.state_dict()[name]
+        assert one["count"] == two["count"] > 100, name
+        assert torch.allclose(one["mean"], two["mean"], atol=1e-4) and torch.allclose(one["var"], two["var"], rtol=1e-3)
+    data.setup("validate")  # as trainer.validate does after the fit
+    assert _running_stats(data.eval_collector.envs)["obs_rms"].count == data.state_dict()["obs_rms"]["count"]
+
+
+class Usr1ToCollectors(__import__("lightning").Callback):
+    """SLURM's warning signal, as ``--signal=USR1@90`` sends it to every process of the step."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == 0:
+            for process in trainer.datamodule.overlap.processes:
+                os.kill(process.pid, signal.SIGUSR1)
+
+
+def test_collectors_survive_slurms_warning_signal_and_run_async_envs(tmp_path):
+    module, data = make(data={**OVERLAPPED, "vectorization_mode": "async", "total_timesteps": 512})
+    fit(module, data, tmp_path, callbacks=[Usr1ToCollectors()])
+    assert data.env_steps == 512
+
+
 def test_settings_that_cannot_apply_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="data.policy_lag: applies to data.collection=overlapped only"):
         RolloutDataModule(policy_lag=2)
     with pytest.raises(ConfigError, match="data.num_collectors: must be positive"):
         RolloutDataModule(collection="overlapped", num_collectors=0)
-    module, data = make(data={**OVERLAPPED, "num_collectors": 3})
     with pytest.raises(ConfigError, match="data.num_collectors: data.num_envs=4 envs cannot be split evenly over 3"):
-        fit(module, data, tmp_path)
+        RolloutDataModule(collection="overlapped", num_envs=4, num_collectors=3)
     proc = lit_rl("fit", "--config", str(REPO / "configs/ppo/cartpole.yaml"), "--config",
                   str(REPO / "configs/placement/data_parallel.yaml"), "--trainer.devices", "2",
                   "--data.collection", "overlapped", "--data.total_timesteps", "1024", *TINY, cwd=tmp_path, check=False)

@@ -138,6 +138,9 @@ class RolloutDataModule(L.LightningDataModule):
                 raise ConfigError(f"data.{key}: must be {'>= 0' if key == 'policy_lag' else 'positive'}, got {value}.")
         self.policy_lag = 1 if policy_lag is None else int(policy_lag)
         self.num_collectors = 1 if num_collectors is None else int(num_collectors)
+        if num_envs % self.num_collectors:
+            raise ConfigError(f"data.num_collectors: data.num_envs={num_envs} envs cannot be split evenly over "
+                              f"{self.num_collectors} collector processes; use a divisor of {num_envs}.")
         self.collector_timeout = 300.0 if collector_timeout is None else float(collector_timeout)
         if record_video:
             try:
@@ -186,10 +189,6 @@ class RolloutDataModule(L.LightningDataModule):
                     f"data.collection: overlapped collection runs with one learner process so far; this run has "
                     f"{self.world_size} (trainer.num_nodes x trainer.devices, or a placement preset). Use "
                     "data.collection=sync with placement, or one device.")
-            n, c = self.num_envs, self.num_collectors
-            if n % c:
-                raise ConfigError(f"data.num_collectors: data.num_envs={n} envs cannot be split evenly over {c} "
-                                  f"collector processes; use a divisor of {n}.")
             return
         n, p = self.num_envs, self.world_size
         if n % p:
@@ -287,6 +286,8 @@ class RolloutDataModule(L.LightningDataModule):
         return f"{log_dir or '.'}/videos"
 
     def teardown(self, stage: str) -> None:
+        if self.training_envs is not None:  # a validate or test after the fit normalizes with the run's statistics
+            self._norm_state = {k: v for k, v in self.state_dict().items() if k.endswith("_rms")}
         if self.overlap is not None:
             self.overlap.close()
             self.overlap = None
@@ -343,7 +344,7 @@ class RolloutDataModule(L.LightningDataModule):
         schedule = Schedule(self.iteration, self.env_steps, self.num_envs, self.num_steps, self.total_timesteps)
         first = self.iteration
         hparams = {k: v for k, v in self.hparams.items() if not k.startswith("_")}
-        specs = [CollectorSpec(c, hparams, n, c * n, seed + c * n, self.seed, schedule, self.policy_lag, first)
+        specs = [CollectorSpec(c, type(self), hparams, n, c * n, seed + c * n, self.seed, schedule, self.policy_lag, first)
                  for c in range(self.num_collectors)]
         self.overlap = OverlappedCollection(specs, module.agent, stats, self.policy_lag, self.collector_timeout)
         try:

@@ -31,6 +31,7 @@ even when it is killed with SIGKILL (Linux's parent-death signal, and a check of
 and ignore Ctrl-C, which the learner handles: it stops them.
 """
 
+import atexit
 import copy
 import ctypes
 import os
@@ -48,14 +49,11 @@ from gymnasium.wrappers.utils import RunningMeanStd
 from torch import Tensor
 
 from lit_rl.data.rollout import ENV_DIM, TIME, Rollout, join
+from lit_rl.errors import CollectorError
 from lit_rl.nets import ActorCritic, History
 
 POLL = 0.2  # seconds between checks of the other side while waiting
 STARTUP = 300.0  # seconds a collector may take to start (spawn, imports, building its envs), at least
-
-
-class CollectorError(RuntimeError):
-    """A collector process failed, died or stopped sending rollouts."""
 
 
 @dataclass
@@ -185,7 +183,8 @@ class CollectorSpec:
     """What a collector process needs to start (pickled once, at spawn)."""
 
     index: int
-    data_hparams: dict[str, Any]  # the RolloutDataModule's, to build the envs
+    data_class: type  # the RolloutDataModule (or subclass) that builds the envs, from its hyperparameters
+    data_hparams: dict[str, Any]
     num_envs: int  # this collector's envs
     env_offset: int  # the run's index of its first env
     reset_seed: int
@@ -209,19 +208,25 @@ def collector_main(spec: CollectorSpec, agent: ActorCritic, ring: WeightRing, ve
     """A collector process: collects the schedule's rollouts, each with the version of the weights it needs."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the learner, which stops the collectors
+    # SLURM's warning before a time limit (--signal=USR1@90) reaches every process of the job step; the learner
+    # saves and requeues, and would find its collectors killed by the signal's default action.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     torch.set_num_threads(1)
     try:
         from lit_rl.data.collector import Collector
-        from lit_rl.data.datamodule import RolloutDataModule, _running_stats
+        from lit_rl.data.datamodule import _running_stats
 
         def keep_waiting() -> None:
             if stop.value or os.getppid() != parent:
                 raise SystemExit(0)
 
-        data = RolloutDataModule(**spec.data_hparams)
+        data = spec.data_class(**spec.data_hparams)
         collector = Collector(data.make_envs(spec.num_envs, training=True), spec.env_offset, spec.noise_seed)
         stats = _running_stats(collector.envs)
         policy = AgentPolicy(agent)
+        # The first observations are normalized when the envs reset: with the run's statistics (a resumed
+        # run's), published with the first version before the collectors start.
+        ring.load(spec.first_version, agent, stats)
         collector.reset(spec.reset_seed)
         outbox.put(("ready", spec.index, None))
         slots: Optional[RolloutSlots] = None
@@ -283,12 +288,15 @@ class OverlappedCollection:
         self.ready: set[int] = set()  # the collectors whose envs are built (the timeout applies to them)
         self.heard = {spec.index: 0.0 for spec in specs}  # when each last sent something
         self.started = time.perf_counter()
-        acting = copy.deepcopy(agent).cpu()  # the collectors' own copy (spawn moves it to shared memory)
-        self.processes = [ctx.Process(target=collector_main, name=f"lit-rl-collector-{spec.index}", daemon=True,
-                                      args=(spec, acting, self.ring, self.versions[spec.index], self.outbox,
+        # Each collector acts with a copy of its own: spawn passes a module's tensors as shared memory, so one
+        # copy would be one set of weights for all, each collector's load changing another's mid-rollout. Not
+        # daemonic, so a collector may start the processes of an async vector env; atexit stops them.
+        self.processes = [ctx.Process(target=collector_main, name=f"lit-rl-collector-{spec.index}",
+                                      args=(spec, copy.deepcopy(agent).cpu(), self.ring, self.versions[spec.index], self.outbox,
                                             self.free[spec.index], self.stop, os.getpid()))
                           for spec in specs]
         self.publish(specs[0].first_version, agent, stats)
+        atexit.register(self.close)
         for process in self.processes:
             process.start()
 
@@ -360,7 +368,10 @@ class OverlappedCollection:
                                      "run stops. See its output above.") from None
 
     def close(self) -> None:
-        """Stops the collectors (at the end, or on an error or Ctrl-C), dropping any rollout in flight."""
+        """Stops the collectors (at the end, or on an error or Ctrl-C), dropping any rollout in flight. Safe to
+        call again."""
+        if not self.processes:
+            return
         self.stop.value = 1
         for q in (*self.versions, *self.free):
             q.cancel_join_thread()  # a dead collector never reads what is left in its queues
