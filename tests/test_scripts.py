@@ -6,6 +6,7 @@ import subprocess
 import numpy as np
 
 import scripts.benchmark_ppg as ppg_bench
+from scripts.benchmark_overlap import verdicts as overlap_verdicts
 from scripts.benchmark_placement import verdict as placement_verdict
 from scripts.benchmark_ppg import compare, summarize, verdict as ppg_verdict
 from scripts.benchmark_ppo import verdict as ppo_verdict
@@ -69,6 +70,10 @@ def test_throughput_verdicts_from_their_numbers():
     assert recurrent_verdict(500.0, 43.1) == (True, "**Target (LSTM final return at least 475, MLP's below it): "
                                                     "met**: LSTM 500.0, MLP 43.1.")
     assert not recurrent_verdict(278.4, 44.3)[0] and not recurrent_verdict(500.0, 480.0)[0]
+    sync, over = {"steady": 5000.0}, {"steady": 8600.0, "return": 500.0}
+    assert [ok for ok, _ in overlap_verdicts(sync, over, 16000.0)] == [True, True, True]
+    (speed, _), (share, text), (ret, _) = overlap_verdicts(sync, {"steady": 8400.0, "return": 470.0}, 17000.0)
+    assert not speed and not share and not ret and "8,400 / 17,000 = 49.4%" in text
 
 
 def test_results_sections_name_the_commit_and_go_first(tmp_path):
