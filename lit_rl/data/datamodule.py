@@ -287,7 +287,7 @@ class RolloutDataModule(L.LightningDataModule):
 
     def teardown(self, stage: str) -> None:
         if self.training_envs is not None:  # a validate or test after the fit normalizes with the run's statistics
-            self._norm_state = {k: v for k, v in self.state_dict().items() if k.endswith("_rms")}
+            self.keep_norm_state()
         if self.overlap is not None:
             self.overlap.close()
             self.overlap = None
@@ -318,13 +318,10 @@ class RolloutDataModule(L.LightningDataModule):
             yield from self.overlapped_rollouts(policy)
             return
         assert self.collector is not None
-        # A resumed run starts fresh episodes, seeded apart from those the run already saw.
-        seed = self.seed + self.rank * self.envs_per_process + self.iteration * 7919
-        self.collector.reset(seed)
-        while self.env_steps < self.total_timesteps:
-            steps = min(self.num_steps, (self.total_timesteps - self.env_steps) // self.num_envs)
-            self.env_steps += steps * self.num_envs
-            rollout = self.collector.collect(policy, steps, env_steps=self.env_steps, iteration=self.iteration)
+        self.collector.reset(self.reset_seed(self.rank * self.envs_per_process))
+        for iteration, steps, env_steps in self.schedule():
+            self.env_steps = env_steps
+            rollout = self.collector.collect(policy, steps, env_steps=env_steps, iteration=iteration)
             self.update_normalization()
             self.iteration += 1
             self._stop_at_budget()
@@ -340,18 +337,17 @@ class RolloutDataModule(L.LightningDataModule):
         assert envs is not None and module.agent is not None
         stats = _running_stats(envs)
         n = self.num_envs // self.num_collectors
-        seed = self.seed + self.iteration * 7919
-        schedule = Schedule(self.iteration, self.env_steps, self.num_envs, self.num_steps, self.total_timesteps)
         first = self.iteration
         hparams = {k: v for k, v in self.hparams.items() if not k.startswith("_")}
-        specs = [CollectorSpec(c, type(self), hparams, n, c * n, seed + c * n, self.seed, schedule, self.policy_lag, first)
+        specs = [CollectorSpec(c, type(self), hparams, n, c * n, self.reset_seed(c * n), self.seed, self.schedule(),
+                               self.policy_lag, first)
                  for c in range(self.num_collectors)]
         self.overlap = OverlappedCollection(specs, module.agent, stats, self.policy_lag, self.collector_timeout)
         try:
             while self.env_steps < self.total_timesteps:
                 if self.iteration > first:
                     self.overlap.publish(self.iteration, module.agent, stats)
-                rollout, moments, _ = self.overlap.take()
+                rollout, moments = self.overlap.take()
                 assert rollout.iteration == self.iteration
                 self.env_steps = rollout.env_steps
                 for name, rms in stats.items():
@@ -365,6 +361,19 @@ class RolloutDataModule(L.LightningDataModule):
             if self.overlap is not None:
                 self.overlap.close()
                 self.overlap = None
+
+    def schedule(self) -> Schedule:
+        """The rollouts left from the current count: ``num_steps`` steps each until the budget, the last shorter."""
+        return Schedule(self.iteration, self.env_steps, self.num_envs, self.num_steps, self.total_timesteps)
+
+    def reset_seed(self, first_env: int) -> int:
+        """The seed of env ``first_env`` of the run (env ``i`` gets ``seed + i``); a resumed run starts fresh
+        episodes, seeded apart from those the run already saw."""
+        return self.seed + first_env + self.iteration * 7919
+
+    def keep_norm_state(self) -> None:
+        """Keeps the training envs' normalization statistics for envs built later (evaluation)."""
+        self._norm_state = {k: v for k, v in self.state_dict().items() if k.endswith("_rms")}
 
     def update_normalization(self) -> None:
         """Folds the rollout's observation and return moments, merged over all processes, into the
@@ -392,7 +401,7 @@ class RolloutDataModule(L.LightningDataModule):
         def episodes() -> Iterator[dict[str, torch.Tensor]]:
             assert self.eval_collector is not None
             if self.training_envs is not None:  # during fit: evaluate with the current normalization statistics
-                self._norm_state = {k: v for k, v in self.state_dict().items() if k.endswith("_rms")}
+                self.keep_norm_state()
                 self._apply_norm_state(self.eval_collector.envs)
             returns, lengths = self.eval_collector.evaluate(
                 self.trainer.lightning_module, self.hparams.eval_episodes, seed=self.seed + 1_000_000

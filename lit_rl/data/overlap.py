@@ -59,7 +59,7 @@ STARTUP = 300.0  # seconds a collector may take to start (spawn, imports, buildi
 @dataclass
 class Schedule:
     """The run's rollouts from ``iteration`` on: ``num_steps`` steps each over the run's ``num_envs`` envs until
-    ``total_timesteps`` env steps (the last one shorter), as the synchronous datamodule collects them."""
+    ``total_timesteps`` env steps (the last one shorter): what the datamodule collects, in either mode."""
 
     iteration: int
     env_steps: int
@@ -306,9 +306,9 @@ class OverlappedCollection:
         for announce in self.versions:
             announce.put(version)
 
-    def take(self, cls: type[Rollout] = Rollout) -> tuple[Rollout, dict[str, list[dict[str, Any]]], float]:
-        """The next rollout of every collector, joined (collector 0's envs first); each collector's
-        normalization moments (a list per statistic); and the seconds waited."""
+    def take(self, cls: type[Rollout] = Rollout) -> tuple[Rollout, dict[str, list[dict[str, Any]]]]:
+        """The next rollout of every collector, joined (collector 0's envs first), with the seconds waited for it
+        as its ``learner_wait``; and each collector's normalization moments (a list per statistic)."""
         start = time.perf_counter()
         for index in self.waiting:
             while not self.waiting[index]:
@@ -323,10 +323,9 @@ class OverlappedCollection:
                 parts[f.name].append(getattr(rollout, f.name))
             for name, m in message["moments"].items():
                 moments.setdefault(name, []).append(m)
-        waited = time.perf_counter() - start
         rollout = join(cls, parts) if len(self.waiting) > 1 else cls(**{k: v[0] for k, v in parts.items()})
-        rollout.learner_wait = waited
-        return rollout, moments, waited
+        rollout.learner_wait = time.perf_counter() - start
+        return rollout, moments
 
     def _receive(self, since: float) -> None:
         """Takes one message from the collectors, or raises when one died or is late: it sent nothing for
