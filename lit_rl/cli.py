@@ -203,6 +203,8 @@ class LitRLCLI(LightningCLI):
         anything: a run that cannot train leaves no run folder, config copy or logger run."""
         if isinstance(self.model, PPO) and self.datamodule is not None:
             self.model.check_data(self.datamodule)
+        if isinstance(self.datamodule, RolloutDataModule):
+            self.datamodule.check_processes(self.trainer)
 
     def after_fit(self) -> None:
         """Under ``lit-rl sweep`` (``LIT_RL_SUMMARY_FILE`` set): the run's summary for the sweep, from rank 0."""

@@ -53,7 +53,8 @@ class SaveRankParams(L.Callback):
         info = {"global_rank": rank, "node_rank": trainer.node_rank, "host": socket.gethostname(),
                 "slurm_node": os.environ.get("SLURMD_NODENAME"), "roles": getattr(trainer.strategy, "roles", None),
                 "stepped": stepped, "env_steps": int(pl_module.env_steps),
-                "envs": data.collector.num_envs, "iterations": data.iteration}
+                "envs": data.envs_per_process, "iterations": data.iteration,
+                "global_step": trainer.global_step}
         with open(os.path.join(self.dirpath, f"rank{rank}.json"), "w") as f:
             json.dump(info, f)
 

@@ -7,7 +7,7 @@ from tests.helpers import REPO, TINY, lit_rl, read_metrics, run_main
 
 # The two-node preset needs a process per node; tests/test_placement.py launches it that way. Sweep files
 # are wandb's format, not lit-rl configs (tests/test_sweep.py runs them).
-MULTI_NODE = {"configs/placement/two_nodes.yaml"}
+MULTI_NODE = {"configs/placement/two_nodes.yaml", "configs/placement/rollout_node.yaml"}
 CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")
                  if str(p.relative_to(REPO)) not in MULTI_NODE and "configs/sweeps/" not in str(p.relative_to(REPO)))
 

@@ -258,11 +258,16 @@ def test_settings_that_cannot_apply_are_refused(tmp_path):
         RolloutDataModule(collection="overlapped", num_collectors=0)
     with pytest.raises(ConfigError, match="data.num_collectors: data.num_envs=4 envs cannot be split evenly over 3"):
         RolloutDataModule(collection="overlapped", num_envs=4, num_collectors=3)
+    # Each process that collects splits its share over its collectors: 4 envs over 2 processes, 2 each.
     proc = lit_rl("fit", "--config", str(REPO / "configs/ppo/cartpole.yaml"), "--config",
-                  str(REPO / "configs/placement/data_parallel.yaml"), "--trainer.devices", "2",
-                  "--data.collection", "overlapped", "--data.total_timesteps", "1024", *TINY, cwd=tmp_path, check=False)
-    assert proc.returncode != 0
-    assert "data.collection: overlapped collection runs with one learner process so far" in proc.stderr
+                  str(REPO / "configs/placement/data_parallel.yaml"), "--trainer.devices", "2", "--data.num_envs", "4",
+                  "--data.collection", "overlapped", "--data.num_collectors", "4", "--data.total_timesteps", "1024",
+                  "--trainer.default_root_dir", str(tmp_path / "run"), *TINY, cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    message = [line for line in proc.stderr.splitlines() if line.startswith("lit-rl: error:")]
+    assert message and message[0].startswith("lit-rl: error: data.num_collectors: each of the 2 processes that "
+                                             "collect steps 2 of data.num_envs=4 envs"), proc.stderr[-2000:]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "lightning_logs").exists()  # refused before any write
 
 
 @pytest.mark.parametrize("mode, expected", [

@@ -15,7 +15,7 @@ import torch
 
 from lit_rl.distributed import ActorCriticPlacement
 from lit_rl.errors import ConfigError
-from tests.helpers import REPO, TINY, lit_rl
+from tests.helpers import REPO, TINY, lit_rl, read_metrics
 
 ENVS, STEPS = 8, 2048  # the run's envs, split over the processes of each preset, and its env steps
 SMALL = ["--data.num_envs", str(ENVS), "--data.total_timesteps", str(STEPS), "--data.num_steps", "32",
@@ -156,6 +156,7 @@ def test_the_checkpoint_holds_each_optimizer_as_its_role_has_it(presets):
         for key in expected:
             assert torch.equal(expected[key]["step"], got[key]["step"]), (i, key)
             assert torch.allclose(expected[key]["exp_avg_sq"], got[key]["exp_avg_sq"], rtol=1e-4, atol=1e-10), (i, key)
+    assert placed["global_step"] == one["global_step"] > 0  # the run's optimizer steps, both roles'
     assert one["shuffle_generators"].keys() == placed["shuffle_generators"].keys()
     for stream, state in one["shuffle_generators"].items():
         assert torch.equal(torch.as_tensor(state), torch.as_tensor(placed["shuffle_generators"][stream])), stream
@@ -205,6 +206,59 @@ def test_two_node_launch_on_one_host(presets, tmp_path):
     # The same run as one process doing both roles.
     worst = check_roles(nodes, presets["single"][0], [["actor"], ["critic"]], atol=1e-6)
     print(f"max |serial - two nodes| per role: {worst}")
+
+
+ROLLOUT_NODE = ("--config", str(REPO / "configs/placement/rollout_node.yaml"), "--trainer.devices", "1",
+                "--trainer.accelerator", "cpu")
+
+
+def rollout_node_run(tmp_path: Path, name: str, config: str, *extra: str) -> list[dict]:
+    """configs/placement/rollout_node.yaml as two node processes on this host: the learner on node 0, the
+    rollout rank on node 1; each rank's results."""
+    codes = finish(launch_nodes(fit_args(tmp_path, name, config, *ROLLOUT_NODE, *extra), tmp_path), timeout=300)
+    assert [code for code, _ in codes] == [0, 0], "\n\n".join(err[-3000:] for _, err in codes)
+    ranks = results(tmp_path, name)
+    learner, rollout = ranks
+    # Node 1 collects every env and trains nothing; node 0 trains both roles and collects nothing.
+    assert [r["info"]["node_rank"] for r in ranks] == [0, 1]
+    assert (learner["info"]["envs"], rollout["info"]["envs"]) == (0, ENVS)
+    assert rollout["info"]["stepped"] == {"actor": False, "critic": False}
+    assert learner["info"]["env_steps"] == rollout["info"]["env_steps"] == STEPS
+    # Lightning's step count is the run's on both (the rollout rank never steps an optimizer).
+    assert learner["info"]["global_step"] == rollout["info"]["global_step"] > 0
+    return ranks
+
+
+def check_same_run(ranks: list[dict], reference: dict) -> None:
+    """Every rank's parameters and normalization statistics are the reference run's."""
+    worst = check_roles(ranks, reference, [["actor", "critic"], []], atol=1e-6)
+    print(f"max |one process - rollout node| per role: {worst}")
+    for rank in ranks:
+        assert max_diff(rank["params"], reference["params"]) <= 1e-6
+        for name in ("obs_rms", "return_rms"):
+            assert rank["data"][name]["count"] == reference["data"][name]["count"], name
+            assert torch.allclose(rank["data"][name]["mean"], reference["data"][name]["mean"], rtol=1e-6, atol=1e-7), name
+
+
+def test_rollout_node_collects_for_learners_that_collect_nothing(presets, tmp_path):
+    """The rollout-node preset with synchronous collection: node 1 collects every env, node 0 trains both
+    networks from the gathered rollout; the run is the one-process run (PPO and PPG), normalization merged."""
+    config, *extra = presets["config"]
+    ranks = rollout_node_run(tmp_path, "rollout_sync", config, *extra, "--data.collection", "sync")
+    check_same_run(ranks, presets["single"][0])
+
+
+def test_rollout_node_overlaps_collection_with_the_update(tmp_path):
+    """The rollout-node preset as shipped (overlapped, lag 1): node 1's collector gathers rollout j + 1 with
+    the weights broadcast after update j - 1 while node 0 updates on rollout j. The run is the one-process
+    overlapped run with as many collectors: the same parameters on every rank, lag 1 logged."""
+    config, *extra = PPO
+    one = run(tmp_path, "one", config, *extra, "--data.collection", "overlapped")[0]
+    ranks = rollout_node_run(tmp_path, "rollout_overlapped", config, *extra)
+    check_same_run(ranks, one)
+    rows = read_metrics(next((tmp_path / "rollout_overlapped").rglob("metrics.csv")))
+    lags = [r["perf/policy_lag"] for r in rows if "perf/policy_lag" in r]
+    assert len(lags) == STEPS // (ENVS * 32) and lags[0] == 0 and set(lags[1:]) == {1.0}, lags
 
 
 @pytest.mark.parametrize("failing,how", [(1, "exit"), (0, "exit"), (1, "hang")])

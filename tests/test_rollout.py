@@ -4,6 +4,7 @@ carried into the training batch from that one declaration."""
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -13,7 +14,7 @@ from lit_rl.algos.ppg import PPG
 from lit_rl.algos.ppo import PPO
 from lit_rl.algos.metrics import RunMetrics
 from lit_rl.algos.updater import share_of
-from lit_rl.data.rollout import ENV, TIME, Rollout, env_major, flatten_valid, per_episode, time_major, to_sequences
+from lit_rl.data.rollout import ENV, TIME, NoRollout, Rollout, env_major, flatten_valid, per_episode, time_major, to_sequences
 from lit_rl.data.store import RolloutStore
 from lit_rl.distributed.placement import gather_rollout
 from tests.helpers import OBS
@@ -30,8 +31,8 @@ class RolloutWithCost(Rollout):
     episode_costs: torch.Tensor = per_episode("episodic_cost")  # [E] each ended episode's summed cost
 
 
-def make_rollout(rank: int, cls: type = RolloutWithCost) -> Rollout:
-    """A rollout whose every value tells the rank (and env and step) it came from."""
+def make_rollout(rank: int, cls: type = RolloutWithCost, N: int = N) -> Rollout:
+    """A rollout of ``N`` envs whose every value tells the rank (and env and step) it came from."""
     g = torch.Generator().manual_seed(rank)
     time = lambda *shape: torch.rand(T, N, *shape, generator=g) + 10 * rank  # noqa: E731
     valid = torch.ones(T, N, dtype=torch.bool)
@@ -48,7 +49,8 @@ def make_rollout(rank: int, cls: type = RolloutWithCost) -> Rollout:
     return cls(**fields)
 
 
-def _gather_on_rank(rank: int, world_size: int, store: str, out: str) -> None:
+def _gather_on_rank(rank: int, world_size: int, store: str, out: str, shares: Optional[list[int]] = None) -> None:
+    """Gathers ``make_rollout(rank)`` (``shares[rank]`` envs; 0: a NoRollout) with the other ranks."""
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
 
     def all_gather_object(obj: object) -> list:
@@ -56,8 +58,10 @@ def _gather_on_rank(rank: int, world_size: int, store: str, out: str) -> None:
         dist.all_gather_object(gathered, obj)
         return gathered
 
-    joined = gather_rollout(make_rollout(rank), world_size, lambda parts, t, name: dist.all_gather(parts, t),
-                            all_gather_object)
+    share = N if shares is None else shares[rank]
+    mine = make_rollout(rank, N=share) if share else NoRollout(iteration=2, env_steps=64)
+    joined = gather_rollout(mine, world_size, lambda parts, t, name: dist.all_gather(parts, t), all_gather_object,
+                            torch.device("cpu"))
     torch.save(vars(joined), os.path.join(out, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -78,6 +82,25 @@ def test_a_new_field_is_gathered_across_ranks_by_its_declaration(tmp_path: Path)
         assert torch.equal(joined["episode_costs"], torch.tensor([0.0, 10.0, 11.0]))
         assert joined["rollout_time"] == 2.0 and joined["env_steps"] == 64 and joined["iteration"] == 2
         assert joined["initial_state"] is None
+
+
+def test_ranks_that_collect_nothing_or_fewer_envs_receive_every_collected_env(tmp_path: Path):
+    """Three gloo processes: rank 0 collects nothing (a learner beside rollout ranks: a NoRollout), ranks 1
+    and 2 collect 3 and 2 envs. Every rank ends with ranks 1 and 2's envs only, in rank order, of the
+    collecting ranks' class, with their episodes and per-round values; nothing of rank 0's padding."""
+    shares = [0, 3, 2]
+    mp.spawn(_gather_on_rank, args=(3, str(tmp_path / "store"), str(tmp_path), shares), nprocs=3, join=True)
+    parts = [make_rollout(r, N=shares[r]) for r in (1, 2)]
+    for rank in range(3):
+        joined = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        for name, layout in RolloutWithCost.layout().items():
+            if layout in (TIME, ENV) and getattr(parts[0], name) is not None:
+                expected = torch.cat([getattr(p, name) for p in parts], 1 if layout == TIME else 0)
+                assert joined[name].dtype == expected.dtype and torch.equal(joined[name], expected), (rank, name)
+        assert joined["obs"].shape[1] == 5 and joined["initial_state"] is None
+        assert torch.equal(joined["episode_returns"], torch.tensor([1.0, 1.0, 2.0, 2.0, 2.0]))
+        assert torch.equal(joined["episode_costs"], torch.cat([p.episode_costs for p in parts]))
+        assert joined["rollout_time"] == 3.0 and joined["env_steps"] == 64 and joined["iteration"] == 2
 
 
 def test_a_new_field_reaches_the_store_the_batch_and_minibatches():

@@ -50,9 +50,10 @@ def job_env(**more: str) -> dict[str, str]:
             "WANDB_MODE": "", "WANDB_API_KEY": "", **more}
 
 
-def submit(cluster: LocalSlurm, template: str, workdir: Path, total: int, *extra: str) -> str:
-    """Submits ``scripts/slurm/<template>`` from the checkout (as a user would), running in ``workdir``."""
-    env = job_env()
+def submit(cluster: LocalSlurm, template: str, workdir: Path, total: int, *extra: str, **more_env: str) -> str:
+    """Submits ``scripts/slurm/<template>`` from the checkout (as a user would), running in ``workdir``;
+    ``more_env``: variables the template reads (``PRESET``)."""
+    env = job_env(**more_env)
     options = [*CPU_NODES, f"--chdir={workdir}", f"--output={workdir}/job-%j.out"]
     args = [str(REPO / "configs/ppo/cartpole.yaml"), "--data.total_timesteps", str(total), *FIT,
             "--trainer.callbacks+=tests.placement_helpers.SaveRankParams",
@@ -93,6 +94,32 @@ def test_two_node_job_trains_the_actor_on_one_node_and_the_critic_on_the_other(c
     rows = read_metrics(next(tmp_path.rglob("metrics.csv")))
     assert any("train/episodic_return" in r for r in rows) and any("train/value_loss" in r for r in rows)
     assert max(r["env_steps"] for r in rows if "env_steps" in r) == total
+
+
+def test_two_node_job_collects_on_one_node_for_learners_on_the_other(cluster, tmp_path):
+    """configs/placement/rollout_node.yaml through the same template (PRESET=rollout_node): node n2's task
+    collects every env through its collector process, one update behind; node n1's trains both networks and
+    collects nothing. Both end with the same parameters, at the exact budget."""
+    total = 8 * ITERATION
+    job = submit(cluster, "placement_two_nodes.sbatch", tmp_path, total, PRESET="rollout_node")
+    state = cluster.wait(job, timeout=600)
+    assert state == "COMPLETED", f"job {job} ended {state}:\n{job_output(tmp_path)}\n{cluster.logs()}"
+    (learner, learner_params), (rollout, rollout_params) = rank_results(tmp_path)
+    assert (learner["slurm_node"], learner["node_rank"], sorted(learner["roles"]), learner["envs"]) == ("n1", 0, ["actor", "critic"], 0)
+    assert (rollout["slurm_node"], rollout["node_rank"], rollout["roles"], rollout["envs"]) == ("n2", 1, [], 8)
+    assert learner["stepped"] == {"actor": True, "critic": True}
+    assert rollout["stepped"] == {"actor": False, "critic": False}
+    assert max_diff(learner_params, rollout_params) == 0.0  # the learners' weights reached the rollout node
+    assert learner["env_steps"] == rollout["env_steps"] == total
+    rows = read_metrics(next(tmp_path.rglob("metrics.csv")))
+    assert max(r["env_steps"] for r in rows if "env_steps" in r) == total
+    assert [r["perf/policy_lag"] for r in rows if "perf/policy_lag" in r] == [0.0] + [1.0] * 7
+
+
+def test_an_unknown_preset_is_refused_by_the_template(cluster, tmp_path):
+    job = submit(cluster, "placement_two_nodes.sbatch", tmp_path, 8 * ITERATION, PRESET="rollout_nodes")
+    assert cluster.wait(job, timeout=120) == "FAILED"
+    assert "PRESET=rollout_nodes: no placement preset" in job_output(tmp_path)
 
 
 def task_pid(job: str, rank: int) -> int:

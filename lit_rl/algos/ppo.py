@@ -34,7 +34,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from lit_rl.algos.metrics import RunMetrics
 from lit_rl.algos.resume import Resume
 from lit_rl.algos.schedules import LinearDecay, constant
-from lit_rl.algos.updater import RoleUpdater, Share, Shuffler, Stats
+from lit_rl.algos.updater import RoleUpdater, Share, Shuffler, Stats, count_steps_of_other_roles
 from lit_rl.data.rollout import Rollout, flatten_valid, pad_time, to_sequences
 from lit_rl.distributed.placement import ROLES, Placement
 from lit_rl.errors import ConfigError
@@ -306,8 +306,11 @@ class PPO(L.LightningModule):
         if rollout.policy_lag:  # collected with older weights (overlapped collection)
             rollout = self.revalue(rollout)
         batch = self.prepare_batch(rollout)
+        before = {role: updater.steps for role, updater in self.updaters.items()}
         stats, info = self.update(rollout, batch)
         stats = self.placement.merge_stats(stats)  # every rank logs the stats of the roles it did not run, too
+        taken = {role: updater.steps - before[role] for role, updater in self.updaters.items()}
+        count_steps_of_other_roles(self.trainer, self.placement.count_steps(taken) - sum(taken.values()))
         with warnings.catch_warnings():
             # During critic warm-up the actor's schedule advances with the run while its optimizer does not step.
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")

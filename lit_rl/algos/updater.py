@@ -92,6 +92,7 @@ class RoleUpdater:
         self.placement = placement
         self.max_grad_norm = max_grad_norm
         self.on_non_finite = on_non_finite
+        self.steps = 0  # optimizer steps taken by this process
 
     @property
     def optimizer(self) -> Any:
@@ -164,6 +165,7 @@ class RoleUpdater:
             if self.max_grad_norm is not None:
                 module.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
             optimizer.step()
+            self.steps += 1
         return stats
 
     def backward_with_surgery(self, optimizer: Optimizer, terms: tuple[Tensor, ...]) -> dict[str, Tensor]:
@@ -235,6 +237,18 @@ def interleaved_epochs(steps: list[tuple["RoleUpdater", LossFn]], batch: dict[st
                 for key, value in step_stats.items():
                     stats[key].append(value)
     return stats
+
+
+def count_steps_of_other_roles(trainer: L.Trainer, steps: int) -> None:
+    """Adds ``steps`` optimizer steps that other processes took (for the roles this one does not train) to
+    Lightning's count, so ``trainer.global_step`` is the run's on every process: what one process holding
+    every role counts. Lightning's checkpoint callbacks compare it between saves on every process; a
+    process whose count stood still (a rollout rank, or an actor rank during the critic warm-up) would skip
+    a save the others make, and their collectives would no longer match."""
+    progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+    for _ in range(steps):
+        progress.increment_ready()
+        progress.increment_completed()
 
 
 def trainable(optimizer: Optimizer) -> list[Tensor]:

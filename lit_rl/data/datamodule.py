@@ -12,7 +12,7 @@ from gymnasium.wrappers import vector as vw
 
 from lit_rl.data.collector import Collector, Policy
 from lit_rl.data.overlap import CollectorSpec, OverlappedCollection, Schedule, merge_moments
-from lit_rl.data.rollout import Rollout
+from lit_rl.data.rollout import NoRollout, Rollout
 from lit_rl.errors import ConfigError
 from lit_rl.wrappers import NormalizeObservation, NormalizeReward, mask_vector_observation
 
@@ -40,7 +40,8 @@ class RolloutDataModule(L.LightningDataModule):
 
     ``num_envs`` is the run's: with several processes that collect, each steps ``num_envs / processes`` of
     them (:attr:`envs_per_process`) and the rollouts are gathered, so a placement preset does not change
-    the experiment.
+    the experiment. The processes that collect are the placement's rollout ranks (default: every process);
+    one that collects nothing yields a :class:`~lit_rl.data.rollout.NoRollout` per iteration.
 
     Normalization statistics (``normalize_observation``, ``normalize_reward``) stay fixed while a rollout is
     collected and are updated once at its end, from the moments of the whole rollout's raw observations and
@@ -56,8 +57,8 @@ class RolloutDataModule(L.LightningDataModule):
         num_steps: Steps per env in one rollout; a rollout has ``num_envs * num_steps`` env steps.
         total_timesteps: The env-step budget, over all processes. Training stops exactly there: the last
             rollout is shorter when the budget is not a multiple of the steps of one iteration.
-        seed: Env ``i`` of the run (rank ``r`` holds envs ``r * envs_per_process`` onwards) is seeded with
-            ``seed + i``, however the envs are split; also the run's torch seed.
+        seed: Env ``i`` of the run (the ``k``-th process that collects holds envs ``k * envs_per_process``
+            onwards) is seeded with ``seed + i``, however the envs are split; also the run's torch seed.
         vectorization_mode: ``sync``, ``async`` (one process per env), ``vector_entry_point`` (the env's
             native vectorized implementation) or ``auto`` (native where the env registers one, else sync).
         hide_observation: Indices of observation components to remove (a 1-D Box), making the task
@@ -77,7 +78,8 @@ class RolloutDataModule(L.LightningDataModule):
             the module updates on this one, with weights ``policy_lag`` updates old (:mod:`lit_rl.data.overlap`).
         policy_lag: Overlapped only (default 1): rollout ``j`` is collected with the weights after update
             ``j - policy_lag``, exactly. 0 collects with the newest weights (no overlap; the synchronous run).
-        num_collectors: Overlapped only (default 1): collector processes; ``num_envs`` must divide by it.
+        num_collectors: Overlapped only (default 1): collector processes of each process that collects; its
+            share of ``num_envs`` must divide by it.
         collector_timeout: Overlapped only (default 300): seconds without a rollout after which the run stops
             with an error naming the collector.
     """
@@ -160,44 +162,53 @@ class RolloutDataModule(L.LightningDataModule):
         self.iteration = 0
         self.collector: Optional[Collector] = None
         self.eval_collector: Optional[Collector] = None
-        # Overlapped collection: envs built here for their spaces and the run's normalization statistics, never
-        # stepped (the collector processes step theirs), and the processes themselves while a fit runs.
+        # Overlapped collection, or a process that collects nothing: envs built here for their spaces and the
+        # run's normalization statistics, never stepped (the collector processes step theirs), and the
+        # collector processes themselves while a fit runs.
         self.reference_envs: Optional[gym.vector.VectorEnv] = None
         self.overlap: Optional[OverlappedCollection] = None
         self._norm_state: dict[str, Any] = {}
 
     # ----------------------------------------------------------------- environments
-    @property
-    def rank(self) -> int:
-        return self.trainer.global_rank if self.trainer is not None else 0
-
-    @property
-    def world_size(self) -> int:
-        """Processes that collect; they share the run's ``num_envs`` envs."""
-        return self.trainer.world_size if self.trainer is not None else 1
+    def collector_slot(self, trainer: Optional[L.Trainer] = None) -> tuple[Optional[int], int]:
+        """``(index of this process among those that collect, or None where it collects nothing; how many
+        collect)``: the placement's rollout ranks (:meth:`lit_rl.distributed.Placement.collector_slot`), else
+        every process. ``trainer``: the one this datamodule is not attached to yet (default: its own)."""
+        trainer = trainer or self.trainer
+        if trainer is None:
+            return 0, 1
+        slot = getattr(trainer.strategy, "collector_slot", None)
+        return slot() if slot is not None else (trainer.global_rank, trainer.world_size)
 
     @property
     def envs_per_process(self) -> int:
-        """The envs this process steps: its share of ``num_envs``."""
-        return self.num_envs // self.world_size
+        """The envs this process steps: its share of ``num_envs`` (0 where it collects nothing)."""
+        index, count = self.collector_slot()
+        return 0 if index is None else self.num_envs // count
 
-    def check_processes(self) -> None:
-        """A ConfigError unless the run's envs split evenly over the processes that collect."""
-        if self.hparams.collection == "overlapped":
-            if self.world_size > 1:
-                raise ConfigError(
-                    f"data.collection: overlapped collection runs with one learner process so far; this run has "
-                    f"{self.world_size} (trainer.num_nodes x trainer.devices, or a placement preset). Use "
-                    "data.collection=sync with placement, or one device.")
-            return
-        n, p = self.num_envs, self.world_size
+    @property
+    def first_env(self) -> int:
+        """The run's index of this process's first env."""
+        index, _ = self.collector_slot()
+        return (index or 0) * self.envs_per_process
+
+    def check_processes(self, trainer: Optional[L.Trainer] = None) -> None:
+        """A ConfigError unless the run's envs split evenly over the processes that collect (and, overlapped,
+        each process's share over its collectors). The ``lit-rl`` command checks before the trainer starts."""
+        n, (_, p) = self.num_envs, self.collector_slot(trainer)
         if n % p:
             near = " or ".join(str(k) for k in (n - n % p, n - n % p + p) if k > 0)
             raise ConfigError(
                 f"data.num_envs: {n} envs cannot be split evenly over the {p} processes that collect "
-                f"(trainer.num_nodes x trainer.devices); data.num_envs counts the run's envs, so set it to a "
-                f"multiple of {p}, e.g. {near}."
+                f"(trainer.num_nodes x trainer.devices, or the placement's rollout_ranks); data.num_envs counts "
+                f"the run's envs, so set it to a multiple of {p}, e.g. {near}."
             )
+        c = self.num_collectors
+        if self.hparams.collection == "overlapped" and (n // p) % c:
+            raise ConfigError(
+                f"data.num_collectors: each of the {p} processes that collect steps {n // p} of data.num_envs={n} "
+                f"envs, which cannot be split evenly over {c} collector processes; use a divisor of {n // p}, or "
+                f"set data.num_envs to a multiple of {p * c}.")
 
     def make_envs(self, num_envs: int, training: bool, video_folder: Optional[str] = None) -> gym.vector.VectorEnv:
         """Builds the wrapped vector env. Nothing is reset or stepped here."""
@@ -261,11 +272,11 @@ class RolloutDataModule(L.LightningDataModule):
         if stage == "fit":
             self.check_processes()
         if stage == "fit" and self.training_envs is None:
-            if self.hparams.collection == "overlapped":
+            if self.hparams.collection == "overlapped" or not self.envs_per_process:
                 self.reference_envs = self.make_envs(1, training=True)
             else:
                 self.collector = Collector(self.make_envs(self.envs_per_process, training=True),
-                                           env_offset=self.rank * self.envs_per_process, noise_seed=self.seed)
+                                           env_offset=self.first_env, noise_seed=self.seed)
             envs = self.training_envs
             assert envs is not None
             check_spaces(envs.single_observation_space, envs.single_action_space)
@@ -308,17 +319,20 @@ class RolloutDataModule(L.LightningDataModule):
         ``num_envs * num_steps`` (a resumed run may have changed either, or the budget)."""
         return self.iteration + math.ceil(max(0, self.total_timesteps - self.env_steps) / self.steps_per_iteration)
 
-    def rollouts(self, policy: Policy) -> Iterator[Rollout]:
+    def rollouts(self, policy: Policy) -> Iterator[Rollout | NoRollout]:
         """Yields rollouts collected with ``policy`` until ``total_timesteps`` env steps are taken.
 
         Each rollout is collected when it is asked for, so it always comes from the current policy; in
         overlapped mode (:meth:`overlapped_rollouts`) with the policy ``policy_lag`` updates back.
         """
+        if not self.envs_per_process:
+            yield from self.no_rollouts()
+            return
         if self.hparams.collection == "overlapped":
             yield from self.overlapped_rollouts(policy)
             return
         assert self.collector is not None
-        self.collector.reset(self.reset_seed(self.rank * self.envs_per_process))
+        self.collector.reset(self.reset_seed(self.first_env))
         for iteration, steps, env_steps in self.schedule():
             self.env_steps = env_steps
             rollout = self.collector.collect(policy, steps, env_steps=env_steps, iteration=iteration)
@@ -336,12 +350,13 @@ class RolloutDataModule(L.LightningDataModule):
         envs = self.reference_envs
         assert envs is not None and module.agent is not None
         stats = _running_stats(envs)
-        n = self.num_envs // self.num_collectors
+        n = self.envs_per_process // self.num_collectors
         first = self.iteration
         hparams = {k: v for k, v in self.hparams.items() if not k.startswith("_")}
-        specs = [CollectorSpec(c, type(self), hparams, n, c * n, self.reset_seed(c * n), self.seed, self.schedule(),
+        offsets = [self.first_env + c * n for c in range(self.num_collectors)]
+        specs = [CollectorSpec(c, type(self), hparams, n, offset, self.reset_seed(offset), self.seed, self.schedule(),
                                self.policy_lag, first)
-                 for c in range(self.num_collectors)]
+                 for c, offset in enumerate(offsets)]
         self.overlap = OverlappedCollection(specs, module.agent, stats, self.policy_lag, self.collector_timeout)
         try:
             while self.env_steps < self.total_timesteps:
@@ -362,6 +377,18 @@ class RolloutDataModule(L.LightningDataModule):
                 self.overlap.close()
                 self.overlap = None
 
+    def no_rollouts(self) -> Iterator[NoRollout]:
+        """A process that collects nothing (a learner beside the placement's rollout ranks): each iteration's
+        index and env count, in step with the processes that collect, and its part (no moments) in merging
+        the normalization statistics."""
+        for iteration, _, env_steps in self.schedule():
+            self.env_steps = env_steps
+            self.update_normalization()
+            self.iteration += 1
+            self._stop_at_budget()
+            yield NoRollout(iteration, env_steps)
+        self._stop_at_budget()
+
     def schedule(self) -> Schedule:
         """The rollouts left from the current count: ``num_steps`` steps each until the budget, the last shorter."""
         return Schedule(self.iteration, self.env_steps, self.num_envs, self.num_steps, self.total_timesteps)
@@ -378,8 +405,8 @@ class RolloutDataModule(L.LightningDataModule):
     def update_normalization(self) -> None:
         """Folds the rollout's observation and return moments, merged over all processes, into the
         normalization statistics (the same on every process)."""
-        assert self.collector is not None
-        for rms in _running_stats(self.collector.envs).values():
+        assert self.training_envs is not None
+        for rms in _running_stats(self.training_envs).values():
             rms.commit(self._sum_over_processes)
 
     def _sum_over_processes(self, tensor: torch.Tensor) -> torch.Tensor:

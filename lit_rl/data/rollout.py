@@ -137,6 +137,19 @@ class Rollout:
         return type(self)(**values)
 
 
+@dataclass
+class NoRollout:
+    """What a process that collects nothing (a learner beside the placement's rollout ranks) hands the module
+    each iteration: the iteration's index and env count, no envs. Gathering
+    (:func:`lit_rl.distributed.placement.gather_rollout`) replaces it with the collecting processes' rollouts."""
+
+    iteration: int
+    env_steps: int
+
+    def to(self, device: torch.device) -> "NoRollout":
+        return self
+
+
 def join(cls: type[Rollout], parts: dict[str, list[Any]]) -> Rollout:
     """One rollout of every rank's values of each field (``parts[name]``, in rank order), as each field's
     layout says: env-wise fields concatenated over the env dimension (rank 0's envs first), episodes

@@ -1,12 +1,19 @@
-"""A Lightning strategy that places the actor and the critic on their own ranks.
+"""A Lightning strategy that places the actor, the critic and the collection of rollouts on their own ranks.
 
-Every rank collects a shard of the run's envs. The shards are gathered, so all ranks hold one rollout
-batch and compute the same advantages with the pre-update critic. The ranks in ``actor_ranks`` train the
+The ranks in ``rollout_ranks`` (default: all) each collect a shard of the run's envs. The shards are
+gathered, so all ranks hold one rollout batch and compute the same advantages with the pre-update critic. The ranks in ``actor_ranks`` train the
 actor, those in ``critic_ranks`` the critic; a rank in both groups does both (one process: the serial
 case). Gradients are all-reduced within a role's group only; there is no DDP wrapper around the module,
 since each rank updates only its roles. After the update, the actor's weights are broadcast from the
 first actor rank and the critic's from the first critic rank, so every rank ends the iteration with the
 same parameters and collects the next rollout with them.
+
+Rollout ranks that are not learners (``rollout_ranks`` or ``rollout_nodes`` given: the actor and critic
+then default to the other ranks) only collect. With ``data.collection: overlapped`` each runs its own
+collector processes, so rollout ``j + 1`` is collected on the rollout ranks while the learners update on
+rollout ``j``; the broadcast of the new weights is what reaches the rollout ranks, which publish it to
+their collectors (:mod:`lit_rl.data.overlap`). A learner that collects nothing hands the gather a
+:class:`~lit_rl.data.rollout.NoRollout`.
 
 ``update_mode: parallel`` lets the two groups update at the same time; ``serial`` makes the second role
 (in the module's ``update_order``) wait for the first. The numbers are the same either way: both roles
@@ -29,10 +36,10 @@ from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from lit_rl.data.rollout import ENV_DIM, Rollout, join
+from lit_rl.data.rollout import ENV_DIM, NoRollout, Rollout, join
 from lit_rl.errors import ConfigError, PeerLostError
 
-ROLES = ("actor", "critic")
+ROLES = ("actor", "critic")  # the roles that learn; "rollout" (collecting) is the placement's third role
 UpdateMode = Literal["serial", "parallel"]
 
 
@@ -65,6 +72,11 @@ class Placement:
         """``(index of this process in role's group, group size)``."""
         return 0, 1
 
+    def collector_slot(self) -> tuple[Optional[int], int]:
+        """``(index of this process among those that collect, or None where it collects nothing; how many
+        processes collect)``."""
+        return 0, 1
+
     def gather_rollout(self, rollout: Rollout) -> Rollout:
         """The rollouts of all processes as one."""
         return rollout
@@ -85,6 +97,11 @@ class Placement:
         """Every process's per-step stats, merged by name."""
         return stats
 
+    def count_steps(self, steps: dict[str, int]) -> int:
+        """The optimizer steps of an iteration as one process holding every role counts them, given this
+        process's ``steps`` by role: each role's steps as its first process took them."""
+        return sum(steps.values())
+
     def from_role(self, obj: Any, role: str) -> Any:
         """``obj`` as the first process of ``role`` has it."""
         return obj
@@ -93,31 +110,56 @@ class Placement:
         """Between the first and the second role of an update: where the second waits for the first."""
 
 
-def gather_rollout(rollout: Rollout, world_size: int, all_gather: Callable[[list[Tensor], Tensor, str], None],
-                   all_gather_object: Callable[[Any], list[Any]]) -> Rollout:
-    """Every rank's ``rollout`` as one, as the layout each field declares (:mod:`lit_rl.data.rollout`) says: the
-    tensors with an env dimension by ``all_gather(parts, tensor, name)``, the rest (episodes, per-round values)
-    by one ``all_gather_object``; joined in rank order."""
-    cls = type(rollout)
+def gather_rollout(rollout: Rollout | NoRollout, world_size: int,
+                   all_gather: Callable[[list[Tensor], Tensor, str], None],
+                   all_gather_object: Callable[[Any], list[Any]], device: torch.device) -> Rollout:
+    """The rollouts of every rank that collected, as one, as the layout each field declares
+    (:mod:`lit_rl.data.rollout`) says; joined in rank order.
+
+    One ``all_gather_object`` carries each rank's class, per-episode and per-round values, and the shape of
+    each env-wise field; the env-wise tensors then go by ``all_gather(parts, tensor, name)``. A rank that
+    collects nothing hands a :class:`NoRollout`: it adds no envs, no episodes and no per-round values, and
+    receives the others'. Shares may differ in their env count: each is padded to the largest for the
+    all-gather and cut back after it."""
+    layout = type(rollout).layout() if isinstance(rollout, Rollout) else {}
+    mine = None
+    if isinstance(rollout, Rollout):
+        values = {name: getattr(rollout, name) for name in layout}
+        mine = (type(rollout),
+                {name: v.cpu() if isinstance(v, Tensor) else v for name, v in values.items() if layout[name] not in ENV_DIM},
+                {name: None if v is None else (tuple(v.shape), v.dtype) for name, v in values.items() if layout[name] in ENV_DIM})
+    reports = all_gather_object(mine)
+    senders = [r for r, report in enumerate(reports) if report is not None]
+    if not senders:
+        raise RuntimeError("gather_rollout: no rank collected a rollout (every rank handed a NoRollout)")
+    cls = reports[senders[0]][0]
     parts: dict[str, list[Any]] = {}
-    others: dict[str, Any] = {}
-    for name, layout in cls.layout().items():
-        value = getattr(rollout, name)
-        if layout not in ENV_DIM:
-            others[name] = value.cpu() if isinstance(value, Tensor) else value
-        elif value is None:  # e.g. initial_state of a feed-forward policy
-            parts[name] = [None] * world_size
-        else:
-            as_int = value.dtype == torch.bool  # gathered as uint8: not every backend gathers bools
-            local = value.to(torch.uint8) if as_int else value
-            gathered = [torch.empty_like(local) for _ in range(world_size)]
-            all_gather(gathered, local.contiguous(), name)
-            parts[name] = [t.bool() for t in gathered] if as_int else gathered
-    for theirs in all_gather_object(others):
-        for name, value in theirs.items():
-            own = getattr(rollout, name)
-            parts.setdefault(name, []).append(value.to(own.device) if isinstance(value, Tensor) else value)
+    for name, kind in cls.layout().items():
+        if kind not in ENV_DIM:
+            parts[name] = [_to(reports[r][1][name], device) for r in senders]
+            continue
+        shapes = [reports[r][2][name] for r in senders]
+        if shapes[0] is None:  # e.g. initial_state of a feed-forward policy
+            parts[name] = [None] * len(senders)
+            continue
+        dim, (shape, dtype) = ENV_DIM[kind], shapes[0]
+        widths = [s[dim] for s, _ in shapes]
+        wire = torch.uint8 if dtype == torch.bool else dtype  # not every backend gathers bools
+        value = getattr(rollout, name) if isinstance(rollout, Rollout) else None
+        if value is not None and value.shape[dim] == max(widths):
+            local = value.to(wire).contiguous()
+        else:  # a smaller share, or none: padded to the largest
+            local = torch.zeros((*shape[:dim], max(widths), *shape[dim + 1:]), dtype=wire, device=device)
+            if value is not None:
+                local.narrow(dim, 0, value.shape[dim]).copy_(value)
+        gathered = [torch.empty_like(local) for _ in range(world_size)]
+        all_gather(gathered, local, name)
+        parts[name] = [gathered[r].narrow(dim, 0, width).to(dtype) for r, width in zip(senders, widths)]
     return join(cls, parts)
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    return value.to(device) if isinstance(value, Tensor) else value
 
 
 class ActorCriticPlacement(DDPStrategy, Placement):
@@ -126,8 +168,11 @@ class ActorCriticPlacement(DDPStrategy, Placement):
     Args:
         actor_ranks: Global ranks that train the actor; default: all.
         critic_ranks: Global ranks that train the critic; default: all. The groups may overlap.
+        rollout_ranks: Global ranks that collect rollouts; default: all. When given (or ``rollout_nodes``), the
+            actor and critic default to the ranks not listed here, and every rank must have a role.
         actor_nodes: Instead of ``actor_ranks``: the nodes (``NODE_RANK``) whose processes train the actor.
         critic_nodes: Instead of ``critic_ranks``: the nodes whose processes train the critic.
+        rollout_nodes: Instead of ``rollout_ranks``: the nodes whose processes collect.
         update_mode: ``parallel`` or ``serial`` (see the module docstring).
         timeout_s: Seconds a collective waits for the other ranks before it fails. In parallel mode a rank
             waits for the other group's update at the weight exchange, so keep it above the longest update
@@ -139,20 +184,22 @@ class ActorCriticPlacement(DDPStrategy, Placement):
 
     def __init__(self, actor_ranks: Optional[list[int]] = None, critic_ranks: Optional[list[int]] = None,
                  actor_nodes: Optional[list[int]] = None, critic_nodes: Optional[list[int]] = None,
+                 rollout_ranks: Optional[list[int]] = None, rollout_nodes: Optional[list[int]] = None,
                  update_mode: UpdateMode = "parallel", timeout_s: float = 300.0, **kwargs: Any) -> None:
         if update_mode not in ("serial", "parallel"):
             raise ConfigError(f"trainer.strategy.init_args.update_mode: {update_mode!r} is not one of "
                               "['serial', 'parallel'].")
         if not timeout_s > 0:
             raise ConfigError(f"trainer.strategy.init_args.timeout_s: {timeout_s} must be a positive number of seconds.")
-        for role, ranks, nodes in (("actor", actor_ranks, actor_nodes), ("critic", critic_ranks, critic_nodes)):
+        for role, ranks, nodes in (("actor", actor_ranks, actor_nodes), ("critic", critic_ranks, critic_nodes),
+                                   ("rollout", rollout_ranks, rollout_nodes)):
             if ranks is not None and nodes is not None:
                 raise ConfigError(f"trainer.strategy.init_args: {role}_ranks and {role}_nodes are both set; "
                                   "give one of them.")
         super().__init__(timeout=timedelta(seconds=timeout_s), **kwargs)
         Placement.__init__(self)
-        self.requested = {"actor": actor_ranks, "critic": critic_ranks}
-        self.requested_nodes = {"actor": actor_nodes, "critic": critic_nodes}
+        self.requested = {"actor": actor_ranks, "critic": critic_ranks, "rollout": rollout_ranks}
+        self.requested_nodes = {"actor": actor_nodes, "critic": critic_nodes, "rollout": rollout_nodes}
         self.update_mode = update_mode
         self.timeout_s = timeout_s
         self.ranks: dict[str, list[int]] = {}
@@ -171,11 +218,23 @@ class ActorCriticPlacement(DDPStrategy, Placement):
                 "and MASTER_PORT (a cluster launcher such as SLURM's srun sets them)")
         with self.bounded("joining the process group", list(range(self.num_nodes * self.num_processes)), hint):
             super().setup_distributed()
-        requested = self.nodes_to_ranks(self.requested, self.requested_nodes, self.num_nodes, self.num_processes)
-        self.ranks = self.check_ranks(requested, self.world_size)
+        self.ranks = self.role_ranks()
         # Every rank creates every group, in the same order (torch.distributed requires it).
         with self.bounded("creating the actor and critic groups", list(range(self.world_size))):
             self.groups = {role: dist.new_group(self.ranks[role], timeout=self._timeout) for role in ROLES}
+
+    def role_ranks(self) -> dict[str, list[int]]:
+        """The ranks of each role, ``rollout`` included, from the requested ranks or nodes and the processes
+        the trainer starts (known before they join: the datamodule asks at the CLI's checks)."""
+        if self.ranks:
+            return self.ranks
+        requested = self.nodes_to_ranks(self.requested, self.requested_nodes, self.num_nodes, self.num_processes)
+        return self.check_ranks(requested, self.num_nodes * self.num_processes)
+
+    def collector_slot(self) -> tuple[Optional[int], int]:
+        collecting = self.role_ranks()["rollout"]
+        rank = self.global_rank
+        return (collecting.index(rank) if rank in collecting else None), len(collecting)
 
     @staticmethod
     def nodes_to_ranks(ranks: dict[str, Optional[list[int]]], nodes: dict[str, Optional[list[int]]],
@@ -192,13 +251,23 @@ class ActorCriticPlacement(DDPStrategy, Placement):
 
     @staticmethod
     def check_ranks(requested: dict[str, Optional[list[int]]], world_size: int) -> dict[str, list[int]]:
-        """The ranks of each role; a ConfigError where the processes cannot host the groups."""
+        """The ranks of each role (``actor``, ``critic``, ``rollout``); a ConfigError where the processes cannot
+        host the groups. Rollout ranks default to all; given, the learners default to the other ranks."""
+        everyone = list(range(world_size))
+        rollout = requested.get("rollout")
+        learners = everyone if rollout is None else ([r for r in everyone if r not in rollout] or everyone)
         ranks = {}
-        for role in ROLES:
-            chosen = sorted(set(range(world_size) if requested[role] is None else requested[role]))
-            _require_within(f"{role}_ranks", requested[role], chosen, world_size, "process(es) (ranks",
+        for role in ("rollout", *ROLES):
+            given = requested.get(role)
+            chosen = sorted(set((everyone if role == "rollout" else learners) if given is None else given))
+            _require_within(f"{role}_ranks", given, chosen, world_size, "process(es) (ranks",
                             "trainer.num_nodes x trainer.devices). Give ranks in that range, or start more processes.")
             ranks[role] = chosen
+        idle = [r for r in everyone if not any(r in ranks[role] for role in ranks)]
+        if rollout is not None and idle:
+            raise ConfigError(f"trainer.strategy.init_args: rank(s) {idle} have no role (in none of actor_ranks "
+                              f"{ranks['actor']}, critic_ranks {ranks['critic']}, rollout_ranks {ranks['rollout']}); "
+                              "give each process a role, or start fewer processes.")
         return ranks
 
     # ------------------------------------------------------------------ bounded collectives
@@ -263,7 +332,7 @@ class ActorCriticPlacement(DDPStrategy, Placement):
             with self.bounded(f"gathering the rollout ({name})"):
                 dist.all_gather(parts, tensor)
 
-        return gather_rollout(rollout, self.world_size, all_gather, self.all_gather_object)
+        return gather_rollout(rollout, self.world_size, all_gather, self.all_gather_object, self.root_device)
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         """``obj`` from every rank, in rank order."""
@@ -333,6 +402,12 @@ class ActorCriticPlacement(DDPStrategy, Placement):
             for key, values in theirs.items():
                 reports.setdefault(key, []).append(values)
         return {key: [torch.tensor(sum(step) / len(step)) for step in zip(*lists)] for key, lists in reports.items()}
+
+    def count_steps(self, steps: dict[str, int]) -> int:
+        if self.world_size == 1:
+            return sum(steps.values())
+        reports = self.all_gather_object(steps)
+        return sum(reports[self.ranks[role][0]][role] for role in ROLES)
 
     def from_role(self, obj: Any, role: str) -> Any:
         """``obj`` as the first rank of ``role`` has it."""
