@@ -5,7 +5,7 @@ import torch
 
 from tests.helpers import REPO, TINY, lit_rl, read_metrics, run_main
 
-# The two-node preset needs a process per node; tests/test_placement.py launches it that way. Sweep files
+# The two-node presets need a process per node; tests/test_placement.py launches them that way. Sweep files
 # are wandb's format, not lit-rl configs (tests/test_sweep.py runs them).
 MULTI_NODE = {"configs/placement/two_nodes.yaml", "configs/placement/rollout_node.yaml"}
 CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")
