@@ -259,6 +259,12 @@ def test_rollout_node_overlaps_collection_with_the_update(tmp_path):
     rows = read_metrics(next((tmp_path / "rollout_overlapped").rglob("metrics.csv")))
     lags = [r["perf/policy_lag"] for r in rows if "perf/policy_lag" in r]
     assert len(lags) == STEPS // (ENVS * 32) and lags[0] == 0 and set(lags[1:]) == {1.0}, lags
+    # Every rank collecting and learning (critic_device.yaml): each runs a collector over its half of the
+    # envs and publishes the exchanged weights to it; the same run, to the float rounding of other batch sizes.
+    two = run(tmp_path, "critic_device_overlapped", config, *extra, *CRITIC_DEVICE, "--data.collection", "overlapped")
+    assert [r["info"]["envs"] for r in two] == [ENVS // 2] * 2
+    worst = check_roles(two, one, [["actor"], ["critic"]], atol=1e-5)
+    print(f"max |one process - critic_device|, overlapped, per role: {worst}")
 
 
 @pytest.mark.parametrize("failing,how", [(1, "exit"), (0, "exit"), (1, "hang")])
