@@ -189,6 +189,8 @@ def test_data_parallel_inside_each_group_matches_the_serial_run(presets, tmp_pat
     four = run(tmp_path, "four", config, *extra, *CRITIC_DEVICE, "--trainer.devices", "4",
                "--trainer.strategy.actor_ranks", "[0, 1]", "--trainer.strategy.critic_ranks", "[2, 3]")
     assert [r["info"]["envs"] for r in four] == [ENVS // 4] * 4
+    # Two ranks per role take the same steps: the run's count is one rank's per role, not the sum over ranks.
+    assert [r["info"]["global_step"] for r in four] == [presets["single"][0]["info"]["global_step"]] * 4
     worst = check_roles(four, presets["single"][0], [["actor"], ["actor"], ["critic"], ["critic"]], atol=1e-5)
     print(f"max |serial - 4 ranks| per role: {worst}")
 

@@ -176,7 +176,8 @@ class ActorCriticPlacement(DDPStrategy, Placement):
         update_mode: ``parallel`` or ``serial`` (see the module docstring).
         timeout_s: Seconds a collective waits for the other ranks before it fails. In parallel mode a rank
             waits for the other group's update at the weight exchange, so keep it above the longest update
-            (a PPG auxiliary phase included).
+            (a PPG auxiliary phase included); with rollout ranks learners wait at the gather for the
+            collection, so keep it above the longest rollout too (the first one includes starting collectors).
         **kwargs: DDPStrategy's arguments (``process_group_backend``: ``gloo`` on CPU, ``nccl`` on GPUs).
     """
 
@@ -283,8 +284,8 @@ class ActorCriticPlacement(DDPStrategy, Placement):
                 raise
             ranks = list(range(self.world_size)) if ranks is None else ranks
             first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-            hint = hint or ("Its own log says why; if it is only slower (a long update or PPG auxiliary phase), "
-                            "raise timeout_s")
+            hint = hint or ("Its own log says why; if it is only slower (a long update or PPG auxiliary phase, or "
+                            "a long rollout on the rollout ranks), raise timeout_s")
             raise PeerLostError(
                 f"rank {self.global_rank}: {what} with ranks {ranks} failed after {time.monotonic() - start:.1f} s: "
                 "another rank died or did not answer within trainer.strategy.init_args.timeout_s="
