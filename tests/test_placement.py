@@ -250,6 +250,7 @@ def test_rollout_node_collects_for_learners_that_collect_nothing(presets, tmp_pa
     check_same_run(ranks, presets["single"][0])
 
 
+@pytest.mark.slow  # about a minute: three fits; CI's slow leg runs it
 def test_rollout_node_overlaps_collection_with_the_update(tmp_path):
     """The rollout-node preset as shipped (overlapped, lag 1): node 1's collector gathers rollout j + 1 with
     the weights broadcast after update j - 1 while node 0 updates on rollout j. The run is the one-process
