@@ -297,10 +297,10 @@ def test_aux_phase_takes_minibatches_of_aux_minibatch_size_sequences(tmp_path, a
     steps: Counter = Counter()  # optimizer steps of the auxiliary phase, by role
     step = RoleUpdater.step
 
-    def counted(self, loss_fn, what):
+    def counted(self, loss_fn, what, **kwargs):
         if what.startswith("auxiliary-phase"):
             steps[self.role] += 1
-        return step(self, loss_fn, what)
+        return step(self, loss_fn, what, **kwargs)
 
     monkeypatch.setattr(RoleUpdater, "step", counted)
     fit(module, dm, tmp_path)

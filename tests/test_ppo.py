@@ -199,3 +199,39 @@ def test_unsupported_observation_space_is_refused():
 
     with pytest.raises(ConfigError, match="observation space"):
         check_spaces(gym.spaces.Dict({"a": OBS}), gym.spaces.Discrete(2))
+
+
+class NanAtCriticStep(PPO):
+    """The critic's loss turns NaN at its ``bad``-th step; records the critic's parameters just before it."""
+
+    bad = 3
+
+    def critic_loss(self, share):
+        self.calls = getattr(self, "calls", 0) + 1
+        loss, stats = super().critic_loss(share)
+        if self.calls == self.bad:
+            self.before_bad = [p.detach().clone() for p in self.agent.critic_parameters()]
+            loss = loss * float("nan")
+        return loss, stats
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused: deferred check", "plain: checked every step"])
+def test_a_non_finite_loss_applies_neither_its_update_nor_any_later_one(tmp_path, fused):
+    """With a fused optimizer the check costs no host sync per step: the optimizer skips the bad step and
+    every later one on a device flag, and the error comes at the end of the role's epochs. Either way the
+    critic ends as it was before the bad step, its Adam state counted only the steps applied, and the
+    message names the critic's NaN loss."""
+    def adam(params):
+        return torch.optim.Adam(params, lr=1e-2, fused=fused)
+
+    module, data = make(model={"critic_optimizer": adam, "actor_optimizer": adam, "update_epochs": 2,
+                               "num_minibatches": 4}, cls=NanAtCriticStep)
+    with pytest.raises(Exception) as err:
+        fit(module, data, tmp_path)
+    assert "critic loss is nan" in str(err.value)
+    assert module.calls == (4 * 2 if fused else NanAtCriticStep.bad)  # fused: the epochs ran to their end
+    for p, before in zip(module.agent.critic_parameters(), module.before_bad):
+        assert torch.equal(p.detach(), before)
+    critic_opt = module.optimizers()[1].optimizer
+    steps = {int(state["step"]) for state in critic_opt.state.values()}
+    assert steps == {NanAtCriticStep.bad - 1}, steps
