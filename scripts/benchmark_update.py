@@ -107,7 +107,8 @@ def main() -> None:
             f"after the first, over their optimizer steps; {args.repeats} fits per side, alternating.\n\n{table}")
     text = section(started, f"update step, this checkout vs {ref}", body)
     print(text)
-    write_section(args.results, "Update step: time per optimizer step", "scripts/benchmark_update.py", text)
+    write_section(args.results, "Update step: time per optimizer step", "scripts/benchmark_update.py", text,
+                  comparison=True)
 
 
 if __name__ == "__main__":

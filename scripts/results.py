@@ -68,15 +68,20 @@ def met(ok: bool) -> str:
     return "met" if ok else "not met"
 
 
-def write_section(path: str | Path, title: str, script: str, text: str) -> None:
+def write_section(path: str | Path, title: str, script: str, text: str, comparison: bool = False) -> None:
     """Puts ``text`` first in the results file at ``path``, after a preamble written anew (``title``, which
-    script writes the file); the sections already there follow unchanged."""
+    script writes the file); the sections already there follow unchanged. ``comparison``: the script compares
+    two commits, has no target and is not one of ``run_benchmarks.py``'s."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     old = path.read_text() if path.exists() else ""
     start = old.find("\n## ")
     history = old[start + 1:] if start >= 0 else ""
-    preamble = (f"# {title}\n\nWritten by `python {script}` (every benchmark: `python scripts/run_benchmarks.py`), "
-                "newest first. Each section names the commit, date and machine it measured; its verdict is computed "
-                "by the script from the numbers in it.\n\n")
+    if comparison:
+        preamble = (f"# {title}\n\nWritten by `python {script}`, newest first: a comparison of two commits, with no "
+                    "target. Each section names the commits, date and machine it measured.\n\n")
+    else:
+        preamble = (f"# {title}\n\nWritten by `python {script}` (every benchmark: `python scripts/run_benchmarks.py`), "
+                    "newest first. Each section names the commit, date and machine it measured; its verdict is computed "
+                    "by the script from the numbers in it.\n\n")
     path.write_text(preamble + text.rstrip() + "\n" + ("\n" + history if history else ""))
