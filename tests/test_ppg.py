@@ -361,3 +361,32 @@ def test_the_old_architecture_name_dual_is_read_as_separate():
     with pytest.warns(UserWarning, match="'dual'.*now called 'separate'"):
         module = PPG(arch="dual")
     assert module.hparams.arch == "separate"
+
+
+class NanAtAuxCriticStep(PPG):
+    """The auxiliary phase's critic loss turns NaN at its second step; records both networks just before."""
+
+    def aux_critic_loss(self, share):
+        self.aux_calls = getattr(self, "aux_calls", 0) + 1
+        loss, stats = super().aux_critic_loss(share)
+        if self.aux_calls == 2:
+            self.before_bad = {name: p.detach().clone() for name, p in self.agent.named_parameters()}
+            loss = loss * float("nan")
+        return loss, stats
+
+
+def test_a_non_finite_aux_loss_stops_both_roles_updates(tmp_path):
+    """In the auxiliary phase the roles take turns on each minibatch; after the critic's non-finite loss
+    neither the critic nor the actor applies another update (one deferred check covers both), and the error
+    names the auxiliary phase's critic loss."""
+    def adam(params):
+        return torch.optim.Adam(params, lr=1e-2, fused=True)
+
+    module, dm = make(model={"n_pi": 1, "aux_epochs": 4, "actor_optimizer": adam, "critic_optimizer": adam},
+                      data={"total_timesteps": 512}, cls=NanAtAuxCriticStep)
+    with pytest.raises(Exception) as err:
+        fit(module, dm, tmp_path)
+    assert "auxiliary-phase critic loss is nan" in str(err.value)
+    assert module.aux_calls > 2  # the phase ran on past the bad step
+    for name, p in module.agent.named_parameters():
+        assert torch.equal(p.detach(), module.before_bad[name]), name

@@ -235,3 +235,35 @@ def test_a_non_finite_loss_applies_neither_its_update_nor_any_later_one(tmp_path
     critic_opt = module.optimizers()[1].optimizer
     steps = {int(state["step"]) for state in critic_opt.state.values()}
     assert steps == {NanAtCriticStep.bad - 1}, steps
+    # The critic updates first: the error ends the iteration before the actor's epochs start.
+    assert not module.optimizers()[0].optimizer.state
+
+
+def amp_fit(module, data, root) -> "L.Trainer":
+    import lightning as L
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    trainer = L.Trainer(max_epochs=-1, accelerator="cpu", logger=False, default_root_dir=root,
+                        plugins=[MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))],
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        limit_val_batches=0, enable_checkpointing=False)
+    trainer.fit(module, data)
+    return trainer
+
+
+def test_the_deferred_check_leaves_a_grad_scalers_flag_alone(tmp_path):
+    """Under fp16 AMP the grad scaler sets (and removes) the fused optimizer's found_inf itself, per step:
+    the update checks every step instead. Training runs (it raised AttributeError on the scaler's removed
+    flag), and a NaN loss stops it at that step (deferred, the scaler's flag would let later steps apply)."""
+    def adam(params):
+        return torch.optim.Adam(params, lr=1e-3, fused=True)
+
+    model = {"critic_optimizer": adam, "actor_optimizer": adam, "actor_max_grad_norm": None,
+             "critic_max_grad_norm": None, "update_epochs": 2, "num_minibatches": 4}
+    module, data = make(model=model, data={"total_timesteps": 128})
+    trainer = amp_fit(module, data, tmp_path / "finite")
+    assert trainer.global_step == 16 and data.env_steps == 128
+    module, data = make(model=model, data={"total_timesteps": 128}, cls=NanAtCriticStep)
+    with pytest.raises(Exception, match="critic loss is nan"):
+        amp_fit(module, data, tmp_path / "nan")
+    assert module.calls == NanAtCriticStep.bad

@@ -94,10 +94,6 @@ class RoleUpdater:
         self.max_grad_norm = max_grad_norm
         self.on_non_finite = on_non_finite
         self.steps = 0  # optimizer steps taken by this process
-        # The deferred non-finite check (see step): each step's loss since the last check, and whether one was
-        # not finite, as a tensor the optimizer reads without a host sync.
-        self.pending: list[tuple[str, Tensor]] = []
-        self.found_inf: Optional[Tensor] = None
 
     @property
     def optimizer(self) -> Any:
@@ -110,18 +106,19 @@ class RoleUpdater:
         indices into ``batch``). ``stop``, given the epoch's mean approx KL over the role's group, ends the
         epochs early; every process of the group sees the same value, so all stop together."""
         stats: Stats = defaultdict(list)
+        check = DeferredCheck()
         with self.module.toggled_optimizer(self.optimizer):  # once for all the role's steps
             for _ in range(epochs):
                 epoch_kl: list[Tensor] = []
                 for idx in minibatches():
-                    step_stats = self.step(lambda: self.call(loss_fn, batch, idx), what, toggle=False)
+                    step_stats = self.step(lambda: self.call(loss_fn, batch, idx), what, toggle=False, check=check)
                     for key, value in step_stats.items():
                         stats[key].append(value)
                     if stop is not None:
                         epoch_kl.append(step_stats["approx_kl"])
                 if stop is not None and stop(self.placement.reduce_mean(torch.stack(epoch_kl).mean(), self.role)):
                     break
-        self.check_finite()
+        check.raise_if_non_finite(self.on_non_finite)
         return stats
 
     def call(self, loss_fn: LossFn, batch: dict[str, Tensor], idx: Tensor) -> tuple[Any, dict[str, Tensor]]:
@@ -143,29 +140,32 @@ class RoleUpdater:
         return value if group == 1 else value * (weight * group)
 
     # ------------------------------------------------------------------ one step
-    def step(self, loss_fn: Callable[[], tuple[Any, dict[str, Tensor]]], what: str, toggle: bool = True) -> dict[str, Tensor]:
+    def step(self, loss_fn: Callable[[], tuple[Any, dict[str, Tensor]]], what: str, toggle: bool = True,
+             check: Optional["DeferredCheck"] = None) -> dict[str, Tensor]:
         """One step of the role's optimizer: toggle, loss, zero_grad, backward, the group's gradient sum, clip,
         step, untoggle (``toggle=False``: the caller has toggled the optimizer for all its steps).
 
         The toggle freezes every parameter this optimizer does not own, so a shared trunk is trained only by
         the optimizer that owns it. A non-finite loss stops training before its update is applied (on every
-        process of the group). With an optimizer that can skip a step on a device flag (a fused one, as
-        AMP's grad scaler uses it) and one process in the role's group, the check costs no host sync: the
-        flag makes the optimizer skip this step and every later one, and :meth:`check_finite` raises at the
-        end of the epochs, naming the first non-finite loss. ``loss_fn`` may return a tuple of loss terms:
-        their gradients are combined by gradient surgery.
+        process of the group). Given a ``check`` (the epochs' :class:`DeferredCheck`), an optimizer that can
+        skip a step on a device flag (a fused one, as AMP's grad scaler uses it; not under a grad scaler, which
+        sets its own) and one process in the role's group, the check costs no host sync: the flag makes the
+        optimizer skip this step and every later one of the check, and the caller raises at the end, naming
+        the first non-finite loss. ``loss_fn`` may return a tuple of loss terms: their gradients are combined by
+        gradient surgery.
         """
         module, optimizer = self.module, self.optimizer
         raw = optimizer.optimizer
-        defer = getattr(raw, "_step_supports_amp_scaling", False) and self.placement.group_size(self.role) == 1
+        scaler = getattr(getattr(module.trainer, "precision_plugin", None), "scaler", None)
+        defer = (check is not None and getattr(raw, "_step_supports_amp_scaling", False) and scaler is None
+                 and self.placement.group_size(self.role) == 1)
         with module.toggled_optimizer(optimizer) if toggle else contextlib.nullcontext():
             loss, stats = loss_fn()
             terms = loss if isinstance(loss, tuple) else (loss,)
             total = sum(terms)
             if defer:
-                self.pending.append((what, total.detach()))
-                bad = (~torch.isfinite(total.detach())).float()
-                self.found_inf = bad if self.found_inf is None else torch.maximum(self.found_inf, bad)
+                assert check is not None
+                check.add(what, total)
                 finite = True
             else:
                 finite = bool(torch.isfinite(total))
@@ -183,26 +183,15 @@ class RoleUpdater:
             if self.max_grad_norm is not None:
                 module.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
             if defer:
-                raw.found_inf = self.found_inf  # the fused step applies nothing while it is 1
+                assert check is not None
+                raw.found_inf = check.found_inf  # the fused step applies nothing while it is 1
             try:
                 optimizer.step()
             finally:
                 if defer:
-                    del raw.found_inf
+                    raw.__dict__.pop("found_inf", None)
             self.steps += 1
         return stats
-
-    def check_finite(self) -> None:
-        """The deferred non-finite check, one host sync for the steps since the last: a NonFiniteLossError
-        naming the first non-finite loss (the optimizer applied neither its update nor any later one)."""
-        pending, self.pending, self.found_inf = self.pending, [], None
-        if not pending:
-            return
-        finite = torch.isfinite(torch.stack([total for _, total in pending]))
-        if bool(finite.all()):
-            return
-        first = int((~finite).nonzero()[0])
-        raise NonFiniteLossError(self.on_non_finite(*pending[first]))
 
     def backward_with_surgery(self, optimizer: Optimizer, terms: tuple[Tensor, ...]) -> dict[str, Tensor]:
         """Backward of each term apart, then PCGrad on the parameters that two or more terms reach (the shared
@@ -261,19 +250,46 @@ def share_of(batch: dict[str, Tensor], idx: Tensor, member: int = 0, ranks: int 
     return Share(data, History(starts, batch["state"][rows], valid), weight, whole)
 
 
+class DeferredCheck:
+    """The non-finite check of a run of optimizer steps, with one host sync at its end: each step's loss in
+    the order taken, and ``found_inf``, a device flag that is 1 from the first non-finite loss on (for the
+    fused optimizers' skip; shared by every role that steps under it, so none applies an update after it)."""
+
+    def __init__(self) -> None:
+        self.losses: list[tuple[str, Tensor]] = []
+        self.found_inf: Optional[Tensor] = None
+
+    def add(self, what: str, total: Tensor) -> None:
+        total = total.detach()
+        self.losses.append((what, total))
+        bad = (~torch.isfinite(total)).float()
+        self.found_inf = bad if self.found_inf is None else torch.maximum(self.found_inf, bad)
+
+    def raise_if_non_finite(self, on_non_finite: Callable[[str, Tensor], str]) -> None:
+        """A NonFiniteLossError naming the first non-finite loss, if there was one."""
+        if not self.losses:
+            return
+        finite = torch.isfinite(torch.stack([total for _, total in self.losses]))
+        if bool(finite.all()):
+            return
+        raise NonFiniteLossError(on_non_finite(*self.losses[int((~finite).nonzero()[0])]))
+
+
 def interleaved_epochs(steps: list[tuple["RoleUpdater", LossFn]], batch: dict[str, Tensor], epochs: int,
                        minibatches: Callable[[], tuple[Tensor, ...]], what: str) -> Stats:
     """``epochs`` epochs in which every minibatch gets one step of each role in ``steps``, in that order (PPG's
-    auxiliary phase: the roles take turns on the same minibatches)."""
+    auxiliary phase: the roles take turns on the same minibatches). One deferred non-finite check covers
+    every role's steps."""
     stats: Stats = defaultdict(list)
+    check = DeferredCheck()
     for _ in range(epochs):
         for idx in minibatches():
             for updater, loss_fn in steps:
-                step_stats = updater.step(lambda: updater.call(loss_fn, batch, idx), f"{what} {updater.role}")
+                step_stats = updater.step(lambda: updater.call(loss_fn, batch, idx), f"{what} {updater.role}", check=check)
                 for key, value in step_stats.items():
                     stats[key].append(value)
-    for updater, _ in steps:
-        updater.check_finite()
+    if steps:
+        check.raise_if_non_finite(steps[0][0].on_non_finite)
     return stats
 
 
