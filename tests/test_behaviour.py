@@ -22,7 +22,7 @@ def test_training_matches_the_reference_exactly(tmp_path, reference, name):
 
 
 # Overlapped collection at policy lag 0 is the synchronous run: every single-process case gives the reference's
-# numbers (overlapped collection runs with one learner process so far).
+# numbers (the multi-process overlapped layouts are checked against one-process runs in tests/test_placement.py).
 ONE_PROCESS = [name for name in CASES if not name.startswith("placement/") or name.endswith("single_device")]
 OVERLAPPED_LAG_0 = ("--data.collection", "overlapped", "--data.policy_lag", "0")
 
