@@ -308,9 +308,10 @@ class PPO(L.LightningModule):
         batch = self.prepare_batch(rollout)
         before = {role: updater.steps for role, updater in self.updaters.items()}
         stats, info = self.update(rollout, batch)
-        stats = self.placement.merge_stats(stats)  # every rank logs the stats of the roles it did not run, too
         taken = {role: updater.steps - before[role] for role, updater in self.updaters.items()}
-        count_steps_of_other_roles(self.trainer, self.placement.count_steps(taken) - sum(taken.values()))
+        # Every rank logs the stats of the roles it did not run, too, and counts the run's optimizer steps.
+        stats, run_steps = self.placement.merge_stats(stats, taken)
+        count_steps_of_other_roles(self.trainer, run_steps - sum(taken.values()))
         with warnings.catch_warnings():
             # During critic warm-up the actor's schedule advances with the run while its optimizer does not step.
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")

@@ -93,14 +93,11 @@ class Placement:
     def sync_weights(self, params_by_role: dict[str, list[Tensor]]) -> None:
         """Gives every process each role's parameters as that role's first process has them."""
 
-    def merge_stats(self, stats: dict[str, list[Tensor]]) -> dict[str, list[Tensor]]:
-        """Every process's per-step stats, merged by name."""
-        return stats
-
-    def count_steps(self, steps: dict[str, int]) -> int:
-        """The optimizer steps of an iteration as one process holding every role counts them, given this
-        process's ``steps`` by role: each role's steps as its first process took them."""
-        return sum(steps.values())
+    def merge_stats(self, stats: dict[str, list[Tensor]], steps: dict[str, int]) -> tuple[dict[str, list[Tensor]], int]:
+        """Every process's per-step stats, merged by name; and the iteration's optimizer steps as one process
+        holding every role counts them, given this process's ``steps`` by role (each role's steps as its
+        first process took them)."""
+        return stats, sum(steps.values())
 
     def from_role(self, obj: Any, role: str) -> Any:
         """``obj`` as the first process of ``role`` has it."""
@@ -389,26 +386,24 @@ class ActorCriticPlacement(DDPStrategy, Placement):
             with torch.no_grad():
                 vector_to_parameters(flat, params)
 
-    def merge_stats(self, stats: dict[str, list[Tensor]]) -> dict[str, list[Tensor]]:
-        """Every rank's per-step stats, merged by name, so rank 0 logs those of the roles it did not run.
+    def merge_stats(self, stats: dict[str, list[Tensor]], steps: dict[str, int]) -> tuple[dict[str, list[Tensor]], int]:
+        """Every rank's per-step stats, merged by name, so rank 0 logs those of the roles it did not run; and
+        the run's optimizer steps of the iteration (each role's, as its first rank took them), in the same
+        all-gather.
 
         The ranks of a group take the same steps, each on its share of every minibatch: a step's value is
         the mean over the ranks that report it, and the number of steps stays that of one rank.
         """
         if self.world_size == 1:
-            return stats
+            return stats, sum(steps.values())
         mine = {key: [float(v) for v in values] for key, values in stats.items()}
+        gathered = self.all_gather_object((mine, steps))
         reports: dict[str, list[list[float]]] = {}
-        for theirs in self.all_gather_object(mine):
+        for theirs, _ in gathered:
             for key, values in theirs.items():
                 reports.setdefault(key, []).append(values)
-        return {key: [torch.tensor(sum(step) / len(step)) for step in zip(*lists)] for key, lists in reports.items()}
-
-    def count_steps(self, steps: dict[str, int]) -> int:
-        if self.world_size == 1:
-            return sum(steps.values())
-        reports = self.all_gather_object(steps)
-        return sum(reports[self.ranks[role][0]][role] for role in ROLES)
+        merged = {key: [torch.tensor(sum(step) / len(step)) for step in zip(*lists)] for key, lists in reports.items()}
+        return merged, sum(gathered[self.ranks[role][0]][1][role] for role in ROLES)
 
     def from_role(self, obj: Any, role: str) -> Any:
         """``obj`` as the first rank of ``role`` has it."""
