@@ -118,3 +118,46 @@ class StallEnv(gym.Env):
 
 
 gym.register("Stall-v0", entry_point=StallEnv, max_episode_steps=500)
+
+
+class QuadrantEnv(gym.Env):
+    """A small image task that a CNN learns in a few thousand steps on a CPU, and a policy blind to the pixels
+    cannot: each step shows a ``size x size`` uint8 RGB frame (channels last, or first with ``channels_first``)
+    with a bright 3x3 patch in one of its four quadrants over dim noise; the action names the quadrant (0 top
+    left, 1 top right, 2 bottom left, 3 bottom right) and earns 1 when it is right. An episode is ``length``
+    steps, so a return of ``length`` is perfect and chance gets a quarter of it. With ``hint`` the observation is a
+    Dict of the frame (``"image"``) and a float vector (``"hint"``) that says nothing."""
+
+    def __init__(self, size: int = 16, length: int = 8, channels_first: bool = False, hint: bool = False) -> None:
+        self.size, self.length, self.channels_first, self.hint = size, length, channels_first, hint
+        shape = (3, size, size) if channels_first else (size, size, 3)
+        image = spaces.Box(0, 255, shape, np.uint8)
+        self.observation_space = (spaces.Dict({"image": image, "hint": spaces.Box(-1.0, 1.0, (2,), np.float32)})
+                                  if hint else image)
+        self.action_space = spaces.Discrete(4)
+        self.quadrant, self.steps = 0, 0
+
+    def _frame(self) -> Any:
+        half = self.size // 2
+        frame = self.np_random.integers(0, 40, (self.size, self.size, 3), dtype=np.uint8)
+        self.quadrant = int(self.np_random.integers(4))
+        row = (self.quadrant // 2) * half + int(self.np_random.integers(0, half - 2))
+        col = (self.quadrant % 2) * half + int(self.np_random.integers(0, half - 2))
+        frame[row:row + 3, col:col + 3] = 255
+        frame = frame.transpose(2, 0, 1).copy() if self.channels_first else frame
+        if self.hint:
+            return {"image": frame, "hint": self.np_random.uniform(-1, 1, 2).astype(np.float32)}
+        return frame
+
+    def reset(self, *, seed: Any = None, options: Any = None) -> Any:
+        super().reset(seed=seed)
+        self.steps = 0
+        return self._frame(), {}
+
+    def step(self, action: Any) -> Any:
+        reward = float(int(action) == self.quadrant)
+        self.steps += 1
+        return self._frame(), reward, self.steps >= self.length, False, {}
+
+
+gym.register("Quadrant-v0", entry_point=QuadrantEnv)

@@ -271,9 +271,22 @@ def test_store_keeps_what_the_formula_says_and_big_settings_are_refused(tmp_path
     image = gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
     samples, frame = 32 * 8 * 256, 64 * 64 * 3
     store = 32 * (8 * 256 * (frame + 8) + 8 * (frame + 1))  # obs, reward, 4 flags; last obs and start
-    minibatch = samples // 16 * (frame + 4 * frame)
-    assert PPG(n_pi=32, aux_minibatch_size=16).check_memory(8, 256, image, gym.spaces.Discrete(15)) == (
+    # The IMPALA CNN's activations per frame, counted by hand: per stack its convolution's output, the max-pool's,
+    # and per residual block two ReLUs, two convolutions and the sum; then the final ReLU.
+    stack = [(16, 64), (32, 32), (32, 16)]  # (channels, side of the convolution's output)
+    impala = sum(c * s * s + 11 * c * (s // 2) ** 2 for c, s in stack) + 32 * 8 * 8
+    assert impala == 401408
+    minibatch = samples // 64 * (frame + 4 * frame + 4 * 2 * impala)  # separate: two encoders
+    assert PPG(n_pi=32, aux_minibatch_size=4).check_memory(8, 256, image, gym.spaces.Discrete(15)) == (
         2 * store + samples * (4 + 4 * 15) + minibatch)
+    minibatch = samples // 64 * (frame + 4 * frame + 4 * impala)  # shared: one
+    assert PPG(n_pi=32, aux_minibatch_size=4, arch="shared").check_memory(8, 256, image, gym.spaces.Discrete(15)) == (
+        2 * store + samples * (4 + 4 * 15) + minibatch)
+    # Without minibatch gradients to keep, the forward chunk over the store bounds the peak: its float frames and
+    # the largest layer's input and output (the first convolution's, 16 x 64 x 64).
+    chunk = 2048 * 4 * (frame + 2 * 16 * 64 * 64)
+    assert PPG(n_pi=1, aux_minibatch_size=1, arch="shared").check_memory(8, 256, image, gym.spaces.Discrete(15)) == (
+        2 * 8 * (256 * (frame + 8) + frame + 1) + 2048 * (4 + 4 * 15) + chunk)
 
 
 @pytest.mark.parametrize("aux_minibatch", ["sequences", "samples"])

@@ -198,7 +198,9 @@ def test_unsupported_observation_space_is_refused():
     from lit_rl.nets import check_spaces
 
     with pytest.raises(ConfigError, match="observation space"):
-        check_spaces(gym.spaces.Dict({"a": OBS}), gym.spaces.Discrete(2))
+        check_spaces(gym.spaces.Tuple([OBS, OBS]), gym.spaces.Discrete(2))
+    with pytest.raises(ConfigError, match=r"data.env_id\['a'\]: observation space"):
+        check_spaces(gym.spaces.Dict({"a": gym.spaces.Tuple([OBS])}), gym.spaces.Discrete(2))
 
 
 class NanAtCriticStep(PPO):

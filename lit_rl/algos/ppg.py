@@ -128,20 +128,25 @@ class PPG(PPO):
     def check_memory(self, num_envs: int, num_steps: int, observation_space: Any, action_space: Any) -> int:
         """The auxiliary phase's peak memory in bytes; a ConfigError where it would not fit."""
         from lit_rl.nets import PolicyHead
+        from lit_rl.nets.encoders import activation_elements, check_encoder
 
         hp = self.hparams
         dist_params = PolicyHead(1, action_space).num_params
         # Floats of the recurrent state: an LSTM's h and c (a GRU's h), one summarizer per network in separate.
         state_size = 0 if hp.recurrent is None else (
             hp.recurrent_size * (2 if hp.recurrent == "lstm" else 1) * (2 if hp.arch == "separate" else 1))
+        # The auxiliary phase runs the policy's encoder and, in separate, the critic's.
+        total, largest = activation_elements(check_encoder(observation_space, hp.encoder), observation_space)
+        encoders = 2 if hp.arch == "separate" else 1
         needed = RolloutStore.estimate_bytes(hp.n_pi, num_envs, num_steps, observation_space, dist_params,
-                                             -(-hp.n_pi * num_envs // hp.aux_minibatch_size), state_size)
+                                             -(-hp.n_pi * num_envs // hp.aux_minibatch_size), state_size,
+                                             (encoders * total, largest))
         device = self.device if self._trainer is None else self.trainer.strategy.root_device
         budget = hp.aux_memory_fraction * available_memory(device)
         if needed > budget:
             raise ConfigError(
                 f"model.n_pi: the PPG store of {hp.n_pi} rollouts of {num_envs} envs x {num_steps} steps of "
-                f"{observation_space.dtype} observations of shape {observation_space.shape} needs about {format_bytes(needed)} at the auxiliary phase, more than "
+                f"observations {observation_space} needs about {format_bytes(needed)} at the auxiliary phase, more than "
                 f"model.aux_memory_fraction={hp.aux_memory_fraction} of the {format_bytes(budget / hp.aux_memory_fraction)} "
                 f"available on {device}. Lower model.n_pi, data.num_envs or data.num_steps."
             )

@@ -39,7 +39,7 @@ from lit_rl.data.rollout import Rollout, flatten_valid, pad_time, to_sequences
 from lit_rl.distributed.placement import ROLES, Placement
 from lit_rl.errors import ConfigError
 from lit_rl.losses import actor_objective, normalize_advantages, value_loss
-from lit_rl.nets import ActorCritic, Arch, History, Recurrent
+from lit_rl.nets import ActorCritic, Arch, Encoder, History, Recurrent
 from lit_rl.returns import gae
 
 UpdateOrder = Literal["critic_first", "actor_first"]
@@ -58,7 +58,11 @@ class PPO(L.LightningModule):
         anneal_lr: Anneal both learning rates linearly to 0 when no scheduler is given.
         arch: ``separate`` networks, a ``shared`` trunk with two heads, or ``detach`` (shared trunk, the
             value head reads detached features).
-        hidden_sizes: Widths of the MLP trunk(s).
+        hidden_sizes: Widths of the MLP trunk(s). After a CNN encoder the first is its dense layer (the PPG
+            paper's IMPALA network: ``[256]``; the Nature CNN: ``[512]``).
+        encoder: What turns observations into features (:mod:`lit_rl.nets.encoders`): ``auto`` (a CNN, IMPALA's,
+            for ``uint8`` images, flat otherwise), ``nature``, ``impala`` or ``flat``. In ``separate`` each network
+            has its own; in ``shared``/``detach`` the one encoder is part of the shared trunk.
         activation: ``tanh``, ``relu``, ``elu`` or ``silu``.
         log_std_init: Initial log std of the Gaussian policy (Box actions).
         gamma: Discount factor, in (0, 1].
@@ -101,6 +105,7 @@ class PPO(L.LightningModule):
         anneal_lr: bool = True,
         arch: Arch = "separate",
         hidden_sizes: list[int] = [64, 64],
+        encoder: Encoder = "auto",
         activation: str = "tanh",
         log_std_init: float = 0.0,
         gamma: float = 0.99,
@@ -167,7 +172,7 @@ class PPO(L.LightningModule):
                     raise ConfigError(f"model.{role}_optimizer: the learning rate (init_args.lr) must be > 0, got {lr}.")
         if hp.bptt_length is not None and hp.bptt_length < 1:
             raise ConfigError(f"model.bptt_length: must be a positive integer or null, got {hp.bptt_length}.")
-        ActorCritic.check_config(hp.arch, hp.hidden_sizes, hp.activation, hp.recurrent, hp.recurrent_size)
+        ActorCritic.check_config(hp.arch, hp.hidden_sizes, hp.activation, hp.recurrent, hp.recurrent_size, hp.encoder)
         if hp.gradient_surgery != "none" and hp.arch != "shared":
             raise ConfigError(
                 f"model.gradient_surgery: {hp.gradient_surgery!r} only acts where two losses share a trunk; with "
@@ -220,7 +225,7 @@ class PPO(L.LightningModule):
             hp = self.hparams
             self.agent = ActorCritic(observation_space, action_space, hp.hidden_sizes, hp.activation, hp.arch,
                                      hp.log_std_init, aux_head=self.uses_aux_head, recurrent=hp.recurrent,
-                                     recurrent_size=hp.recurrent_size)
+                                     recurrent_size=hp.recurrent_size, encoder=hp.encoder)
 
     def configure_model(self) -> None:
         datamodule = self.trainer.datamodule

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from lit_rl.data.rollout import Rollout
+from lit_rl.errors import ConfigError
 from lit_rl.nets import History, noise_dim
 
 
@@ -33,7 +34,12 @@ class Policy(Protocol):
 
 
 class Collector:
-    """Steps ``envs`` (next-step autoreset) and records rollouts on the CPU.
+    """Steps ``envs`` and records rollouts on the CPU.
+
+    Envs reset under gymnasium's next-step autoreset (the default: the step after an episode ends only resets
+    that env, and is marked invalid) or same-step autoreset (the env returns the next episode's first
+    observation with the step that ended one, as Procgen does; every step is then valid). A same-step env
+    gives no final observation to bootstrap from, so a truncation there is refused (:func:`autoreset_mode`).
 
     Env ``i`` of this collector is env ``env_offset + i`` of the run. Each env draws its actions from its own
     noise stream, seeded by ``(noise_seed, env index, iteration)``, so a rollout does not depend on how the
@@ -47,6 +53,7 @@ class Collector:
         self.env_offset = env_offset
         self.noise_seed = noise_seed
         self.noise_dim = noise_dim(envs.single_action_space)
+        self.same_step = autoreset_mode(envs) == gym.vector.AutoresetMode.SAME_STEP
         self.obs: np.ndarray | None = None
         self.prev_done = np.zeros(self.num_envs, dtype=bool)
         # Whether self.obs is the first of an episode, and a recurrent policy's state before it.
@@ -95,13 +102,13 @@ class Collector:
                 logprobs, values = torch.empty((T, N)), torch.empty((T, N))
             obs_buf[t], actions[t], logprobs[t], values[t] = obs, action, logprob.cpu(), value.cpu()
             valid[t] = torch.from_numpy(~self.prev_done)
-            # The step after an autoreset step is the first of the next episode.
+            # Next-step autoreset: the step after an autoreset step is the first of the next episode.
             self.start = self.prev_done.copy()
             self.obs, reward, term, trunc, info = self.envs.step(action.numpy())
             rewards[t] = torch.from_numpy(np.asarray(reward, dtype=np.float32))
             terminated[t] = torch.from_numpy(np.asarray(term, dtype=bool))
             truncated[t] = torch.from_numpy(np.asarray(trunc, dtype=bool))
-            self.prev_done = np.logical_or(term, trunc)
+            self.start, self.prev_done = self._after_step(self.start, term, trunc)
             if "_episode" in info:
                 ended = info["_episode"]
                 ep_returns.append(info["episode"]["r"][ended])
@@ -130,6 +137,20 @@ class Collector:
             iteration=iteration,
             rollout_time=time.perf_counter() - start,
         )
+
+    def _after_step(self, start: np.ndarray, term: np.ndarray, trunc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(start, prev_done)`` for the observation a step returned: under next-step autoreset an env that
+        ended an episode resets on the next step; under same-step autoreset it has already reset, so its
+        returned observation starts the next episode."""
+        done = np.logical_or(term, trunc)
+        if not self.same_step:
+            return start, done
+        if np.any(trunc):
+            raise RuntimeError(
+                "a same-step autoreset env truncated an episode: it gives no final observation to bootstrap the "
+                "truncated return from. Make the env report its time limit as a termination, or use next-step "
+                "autoreset (gymnasium's default).")
+        return done, np.zeros_like(done)
 
     def _history(self, device: torch.device) -> History | None:
         """One step of history for the current observations (None for a feed-forward policy)."""
@@ -166,7 +187,7 @@ class Collector:
                 state = history.final_state
             start = prev_done
             obs, _, term, trunc, info = self.envs.step(action.cpu().numpy())
-            prev_done = np.logical_or(term, trunc)
+            start, prev_done = self._after_step(start, term, trunc)
             if "_episode" in info:
                 for i in np.flatnonzero(info["_episode"]):
                     if done_count[i] < quota[i]:
@@ -181,6 +202,16 @@ class Collector:
                 env.stop_recording()
             env = getattr(env, "env", None)
         return np.asarray(returns), np.asarray(lengths)
+
+
+def autoreset_mode(envs: gym.vector.VectorEnv) -> gym.vector.AutoresetMode:
+    """How ``envs`` reset an ended episode (gymnasium's ``metadata["autoreset_mode"]``, next-step when absent);
+    a ConfigError for a mode the collector cannot record."""
+    mode = envs.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
+    if mode not in (gym.vector.AutoresetMode.NEXT_STEP, gym.vector.AutoresetMode.SAME_STEP):
+        raise ConfigError(f"data.env_id: the vector env's autoreset mode {mode} is not supported; lit_rl's collector "
+                          "needs next-step (gymnasium's default) or same-step autoreset.")
+    return mode
 
 
 def one_step(start: np.ndarray, state: Tensor | None, device: torch.device) -> History | None:

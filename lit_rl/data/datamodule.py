@@ -14,6 +14,7 @@ from lit_rl.data.collector import Collector, Policy
 from lit_rl.data.overlap import CollectorSpec, OverlappedCollection, Schedule, merge_moments
 from lit_rl.data.rollout import NoRollout, Rollout
 from lit_rl.errors import ConfigError
+from lit_rl.envs import resolve_env_id
 from lit_rl.wrappers import NormalizeObservation, NormalizeReward, mask_vector_observation
 
 VectorizationMode = Literal["auto", "sync", "async", "vector_entry_point"]
@@ -21,8 +22,9 @@ Collection = Literal["sync", "overlapped"]
 
 
 def check_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
-    """The registered spec of ``env_id`` (``module:Name-v0`` imports ``module`` first), or a ConfigError."""
-    module, _, name = env_id.rpartition(":")
+    """The registered spec of ``env_id`` (``module:Name-v0`` imports ``module`` first; a family's game such as
+    ``procgen:starpilot`` is looked up in :mod:`lit_rl.envs`), or a ConfigError."""
+    module, _, name = resolve_env_id(env_id).rpartition(":")
     try:
         if module:
             importlib.import_module(module)
@@ -219,12 +221,20 @@ class RolloutDataModule(L.LightningDataModule):
             kwargs["render_mode"] = "rgb_array"
             mode = "sync"
         try:
-            envs = gym.make_vec(self.env_id, num_envs=num_envs, vectorization_mode=mode, **kwargs)
+            envs = gym.make_vec(resolve_env_id(self.env_id), num_envs=num_envs, vectorization_mode=mode, **kwargs)
         except (gym.error.Error, TypeError, ValueError) as err:
             raise ConfigError(
                 f"data.env_id / data.env_kwargs / data.vectorization_mode: could not build {num_envs} "
                 f"{self.env_id!r} envs with mode {hp.vectorization_mode!r} and kwargs {kwargs}: {err}"
             ) from None
+        space = envs.single_observation_space
+        if (hp.normalize_observation or hp.clip_observation is not None) and not (
+                isinstance(space, gym.spaces.Box) and np.issubdtype(space.dtype, np.floating)):
+            key = "normalize_observation" if hp.normalize_observation else "clip_observation"
+            envs.close()
+            raise ConfigError(
+                f"data.{key}: normalizes float Box observations; {self.env_id!r} gives {space}. Images stay uint8 and "
+                f"are scaled to [0, 1] by the CNN encoder; set data.{key} to {'false' if key.startswith('norm') else 'null'}.")
         if hp.hide_observation is not None:
             envs = mask_vector_observation(envs, hp.hide_observation)
         if video_folder is not None:

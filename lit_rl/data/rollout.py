@@ -61,10 +61,13 @@ def _first(values: list[Any]) -> Any:
 class Rollout:
     """One round of experience.
 
-    The vector envs use gymnasium's default next-step autoreset: the step after an episode ends only
-    resets that env, its action is ignored and it is no transition. Such steps have ``valid=False`` and
-    are left out of every loss. The observation at a step that ended an episode is that episode's final
-    observation, so ``next_values`` bootstraps truncated episodes from the right state.
+    Under gymnasium's default next-step autoreset the step after an episode ends only resets that env, its
+    action is ignored and it is no transition. Such steps have ``valid=False`` and are left out of every loss.
+    The observation at a step that ended an episode is that episode's final observation, so ``next_values``
+    bootstraps truncated episodes from the right state. Under same-step autoreset (Procgen) every step is valid
+    and episodes only terminate (:class:`~lit_rl.data.collector.Collector`).
+
+    Observations keep the env's dtype (``uint8`` frames stay bytes); the encoder scales them on its device.
     """
 
     obs: Tensor = time_major(stored=True)  # [T, N, *obs_shape]

@@ -14,8 +14,12 @@ Memory (bytes), with ``B = num_envs * num_steps`` samples per rollout and ``o`` 
   of value targets and frozen policy parameters (``P`` floats per sample: the logits, or a Gaussian's
   mean and log std);
 - and the largest batch the networks see at once, with its float32 copy of the observations (``e``
-  elements each): a minibatch of ``M = N_pi * B / aux_minibatches`` samples, ``M * (o + 4 * e)``
-  bytes, or a forward chunk of :data:`FORWARD_CHUNK` observations, ``FORWARD_CHUNK * 4 * e`` bytes.
+  elements each) and what the encoders make of it (``a`` float elements of activations per sample, summed over
+  the encoders' layers and over the encoders that run; ``m``, the largest layer's): a minibatch of
+  ``M = N_pi * B / aux_minibatches`` samples, kept for the backward pass, ``M * (o + 4 * e + 4 * a)`` bytes, or
+  a forward chunk of :data:`FORWARD_CHUNK` observations without gradients, ``FORWARD_CHUNK * 4 * (e + 2 * m)``
+  bytes. The observations are counted at their stored size: a ``uint8`` frame is ``o = e`` bytes. The trunks'
+  and heads' activations are not counted (a CNN's dwarf them).
 
 :meth:`RolloutStore.estimate_bytes` gives the peak; PPG refuses a setting whose peak does not fit.
 The estimate counts the fields above; the extra stored fields of a :class:`Rollout` subclass are not in it.
@@ -74,17 +78,29 @@ class RolloutStore:
 
     @classmethod
     def estimate_bytes(cls, n_pi: int, num_envs: int, num_steps: int, observation_space: gym.Space,
-                       dist_params: int, aux_minibatches: int, state_size: int = 0) -> int:
-        """Peak bytes of the store and its auxiliary phase (see the module docstring)."""
+                       dist_params: int, aux_minibatches: int, state_size: int = 0,
+                       activations: tuple[int, int] = (0, 0)) -> int:
+        """Peak bytes of the store and its auxiliary phase (see the module docstring); ``activations`` is
+        ``(a, m)``: the encoders' activation elements per sample, in all and in the largest layer."""
         samples = n_pi * num_envs * num_steps
-        elements = int(np.prod(observation_space.shape or (1,)))
-        minibatch = -(-samples // aux_minibatches) * (_obs_bytes(observation_space) + 4 * elements)
-        chunk = min(FORWARD_CHUNK, num_envs * num_steps) * 4 * elements
+        elements = _obs_elements(observation_space)
+        a, m = activations
+        minibatch = -(-samples // aux_minibatches) * (_obs_bytes(observation_space) + 4 * elements + 4 * a)
+        chunk = min(FORWARD_CHUNK, num_envs * num_steps) * 4 * (elements + 2 * m)
         return (2 * cls.store_bytes(n_pi, num_envs, num_steps, observation_space, state_size) + samples * (4 + 4 * dist_params)
                 + max(minibatch, chunk))
 
 
+def _obs_elements(space: gym.Space) -> int:
+    if isinstance(space, gym.spaces.Dict):
+        return sum(_obs_elements(sub) for sub in space.spaces.values())
+    return int(np.prod(space.shape or (1,)))
+
+
 def _obs_bytes(space: gym.Space) -> int:
+    """Bytes of one stored observation (of a Dict: of all its keys)."""
+    if isinstance(space, gym.spaces.Dict):
+        return sum(_obs_bytes(sub) for sub in space.spaces.values())
     return int(np.prod(space.shape or (1,))) * np.dtype(space.dtype or np.int64).itemsize
 
 

@@ -1,5 +1,5 @@
-"""Plain nn.Modules: action distributions and the policy head (:mod:`.distributions`), recurrent state
-(:mod:`.recurrence`), and the trunks and :class:`ActorCritic` that put them together (:mod:`.networks`)."""
+"""Plain nn.Modules: action distributions and the policy head (:mod:`.distributions`), observation encoders
+(:mod:`.encoders`), recurrent state (:mod:`.recurrence`), and the trunks and :class:`ActorCritic` that put them together (:mod:`.networks`)."""
 
 from lit_rl.nets.distributions import (
     ActionDist,
@@ -9,13 +9,32 @@ from lit_rl.nets.distributions import (
     PolicyHead,
     noise_dim,
 )
+from lit_rl.nets.encoders import (
+    ENCODERS,
+    DictEncoder,
+    Encoder,
+    FlatEncoder,
+    ImpalaCNN,
+    NatureCNN,
+    Obs,
+    make_encoder,
+    map_obs,
+)
 from lit_rl.nets.layers import layer
-from lit_rl.nets.networks import ACTIVATIONS, ARCHS, ActorCritic, Arch, ObsEncoder, check_spaces, mlp
+from lit_rl.nets.networks import ACTIVATIONS, ARCHS, ActorCritic, Arch, check_spaces, mlp
 from lit_rl.nets.recurrence import RECURRENT, History, Recurrent, Summarizer
 
 __all__ = [
     "ACTIVATIONS",
     "ARCHS",
+    "ENCODERS",
+    "DictEncoder",
+    "Encoder",
+    "FlatEncoder",
+    "ImpalaCNN",
+    "NatureCNN",
+    "make_encoder",
+    "map_obs",
     "RECURRENT",
     "ActionDist",
     "ActorCritic",
@@ -24,7 +43,7 @@ __all__ = [
     "DiagGaussianDist",
     "History",
     "MultiCategoricalDist",
-    "ObsEncoder",
+    "Obs",
     "PolicyHead",
     "Recurrent",
     "Summarizer",

@@ -11,6 +11,10 @@ Three architectures:
 - ``detach``: one trunk, but the value head reads detached features, so the value loss never reaches
   the trunk; the trunk learns from the actor's losses alone (in PPG, these include the aux value loss).
 
+Observations reach the trunks through an encoder (:mod:`.encoders`: flat, or a CNN for images, one per key of a
+Dict). Each trunk has its own: in ``separate`` the actor's and the critic's encoders are their own networks' (a
+CNN is not shared); in ``shared`` and ``detach`` the one encoder is part of the one trunk, owned by the actor.
+
 With ``aux_head`` (PPG) the policy trunk also feeds an auxiliary value head, owned by the actor.
 
 With ``recurrent`` (``lstm`` or ``gru``) a history summarizer sits between the observation encoder and the
@@ -30,6 +34,7 @@ from torch import Tensor, nn
 
 from lit_rl.errors import ConfigError
 from lit_rl.nets.distributions import ActionDist, PolicyHead
+from lit_rl.nets.encoders import ENCODERS, Obs, check_encoder, make_encoder, map_obs
 from lit_rl.nets.layers import layer
 from lit_rl.nets.recurrence import RECURRENT, History, Summarizer
 
@@ -48,30 +53,6 @@ def mlp(in_dim: int, hidden_sizes: Sequence[int], activation: str) -> nn.Sequent
     return nn.Sequential(*layers)
 
 
-class ObsEncoder(nn.Module):
-    """Turns a batch of observations into flat float features: Box is flattened, Discrete one-hot."""
-
-    def __init__(self, space: gym.Space) -> None:
-        super().__init__()
-        if isinstance(space, gym.spaces.Box):
-            self.one_hot = 0
-            self.out_dim = int(np.prod(space.shape))
-        elif isinstance(space, gym.spaces.Discrete):
-            self.one_hot = int(space.n)
-            self.out_dim = int(space.n)
-        else:
-            raise ConfigError(
-                f"data.env_id: observation space {space} is not supported by the networks; "
-                "use an env with a Box or Discrete observation space, or flatten it with a gymnasium "
-                "wrapper (e.g. gymnasium.wrappers.FlattenObservation) in a registered env."
-            )
-
-    def forward(self, obs: Tensor) -> Tensor:
-        if self.one_hot:
-            return nn.functional.one_hot(obs.long().reshape(-1), self.one_hot).float()
-        return obs.reshape(obs.shape[0], -1).float()
-
-
 class ActorCritic(nn.Module):
     """A policy and a value function over one observation space, in one of :data:`ARCHS`.
 
@@ -80,9 +61,11 @@ class ActorCritic(nn.Module):
 
     @staticmethod
     def check_config(arch: str, hidden_sizes: Sequence[int], activation: str, recurrent: Optional[str],
-                     recurrent_size: int) -> None:
+                     recurrent_size: int, encoder: str = "auto") -> None:
         """A ConfigError naming the key, unless these settings make a network; the algorithms call it when they
         are configured, so a bad setting fails before any environment starts."""
+        if encoder not in ENCODERS:
+            raise ConfigError(f"model.encoder: {encoder!r} is not one of {list(ENCODERS)}.")
         if activation not in ACTIVATIONS:
             raise ConfigError(f"model.activation: {activation!r} is not one of {sorted(ACTIVATIONS)}.")
         if arch not in ARCHS:
@@ -105,12 +88,13 @@ class ActorCritic(nn.Module):
         aux_head: bool = False,
         recurrent: Optional[str] = None,
         recurrent_size: int = 128,
+        encoder: str = "auto",
     ) -> None:
         super().__init__()
-        self.check_config(arch, hidden_sizes, activation, recurrent, recurrent_size)
+        self.check_config(arch, hidden_sizes, activation, recurrent, recurrent_size, encoder)
         self.arch = arch
-        self.encoder = ObsEncoder(observation_space)
-        in_dim = self.encoder.out_dim
+        self.policy_encoder = make_encoder(observation_space, encoder)
+        in_dim = self.policy_encoder.out_dim
         self.policy_memory = Summarizer(recurrent, in_dim, recurrent_size) if recurrent else None
         self.value_memory = Summarizer(recurrent, in_dim, recurrent_size) if recurrent and arch == "separate" else None
         in_dim = recurrent_size if recurrent else in_dim
@@ -118,6 +102,7 @@ class ActorCritic(nn.Module):
         self.policy_head = PolicyHead(hidden_sizes[-1], action_space, log_std_init)
         self.aux_value_head = layer(hidden_sizes[-1], 1, gain=1.0) if aux_head else None
         self.value_trunk = mlp(in_dim, hidden_sizes, activation) if arch == "separate" else None
+        self.value_encoder = make_encoder(observation_space, encoder) if arch == "separate" else None
         self.value_head = layer(hidden_sizes[-1], 1, gain=1.0)
         # The state layout: [policy summarizer's | value summarizer's].
         self.policy_state = self.policy_memory.state_size if self.policy_memory is not None else 0
@@ -137,24 +122,27 @@ class ActorCritic(nn.Module):
         return self.arch == "shared"
 
     def actor_parameters(self) -> list[nn.Parameter]:
-        """What the actor optimizer owns: policy trunk, policy head, aux value head (in ``shared`` and
-        ``detach``, the one trunk too)."""
+        """What the actor optimizer owns: policy encoder, summarizer, trunk and head, aux value head (in ``shared``
+        and ``detach``, the one encoder, summarizer and trunk too)."""
         memory = list(self.policy_memory.parameters()) if self.policy_memory is not None else []
         aux = list(self.aux_value_head.parameters()) if self.aux_value_head is not None else []
-        return [*memory, *self.policy_trunk.parameters(), *self.policy_head.parameters(), *aux]
+        return [*self.policy_encoder.parameters(), *memory, *self.policy_trunk.parameters(),
+                *self.policy_head.parameters(), *aux]
 
     def critic_parameters(self) -> list[nn.Parameter]:
-        """What the critic optimizer owns: value summarizer, trunk and head (in ``shared``/``detach``, the
-        value head alone)."""
+        """What the critic optimizer owns: value encoder, summarizer, trunk and head (in ``shared``/``detach``,
+        the value head alone)."""
+        encoder = list(self.value_encoder.parameters()) if self.value_encoder is not None else []
         memory = list(self.value_memory.parameters()) if self.value_memory is not None else []
         trunk = list(self.value_trunk.parameters()) if self.value_trunk is not None else []
-        return [*memory, *trunk, *self.value_head.parameters()]
+        return [*encoder, *memory, *trunk, *self.value_head.parameters()]
 
     # ------------------------------------------------------------------ passes
-    def _encode(self, obs: Tensor, history: Optional[History]) -> Tensor:
+    def _samples(self, obs: Obs, history: Optional[History]) -> Obs:
+        """The observations as one batch of samples (a history's ``[L, B, ...]`` flattened)."""
         if self.recurrent and history is None:
             raise RuntimeError("a recurrent ActorCritic needs a History with every pass")
-        return self.encoder(obs.flatten(0, 1) if history is not None else obs)
+        return obs if history is None else map_obs(obs, lambda x: x.flatten(0, 1))
 
     def _summarize(self, memory: Optional[Summarizer], x: Tensor, history: Optional[History],
                    part: slice, states: list[Tensor]) -> Tensor:
@@ -165,20 +153,21 @@ class ActorCritic(nn.Module):
         states.append(state)
         return y.flatten(0, 1)
 
-    def _features(self, obs: Tensor, history: Optional[History], policy: bool, value: bool
+    def _features(self, obs: Obs, history: Optional[History], policy: bool, value: bool
                   ) -> tuple[Optional[Tensor], Optional[Tensor]]:
         """Policy and value features (each only when asked for), for the valid samples; the final state
         goes to ``history.final_state`` when both summarizers ran."""
-        x = self._encode(obs, history)
+        obs = self._samples(obs, history)
         states: list[Tensor] = []
         policy_features = None
         if policy or self.value_trunk is None:  # shared/detach: the value head reads the policy trunk
-            policy_features = self.policy_trunk(self._summarize(self.policy_memory, x, history,
+            policy_features = self.policy_trunk(self._summarize(self.policy_memory, self.policy_encoder(obs), history,
                                                                 slice(0, self.policy_state), states))
         value_features = None
         if value:
             if self.value_trunk is not None:
-                value_features = self.value_trunk(self._summarize(self.value_memory, x, history,
+                assert self.value_encoder is not None
+                value_features = self.value_trunk(self._summarize(self.value_memory, self.value_encoder(obs), history,
                                                                   slice(self.policy_state, None), states))
             else:
                 assert policy_features is not None
@@ -191,28 +180,28 @@ class ActorCritic(nn.Module):
                 value_features = value_features[history.valid] if value_features is not None else None
         return policy_features, value_features
 
-    def dist(self, obs: Tensor, history: Optional[History] = None) -> ActionDist:
+    def dist(self, obs: Obs, history: Optional[History] = None) -> ActionDist:
         features, _ = self._features(obs, history, policy=True, value=False)
         assert features is not None
         return self.policy_head(features)
 
-    def value(self, obs: Tensor, history: Optional[History] = None) -> Tensor:
+    def value(self, obs: Obs, history: Optional[History] = None) -> Tensor:
         _, features = self._features(obs, history, policy=False, value=True)
         assert features is not None
         return self.value_head(features).squeeze(-1)
 
-    def forward(self, obs: Tensor, history: Optional[History] = None) -> tuple[ActionDist, Tensor]:
+    def forward(self, obs: Obs, history: Optional[History] = None) -> tuple[ActionDist, Tensor]:
         policy_features, value_features = self._features(obs, history, policy=True, value=True)
         assert policy_features is not None and value_features is not None
         return self.policy_head(policy_features), self.value_head(value_features).squeeze(-1)
 
     @torch.inference_mode()
-    def act(self, obs: Tensor, deterministic: bool = False, noise: Optional[Tensor] = None,
+    def act(self, obs: Obs, deterministic: bool = False, noise: Optional[Tensor] = None,
             history: Optional[History] = None) -> tuple[Tensor, Tensor, Tensor]:
         """Actions, their log-probs and the state values for a batch of observations, without gradients.
         Actions are the mode, or drawn with ``noise`` (uniform, a row per observation), or sampled. With a
         ``history`` (recurrent) the batch is one step, and the new state is left in ``history.final_state``."""
-        dist, value = self(obs.unsqueeze(0) if history is not None else obs, history)
+        dist, value = self(map_obs(obs, lambda x: x.unsqueeze(0)) if history is not None else obs, history)
         if deterministic:
             action = dist.mode()
         else:
@@ -220,11 +209,11 @@ class ActorCritic(nn.Module):
         return action, dist.log_prob(action), value
 
     @torch.inference_mode()
-    def act_value(self, obs: Tensor, history: Optional[History] = None) -> Tensor:
+    def act_value(self, obs: Obs, history: Optional[History] = None) -> Tensor:
         """The state values of a batch of observations (one step of ``history``), without gradients."""
-        return self.value(obs.unsqueeze(0) if history is not None else obs, history)
+        return self.value(map_obs(obs, lambda x: x.unsqueeze(0)) if history is not None else obs, history)
 
-    def forward_aux(self, obs: Tensor, with_value: bool = True, history: Optional[History] = None
+    def forward_aux(self, obs: Obs, with_value: bool = True, history: Optional[History] = None
                     ) -> tuple[ActionDist, Tensor, Optional[Tensor]]:
         """``(policy, aux value, value or None)`` in one pass: what PPG's auxiliary phase reads."""
         if self.aux_value_head is None:
@@ -235,7 +224,7 @@ class ActorCritic(nn.Module):
         return self.policy_head(policy_features), self.aux_value_head(policy_features).squeeze(-1), value
 
 
-def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> None:
+def check_spaces(observation_space: gym.Space, action_space: gym.Space, encoder: str = "auto") -> None:
     """Raises a ConfigError naming the fix when the networks cannot handle a space."""
-    ObsEncoder(observation_space)
+    check_encoder(observation_space, encoder)
     PolicyHead(1, action_space)

@@ -1,0 +1,30 @@
+"""Env families lit_rl adds to gymnasium's registry, named ``<family>:<game>`` in ``data.env_id``.
+
+``procgen:starpilot`` (:mod:`lit_rl.envs.procgen`, extra ``lit-rl[procgen]``) and ``atari:Breakout``
+(:mod:`lit_rl.envs.atari`, extra ``lit-rl[atari]``). Each family's module registers its games as gymnasium ids
+with a vector entry point when it is imported, and maps a game's name to its registered id (``gym_id``). Any other
+``data.env_id`` is a gymnasium id as it stands (``module:Name-v0`` imports ``module`` first).
+"""
+
+import importlib
+
+from lit_rl.errors import ConfigError
+
+FAMILIES = {"procgen": "lit_rl.envs.procgen", "atari": "lit_rl.envs.atari"}
+
+
+def resolve_env_id(env_id: str) -> str:
+    """The gymnasium id ``gym.make_vec`` takes for ``env_id``: a family's game (``procgen:starpilot``) becomes the
+    id its module registered; any other id is returned unchanged. A ConfigError names a missing extra or an
+    unknown game."""
+    family, sep, game = env_id.partition(":")
+    if not sep or family not in FAMILIES:
+        return env_id
+    try:
+        module = importlib.import_module(FAMILIES[family])
+    except ImportError as err:
+        raise ConfigError(
+            f"data.env_id: {env_id!r} needs the {family} extra, which is not installed ({err}). "
+            f"Install it with: pip install 'lit-rl[{family}]'."
+        ) from None
+    return module.gym_id(game)

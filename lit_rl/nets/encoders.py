@@ -1,0 +1,224 @@
+"""Observation encoders: each turns a batch of observations into flat float features for a trunk.
+
+- :class:`FlatEncoder` (``flat``): a Box flattened, a Discrete one-hot; no parameters.
+- :class:`NatureCNN` (``nature``): the DQN/Atari convolutions (Mnih et al. 2015), 32-64-64 channels.
+- :class:`ImpalaCNN` (``impala``): the IMPALA residual network (Espeholt et al. 2018) that the PPG paper uses on
+  Procgen: stacks of 16, 32 and 32 channels, each a convolution, a max-pool and two residual blocks.
+- :class:`DictEncoder`: one encoder per key of a Dict observation, their features concatenated.
+
+The CNNs end at their flattened (ReLU'd) convolution output; the dense layer after them is the trunk's first
+hidden layer (``model.hidden_sizes``: ``[256]`` gives the PPG paper's IMPALA network, ``[512]`` the Nature one).
+
+Images are ``uint8`` Boxes of rank 3, channels last (``H x W x C``, as Procgen gives them) or first (``C x H x W``,
+as stacked Atari frames are), told apart by which end has at most 4 channels; a rank-2 Box is one gray channel.
+Frames stay ``uint8`` wherever they are stored and reach the encoder as they are; it scales them to ``[0, 1]``
+on the device it runs on.
+"""
+
+from typing import Callable, Literal, Optional, Union
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lit_rl.errors import ConfigError
+
+Encoder = Literal["auto", "flat", "nature", "impala"]
+ENCODERS = ("auto", "flat", "nature", "impala")
+
+Obs = Union[Tensor, dict[str, Tensor]]  # a batch of observations: a tensor, or one per key of a Dict space
+
+
+def map_obs(obs: Obs, fn: Callable[[Tensor], Tensor]) -> Obs:
+    """``fn`` applied to a batch of observations, or to each key's of a Dict observation."""
+    return {key: fn(value) for key, value in obs.items()} if isinstance(obs, dict) else fn(obs)
+
+
+def is_image(space: gym.Space) -> bool:
+    """Whether ``auto`` picks a CNN for ``space``: a ``uint8`` Box of rank 2 (gray) or 3."""
+    return isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) in (2, 3)
+
+
+def image_layout(space: gym.spaces.Box, key: str) -> tuple[tuple[int, int, int], bool]:
+    """``((C, H, W), channels_last)`` of an image space; a ConfigError naming ``key`` when it is not one."""
+    shape = tuple(int(d) for d in space.shape)
+    if len(shape) == 2:
+        return (1, *shape), False
+    if len(shape) == 3:
+        if shape[-1] <= 4 < shape[0]:
+            return (shape[2], shape[0], shape[1]), True
+        if shape[0] <= 4 < shape[-1]:
+            return shape, False  # type: ignore[return-value]
+    raise ConfigError(
+        f"{key}: a CNN needs image observations of shape H x W x C or C x H x W with at most 4 channels at one end "
+        f"(or H x W), the env gives {shape}. Use model.encoder=flat, or reshape the observations with a wrapper."
+    )
+
+
+class FlatEncoder(nn.Module):
+    """A Box flattened to floats, a Discrete one-hot."""
+
+    def __init__(self, space: gym.Space, key: str = "data.env_id") -> None:
+        super().__init__()
+        if isinstance(space, gym.spaces.Box):
+            self.one_hot = 0
+            self.out_dim = int(np.prod(space.shape))
+        elif isinstance(space, gym.spaces.Discrete):
+            self.one_hot = int(space.n)
+            self.out_dim = int(space.n)
+        else:
+            raise ConfigError(
+                f"{key}: observation space {space} is not supported by the networks; use an env with a Box, "
+                "Discrete or Dict (of those) observation space, or flatten it with a gymnasium wrapper (e.g. "
+                "gymnasium.wrappers.FlattenObservation) in a registered env."
+            )
+
+    def forward(self, obs: Tensor) -> Tensor:
+        if self.one_hot:
+            return nn.functional.one_hot(obs.long().reshape(-1), self.one_hot).float()
+        return obs.reshape(obs.shape[0], -1).float()
+
+
+class ImageEncoder(nn.Module):
+    """A CNN over image observations: puts channels first, scales ``uint8`` to ``[0, 1]``, runs :attr:`body`
+    and flattens. Subclasses build ``body`` from the channel count."""
+
+    def __init__(self, space: gym.spaces.Box, key: str) -> None:
+        super().__init__()
+        (self.channels, self.height, self.width), self.channels_last = image_layout(space, key)
+        self.scale = 1 / 255 if space.dtype == np.uint8 else 1.0
+        self.body = self.make_body(self.channels)
+        try:
+            with torch.no_grad():
+                self.out_dim = int(self.body(torch.zeros(1, self.channels, self.height, self.width)).numel())
+        except RuntimeError as err:
+            raise ConfigError(f"model.encoder: {type(self).__name__} cannot take {key}'s {self.height}x{self.width} "
+                              f"frames ({err}); use larger frames, or model.encoder=impala.") from None
+
+    def make_body(self, channels: int) -> nn.Module:
+        raise NotImplementedError
+
+    def forward(self, obs: Tensor) -> Tensor:
+        x = obs.reshape(obs.shape[0], *((self.height, self.width, self.channels) if self.channels_last
+                                        else (self.channels, self.height, self.width)))
+        if self.channels_last:
+            x = x.permute(0, 3, 1, 2)
+        x = x.float() * self.scale
+        return self.body(x).flatten(1)
+
+
+class NatureCNN(ImageEncoder):
+    """Mnih et al. (2015): 32 8x8/4, 64 4x4/2, 64 3x3/1, ReLU after each; orthogonal init, gain sqrt(2), as
+    CleanRL's ``ppo_atari.py``."""
+
+    def make_body(self, channels: int) -> nn.Module:
+        convs = [nn.Conv2d(channels, 32, 8, stride=4), nn.Conv2d(32, 64, 4, stride=2), nn.Conv2d(64, 64, 3, stride=1)]
+        for conv in convs:
+            nn.init.orthogonal_(conv.weight, float(np.sqrt(2)))
+            nn.init.zeros_(conv.bias)
+        return nn.Sequential(convs[0], nn.ReLU(), convs[1], nn.ReLU(), convs[2], nn.ReLU())
+
+
+class ResidualBlock(nn.Module):
+    """``x + conv(relu(conv(relu(x))))``, 3x3 convolutions keeping the channel count."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.relu0, self.conv0 = nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1)
+        self.relu1, self.conv1 = nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv1(self.relu1(self.conv0(self.relu0(x))))
+
+
+class ImpalaCNN(ImageEncoder):
+    """Espeholt et al. (2018), as the PPG paper uses it: per stack (16, 32, 32 channels) a 3x3 convolution, a 3x3
+    max-pool of stride 2 and two residual blocks; a ReLU on the flattened output. PyTorch's default init, as
+    CleanRL's ``ppg_procgen.py``."""
+
+    channels_per_stack = (16, 32, 32)
+
+    def make_body(self, channels: int) -> nn.Module:
+        layers: list[nn.Module] = []
+        for out in self.channels_per_stack:
+            layers += [nn.Conv2d(channels, out, 3, padding=1), nn.MaxPool2d(3, stride=2, padding=1),
+                       ResidualBlock(out), ResidualBlock(out)]
+            channels = out
+        return nn.Sequential(*layers, nn.ReLU())
+
+
+IMAGE_ENCODERS: dict[str, type[ImageEncoder]] = {"nature": NatureCNN, "impala": ImpalaCNN}
+
+
+class DictEncoder(nn.Module):
+    """One encoder per key of a Dict observation (see :func:`make_encoder`), features concatenated in the keys'
+    order. Takes a dict of batched tensors."""
+
+    def __init__(self, space: gym.spaces.Dict, encoder: str, key: str) -> None:
+        super().__init__()
+        self.encoders = nn.ModuleDict({name: _leaf_encoder(sub, encoder, f"{key}[{name!r}]", strict=False)
+                                       for name, sub in space.spaces.items()})
+        self.out_dim = sum(e.out_dim for e in self.encoders.values())
+
+    def forward(self, obs: dict[str, Tensor]) -> Tensor:
+        return torch.cat([enc(obs[name]) for name, enc in self.encoders.items()], -1)
+
+
+def make_encoder(space: gym.Space, encoder: str = "auto", key: str = "data.env_id") -> nn.Module:
+    """The encoder of ``space`` (its ``out_dim`` is its feature width).
+
+    ``auto`` gives images (:func:`is_image`: ``uint8``) the IMPALA CNN and everything else :class:`FlatEncoder`;
+    ``nature``/``impala`` name the CNN for every Box of rank 2 or 3 (a ``float`` one is taken as already scaled);
+    ``flat`` flattens everything. A Dict gets one encoder per key by the same rule, the keys that are not images
+    flat; outside a Dict a CNN asked for a space that is not an image is refused.
+    """
+    if encoder not in ENCODERS:
+        raise ConfigError(f"model.encoder: {encoder!r} is not one of {list(ENCODERS)}.")
+    if isinstance(space, gym.spaces.Dict):
+        return DictEncoder(space, encoder, key)
+    return _leaf_encoder(space, encoder, key, strict=True)
+
+
+def _leaf_encoder(space: gym.Space, encoder: str, key: str, strict: bool) -> nn.Module:
+    if isinstance(space, gym.spaces.Dict):
+        raise ConfigError(f"{key}: nested Dict observations are not supported; flatten the inner Dict with a "
+                          "gymnasium wrapper.")
+    image_shaped = isinstance(space, gym.spaces.Box) and len(space.shape) in (2, 3)
+    cnn = encoder != "flat" and (is_image(space) if encoder == "auto" else image_shaped)
+    if not cnn:
+        if strict and encoder in IMAGE_ENCODERS:
+            raise ConfigError(f"model.encoder: {encoder!r} needs image observations (a Box of rank 2 or 3); {key} "
+                              f"gives {space}. Use model.encoder=flat or auto.")
+        return FlatEncoder(space, key)
+    return IMAGE_ENCODERS["impala" if encoder == "auto" else encoder](space, key)  # type: ignore[arg-type]
+
+
+def activation_elements(encoder: nn.Module, space: gym.Space) -> tuple[int, int]:
+    """``(sum, largest)`` of the elements one observation's activations take in ``encoder``'s layers: what a
+    training pass keeps for the backward pass, and the most an inference pass holds at once (besides its input)."""
+    sizes: list[int] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out[0].numel()))
+             for m in encoder.modules() if isinstance(m, ResidualBlock) or not list(m.children())]
+    try:
+        with torch.no_grad():
+            encoder(batch_of_one(space))
+    finally:
+        for h in hooks:
+            h.remove()
+    return sum(sizes), max(sizes, default=0)
+
+
+def batch_of_one(space: gym.Space) -> Obs:
+    """A batch of one zero observation of ``space``, as the collector hands them to the networks."""
+    if isinstance(space, gym.spaces.Dict):
+        return {name: batch_of_one(sub) for name, sub in space.spaces.items()}  # type: ignore[misc]
+    dtype = torch.from_numpy(np.zeros(0, dtype=space.dtype or np.int64)).dtype
+    return torch.zeros((1, *(space.shape or ())), dtype=dtype)
+
+
+def check_encoder(space: gym.Space, encoder: str, key: str = "data.env_id") -> nn.Module:
+    """A ConfigError naming the key when ``encoder`` cannot encode ``space``; the encoder otherwise (built under a
+    forked RNG, so checking draws nothing from the global one)."""
+    with torch.random.fork_rng(devices=[]):
+        return make_encoder(space, encoder, key)

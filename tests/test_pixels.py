@@ -1,0 +1,154 @@
+"""Image observations: the CNN encoders (shapes, layouts, scaling, ownership), frames kept as uint8 from the
+env to the networks, same-step autoreset, and a short fit on a small image task (tests.envs:Quadrant-v0)."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import tests.envs  # noqa: F401  (registers Quadrant-v0)
+from lit_rl.algos import PPG
+from lit_rl.data.collector import Collector
+from lit_rl.data.store import RolloutStore
+from lit_rl.errors import ConfigError
+from lit_rl.nets import ActorCritic, FlatEncoder, ImpalaCNN, NatureCNN, make_encoder
+from tests.helpers import fit, grads_of, make
+
+HWC = gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)  # Procgen's frames
+CHW = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)  # four stacked gray Atari frames
+QUADRANT = dict(env_id="tests.envs:Quadrant-v0", num_envs=4, num_steps=16, total_timesteps=128, seed=3,
+                eval_episodes=2)
+
+
+def frames(space: gym.Space, n: int = 5, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, *space.shape), dtype=torch.uint8, generator=gen)
+
+
+@pytest.mark.parametrize("cls, space, width", [
+    (ImpalaCNN, HWC, 32 * 8 * 8),  # three stride-2 pools: 64 -> 8
+    (ImpalaCNN, CHW, 32 * 11 * 11),  # 84 -> 42 -> 21 -> 11
+    (NatureCNN, CHW, 64 * 7 * 7),  # the DQN network's 3136
+    (NatureCNN, HWC, 64 * 4 * 4),
+])
+def test_cnn_encoders_give_float_features_of_their_stated_width(cls, space, width):
+    encoder = cls(space, "data.env_id")
+    out = encoder(frames(space))
+    assert encoder.out_dim == width
+    assert out.shape == (5, width) and out.dtype == torch.float32
+    assert (out >= 0).all()  # a ReLU ends both
+
+
+@pytest.mark.parametrize("cls", [ImpalaCNN, NatureCNN])
+def test_channels_last_frames_are_read_as_the_same_image_channels_first(cls):
+    """A layout mix-up (Procgen's H x W x C read as C x H x W) scrambles every frame; with the same weights, an
+    encoder of channels-last frames must see exactly what one of the channels-first transposes sees."""
+    last = gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
+    first = gym.spaces.Box(0, 255, (3, 64, 64), np.uint8)
+    torch.manual_seed(0)
+    a, b = cls(last, "k"), cls(first, "k")
+    b.load_state_dict(a.state_dict())
+    x = frames(last)
+    torch.testing.assert_close(a(x), b(x.permute(0, 3, 1, 2).contiguous()))  # up to the convolution's rounding
+
+
+def test_uint8_frames_are_scaled_to_unit_range_and_float_images_are_not():
+    torch.manual_seed(0)
+    encoder = ImpalaCNN(HWC, "k")
+    x = frames(HWC)
+    expected = encoder.body(x.permute(0, 3, 1, 2).float() / 255).flatten(1)
+    torch.testing.assert_close(encoder(x), expected)
+    floats = ImpalaCNN(gym.spaces.Box(0.0, 1.0, (64, 64, 3), np.float32), "k")
+    floats.load_state_dict(encoder.state_dict())
+    torch.testing.assert_close(floats(x.float() / 255), expected)
+
+
+def test_auto_picks_a_cnn_for_uint8_images_only_and_bad_choices_are_refused():
+    assert isinstance(make_encoder(HWC), ImpalaCNN)
+    assert isinstance(make_encoder(CHW, "nature"), NatureCNN)
+    assert isinstance(make_encoder(gym.spaces.Box(-1.0, 1.0, (8, 8, 3), np.float32)), FlatEncoder)
+    assert isinstance(make_encoder(gym.spaces.Box(-1.0, 1.0, (4,), np.float32)), FlatEncoder)
+    assert isinstance(make_encoder(HWC, "flat"), FlatEncoder)
+    with pytest.raises(ConfigError, match=r"model\.encoder: 'nature' needs image observations"):
+        make_encoder(gym.spaces.Box(-1.0, 1.0, (4,), np.float32), "nature")
+    with pytest.raises(ConfigError, match=r"model\.encoder: NatureCNN cannot take data\.env_id's 16x16 frames"):
+        make_encoder(gym.spaces.Box(0, 255, (16, 16, 3), np.uint8), "nature")
+    with pytest.raises(ConfigError, match=r"model\.encoder: 'resnet' is not one of"):
+        PPG(encoder="resnet")
+    with pytest.raises(ConfigError, match=r"at most 4 channels"):
+        make_encoder(gym.spaces.Box(0, 255, (64, 64, 9), np.uint8))
+
+
+@pytest.mark.parametrize("arch", ["separate", "shared", "detach"])
+def test_each_loss_reaches_the_encoder_its_network_owns(arch):
+    """In ``separate`` the actor and the critic have a CNN each: the value loss must not train the actor's and
+    the policy loss must not train the critic's. In ``shared``/``detach`` the one CNN is the actor's (so the
+    critic optimizer never steps it); the value loss reaches it in ``shared`` only."""
+    torch.manual_seed(0)
+    agent = ActorCritic(HWC, gym.spaces.Discrete(15), [32], "relu", arch)
+    actor_cnn = set(map(id, agent.policy_encoder.parameters()))
+    assert actor_cnn and actor_cnn <= set(map(id, agent.actor_parameters()))
+    assert not actor_cnn & set(map(id, agent.critic_parameters()))
+    if arch == "separate":
+        assert agent.value_encoder is not None
+        assert set(map(id, agent.value_encoder.parameters())) <= set(map(id, agent.critic_parameters()))
+    else:
+        assert agent.value_encoder is None
+    x = frames(HWC)
+    agent.value(x).sum().backward()
+    assert any(grads_of(agent.policy_encoder.parameters())) == (arch == "shared")
+    if arch == "separate":
+        assert all(grads_of(agent.value_encoder.parameters()))
+    agent.zero_grad(set_to_none=True)
+    agent.dist(x).log_prob(torch.zeros(5, dtype=torch.long)).sum().backward()
+    assert all(grads_of(agent.policy_encoder.parameters()))
+    if arch == "separate":
+        assert not any(grads_of(agent.value_encoder.parameters()))
+
+
+def test_frames_stay_uint8_from_the_env_to_the_ppg_store(tmp_path):
+    """A rollout's and PPG's stored frames are the env's bytes (16 x 16 x 3 = 768 per frame), not
+    floats four times their size; the store holds exactly what the byte formula says."""
+    space = gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)
+    module, dm = make({"n_pi": 3, "aux_epochs": 1, "hidden_sizes": [16]}, QUADRANT, cls=PPG)
+    fit(module, dm, tmp_path)  # 2 iterations: the store holds 2 rollouts
+    assert [r["obs"].dtype for r in module.store.rollouts] == [torch.uint8, torch.uint8]
+    assert module.store.nbytes == RolloutStore.store_bytes(2, 4, 16, space)
+    assert RolloutStore.store_bytes(1, 1, 1, space) == 768 + 8 + 768 + 1
+
+
+def test_same_step_autoreset_keeps_every_step_and_starts_the_next_episode_at_once():
+    """Procgen resets an env in the step that ends its episode. Every step is then a transition (none is the
+    skipped autoreset step of next-step mode) and the next observation starts a new episode."""
+    envs = gym.make_vec("tests.envs:Quadrant-v0", num_envs=2, vectorization_mode="sync", length=3,
+                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
+    envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
+    module, _ = make({"hidden_sizes": [16]})
+    module.build(envs.single_observation_space, envs.single_action_space)
+    collector = Collector(envs)
+    collector.reset(seed=0)
+    rollout = collector.collect(module, 9, 18, 0)
+    assert rollout.valid.all()
+    assert rollout.terminated[:, 0].tolist() == [False, False, True] * 3
+    assert rollout.starts[:, 0].tolist() == [True, False, False] * 3
+    assert rollout.obs.dtype == torch.uint8
+    assert len(rollout.episode_returns) == 6  # 3 whole episodes per env
+    per_episode = rollout.rewards.T.reshape(2, 3, 3).sum(-1).flatten().sort().values
+    assert torch.equal(per_episode, rollout.episode_returns.sort().values)
+
+
+def test_a_same_step_truncation_is_refused_rather_than_bootstrapped_from_the_next_episode():
+    envs = gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync", max_episode_steps=4,
+                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
+    module, _ = make()
+    module.build(envs.single_observation_space, envs.single_action_space)
+    collector = Collector(envs)
+    collector.reset(seed=0)
+    with pytest.raises(RuntimeError, match="truncated an episode"):
+        collector.collect(module, 8, 16, 0)
+
+
+def test_normalizing_image_observations_is_refused_before_training():
+    module, dm = make({"hidden_sizes": [16]}, {**QUADRANT, "normalize_observation": True})
+    with pytest.raises(ConfigError, match=r"data\.normalize_observation: .*uint8"):
+        dm.setup("fit")
