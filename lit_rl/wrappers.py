@@ -109,3 +109,50 @@ class NormalizeReward(vw.NormalizeReward):
         obs, reward, terminated, truncated, info = super().step(actions)
         self.accumulated_reward[np.logical_or(terminated, truncated)] = 0
         return obs, reward, terminated, truncated, info
+
+
+class PackedDict(gym.spaces.Box):
+    """A Dict observation space as one ``uint8`` vector per observation: each key's bytes in turn, in the Dict's
+    key order. The rollouts, PPG's store, the gathers between processes and the collectors' shared buffers then
+    carry a Dict observation as they carry any tensor, at its exact byte size (frames stay bytes, floats stay
+    floats); :meth:`unpack` gives the keys back on the device (:class:`lit_rl.nets.DictEncoder`)."""
+
+    def __init__(self, space: gym.spaces.Dict) -> None:
+        self.dict_space = space
+        self.fields: list[tuple[str, tuple[int, ...], np.dtype, int, int]] = []  # key, shape, dtype, start, end
+        start = 0
+        for key, sub in space.spaces.items():
+            if not isinstance(sub, (gym.spaces.Box, gym.spaces.Discrete)):
+                raise ConfigError(f"data.env_id: the Dict observation's key {key!r} is a {type(sub).__name__}; "
+                                  "each key must be a Box or Discrete space (flatten it with a gymnasium wrapper).")
+            dtype = np.dtype(sub.dtype)
+            end = start + int(np.prod(sub.shape or ())) * dtype.itemsize
+            self.fields.append((key, tuple(sub.shape or ()), dtype, start, end))
+            start = end
+        super().__init__(0, 255, (start,), np.uint8)
+
+    def __repr__(self) -> str:
+        return f"PackedDict({self.dict_space})"
+
+    def pack(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """A batch of Dict observations (``{key: [n, ...]}``) as ``[n, bytes]``."""
+        parts = [np.ascontiguousarray(obs[key], dtype=dtype).reshape(len(obs[key]), -1).view(np.uint8)
+                 for key, _, dtype, _, _ in self.fields]
+        return np.concatenate(parts, axis=1)
+
+    def unpack(self, packed: Tensor) -> dict[str, Tensor]:
+        """``[B, bytes]`` back to ``{key: [B, ...]}`` in each key's dtype."""
+        out = {}
+        for key, shape, dtype, start, end in self.fields:
+            part = packed[:, start:end].contiguous().view(torch.from_numpy(np.zeros(0, dtype)).dtype)
+            out[key] = part.reshape(packed.shape[0], *shape)
+        return out
+
+
+def pack_dict_observation(envs: gym.vector.VectorEnv) -> gym.vector.VectorEnv:
+    """A Dict-observation vector env as one of :class:`PackedDict` observations (any other env as it is)."""
+    space = envs.single_observation_space
+    if not isinstance(space, gym.spaces.Dict):
+        return envs
+    packed = PackedDict(space)
+    return vw.TransformObservation(envs, packed.pack, batch_space(packed, envs.num_envs), packed)

@@ -11,7 +11,8 @@ from lit_rl.algos import PPG
 from lit_rl.data.collector import Collector
 from lit_rl.data.store import RolloutStore
 from lit_rl.errors import ConfigError
-from lit_rl.nets import ActorCritic, FlatEncoder, ImpalaCNN, NatureCNN, make_encoder
+from lit_rl.nets import ActorCritic, DictEncoder, FlatEncoder, ImpalaCNN, NatureCNN, make_encoder
+from lit_rl.wrappers import PackedDict
 from tests.helpers import fit, grads_of, make
 
 HWC = gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)  # Procgen's frames
@@ -152,3 +153,37 @@ def test_normalizing_image_observations_is_refused_before_training():
     module, dm = make({"hidden_sizes": [16]}, {**QUADRANT, "normalize_observation": True})
     with pytest.raises(ConfigError, match=r"data\.normalize_observation: .*uint8"):
         dm.setup("fit")
+
+
+def test_a_dict_observation_travels_packed_and_reaches_each_keys_encoder_exactly():
+    """A Dict observation (an image and a float vector, plus a Discrete) is carried as its bytes; unpacked on the
+    device, every key must come back bit for bit in its own dtype and shape, and feed its own encoder."""
+    space = gym.spaces.Dict({"image": gym.spaces.Box(0, 255, (16, 16, 3), np.uint8),
+                             "hint": gym.spaces.Box(-1.0, 1.0, (2,), np.float32),
+                             "room": gym.spaces.Discrete(5)})
+    packed = PackedDict(space)
+    assert packed.shape == (16 * 16 * 3 + 2 * 4 + 8,) and packed.dtype == np.uint8
+    space.seed(0)
+    batch = [space.sample() for _ in range(6)]
+    obs = {key: np.stack([b[key] for b in batch]) for key in space.spaces}
+    back = packed.unpack(torch.as_tensor(packed.pack(obs)))
+    for key, value in obs.items():
+        assert torch.equal(back[key], torch.as_tensor(value)), key
+    torch.manual_seed(0)
+    encoder = make_encoder(packed)
+    assert isinstance(encoder, DictEncoder)
+    assert isinstance(encoder.encoders["image"], ImpalaCNN) and isinstance(encoder.encoders["hint"], FlatEncoder)
+    expected = torch.cat([encoder.encoders[k](torch.as_tensor(obs[k])) for k in ("hint", "image", "room")], -1)
+    assert torch.equal(encoder(torch.as_tensor(packed.pack(obs))), expected)
+
+
+def test_a_dict_observation_env_trains_with_its_frames_kept_as_bytes(tmp_path):
+    module, dm = make({"n_pi": 3, "aux_epochs": 1, "hidden_sizes": [16]}, {**QUADRANT, "env_kwargs": {"hint": True}},
+                      cls=PPG)
+    fit(module, dm, tmp_path)
+    assert module.store.rollouts[0]["obs"].shape == (16, 4, 16 * 16 * 3 + 2 * 4)
+    assert module.store.rollouts[0]["obs"].dtype == torch.uint8
+    assert isinstance(module.agent.policy_encoder, DictEncoder) and isinstance(module.agent.value_encoder, DictEncoder)
+    assert isinstance(module.agent.policy_encoder.packed, PackedDict)
+    with pytest.raises(ConfigError, match=r"data\.normalize_observation: .*Dict"):
+        make({}, {**QUADRANT, "env_kwargs": {"hint": True}, "normalize_observation": True})[1].setup("fit")

@@ -15,7 +15,7 @@ from lit_rl.data.overlap import CollectorSpec, OverlappedCollection, Schedule, m
 from lit_rl.data.rollout import NoRollout, Rollout
 from lit_rl.errors import ConfigError
 from lit_rl.envs import resolve_env_id
-from lit_rl.wrappers import NormalizeObservation, NormalizeReward, mask_vector_observation
+from lit_rl.wrappers import NormalizeObservation, NormalizeReward, mask_vector_observation, pack_dict_observation
 
 VectorizationMode = Literal["auto", "sync", "async", "vector_entry_point"]
 Collection = Literal["sync", "overlapped"]
@@ -235,6 +235,7 @@ class RolloutDataModule(L.LightningDataModule):
             raise ConfigError(
                 f"data.{key}: normalizes float Box observations; {self.env_id!r} gives {space}. Images stay uint8 and "
                 f"are scaled to [0, 1] by the CNN encoder; set data.{key} to {'false' if key.startswith('norm') else 'null'}.")
+        envs = pack_dict_observation(envs)
         if hp.hide_observation is not None:
             envs = mask_vector_observation(envs, hp.hide_observation)
         if video_folder is not None:

@@ -92,6 +92,8 @@ class RolloutStore:
 
 
 def _obs_elements(space: gym.Space) -> int:
+    """Elements of one observation as the networks see it (a packed Dict: its keys')."""
+    space = getattr(space, "dict_space", space)
     if isinstance(space, gym.spaces.Dict):
         return sum(_obs_elements(sub) for sub in space.spaces.values())
     return int(np.prod(space.shape or (1,)))

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_rl.errors import ConfigError
+from lit_rl.wrappers import PackedDict
 
 Encoder = Literal["auto", "flat", "nature", "impala"]
 ENCODERS = ("auto", "flat", "nature", "impala")
@@ -153,15 +154,21 @@ IMAGE_ENCODERS: dict[str, type[ImageEncoder]] = {"nature": NatureCNN, "impala": 
 
 class DictEncoder(nn.Module):
     """One encoder per key of a Dict observation (see :func:`make_encoder`), features concatenated in the keys'
-    order. Takes a dict of batched tensors."""
+    order. Takes a dict of batched tensors, or the packed bytes of :class:`lit_rl.wrappers.PackedDict` (what the
+    rollouts carry), which it unpacks on its device."""
 
-    def __init__(self, space: gym.spaces.Dict, encoder: str, key: str) -> None:
+    def __init__(self, space: "gym.spaces.Dict | PackedDict", encoder: str, key: str) -> None:
         super().__init__()
+        self.packed = space if isinstance(space, PackedDict) else None
+        spaces = (space.dict_space if isinstance(space, PackedDict) else space).spaces
         self.encoders = nn.ModuleDict({name: _leaf_encoder(sub, encoder, f"{key}[{name!r}]", strict=False)
-                                       for name, sub in space.spaces.items()})
+                                       for name, sub in spaces.items()})
         self.out_dim = sum(e.out_dim for e in self.encoders.values())
 
-    def forward(self, obs: dict[str, Tensor]) -> Tensor:
+    def forward(self, obs: Obs) -> Tensor:
+        if not isinstance(obs, dict):
+            assert self.packed is not None, "a DictEncoder of a Dict space takes a dict of tensors"
+            obs = self.packed.unpack(obs)
         return torch.cat([enc(obs[name]) for name, enc in self.encoders.items()], -1)
 
 
@@ -170,12 +177,13 @@ def make_encoder(space: gym.Space, encoder: str = "auto", key: str = "data.env_i
 
     ``auto`` gives images (:func:`is_image`: ``uint8``) the IMPALA CNN and everything else :class:`FlatEncoder`;
     ``nature``/``impala`` name the CNN for every Box of rank 2 or 3 (a ``float`` one is taken as already scaled);
-    ``flat`` flattens everything. A Dict gets one encoder per key by the same rule, the keys that are not images
-    flat; outside a Dict a CNN asked for a space that is not an image is refused.
+    ``flat`` flattens everything. A Dict (or its :class:`~lit_rl.wrappers.PackedDict`, as the datamodule gives it)
+    gets one encoder per key by the same rule, the keys that are not images flat; outside a Dict a CNN asked for
+    a space that is not an image is refused.
     """
     if encoder not in ENCODERS:
         raise ConfigError(f"model.encoder: {encoder!r} is not one of {list(ENCODERS)}.")
-    if isinstance(space, gym.spaces.Dict):
+    if isinstance(space, (gym.spaces.Dict, PackedDict)):
         return DictEncoder(space, encoder, key)
     return _leaf_encoder(space, encoder, key, strict=True)
 
