@@ -47,6 +47,16 @@ def test_lstm_ppo_solves_cartpole_without_velocities_within_200k_steps_and_the_m
     assert mlp_train <= 0.5 * 475 and mlp_eval <= 0.5 * 475
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["tests/configs/ppo_quadrant.yaml", "tests/configs/ppg_quadrant_dict.yaml"])
+def test_a_cnn_learns_the_small_image_task_to_7_of_8_within_12k_steps(tmp_path, config):
+    """tests.envs:Quadrant-v0, uint8 frames through the IMPALA CNN: PPO on channels-last frames, PPG on a Dict of a
+    channels-first frame and an uninformative vector. Chance is 2 of 8; a policy that cannot read the frame stays
+    there."""
+    train_return, eval_return = train(config, tmp_path)
+    assert train_return >= 7 and eval_return >= 7
+
+
 # Overlapped collection (data.collection=overlapped, policy lag 1: each rollout collected with the weights from
 # one update back while the learner updates), at the budgets the issue sets.
 OVERLAPPED = ("--data.collection", "overlapped")
