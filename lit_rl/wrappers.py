@@ -113,40 +113,41 @@ class NormalizeReward(vw.NormalizeReward):
 
 class PackedDict(gym.spaces.Box):
     """A Dict observation space as one ``uint8`` vector per observation: each key's bytes in turn, in the Dict's
-    key order. The rollouts, PPG's store, the gathers between processes and the collectors' shared buffers then
-    carry a Dict observation as they carry any tensor, at its exact byte size (frames stay bytes, floats stay
-    floats); :meth:`unpack` gives the keys back on the device (:class:`lit_rl.nets.DictEncoder`)."""
+    key order, each key starting at a multiple of its item size and the vector padded to a multiple of 8 bytes (so
+    every row and every key of it can be viewed as its dtype in place). The rollouts, PPG's store, the gathers
+    between processes and the collectors' shared buffers then carry a Dict observation as they carry any tensor,
+    at its byte size (frames stay bytes, floats stay floats); :meth:`unpack` gives the keys back on the device
+    (:class:`lit_rl.nets.DictEncoder`)."""
 
     def __init__(self, space: gym.spaces.Dict) -> None:
         self.dict_space = space
         self.fields: list[tuple[str, tuple[int, ...], np.dtype, int, int]] = []  # key, shape, dtype, start, end
-        start = 0
+        end = 0
         for key, sub in space.spaces.items():
             if not isinstance(sub, (gym.spaces.Box, gym.spaces.Discrete)):
                 raise ConfigError(f"data.env_id: the Dict observation's key {key!r} is a {type(sub).__name__}; "
                                   "each key must be a Box or Discrete space (flatten it with a gymnasium wrapper).")
             dtype = np.dtype(sub.dtype)
+            start = -(-end // dtype.itemsize) * dtype.itemsize
             end = start + int(np.prod(sub.shape or ())) * dtype.itemsize
             self.fields.append((key, tuple(sub.shape or ()), dtype, start, end))
-            start = end
-        super().__init__(0, 255, (start,), np.uint8)
+        super().__init__(0, 255, (-(-end // 8) * 8,), np.uint8)
 
     def __repr__(self) -> str:
         return f"PackedDict({self.dict_space})"
 
     def pack(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """A batch of Dict observations (``{key: [n, ...]}``) as ``[n, bytes]``."""
-        parts = [np.ascontiguousarray(obs[key], dtype=dtype).reshape(len(obs[key]), -1).view(np.uint8)
-                 for key, _, dtype, _, _ in self.fields]
-        return np.concatenate(parts, axis=1)
+        n = len(next(iter(obs.values())))
+        packed = np.zeros((n, self.shape[0]), np.uint8)
+        for key, _, dtype, start, end in self.fields:
+            packed[:, start:end] = np.ascontiguousarray(obs[key], dtype=dtype).reshape(n, -1).view(np.uint8)
+        return packed
 
     def unpack(self, packed: Tensor) -> dict[str, Tensor]:
         """``[B, bytes]`` back to ``{key: [B, ...]}`` in each key's dtype."""
-        out = {}
-        for key, shape, dtype, start, end in self.fields:
-            part = packed[:, start:end].contiguous().view(torch.from_numpy(np.zeros(0, dtype)).dtype)
-            out[key] = part.reshape(packed.shape[0], *shape)
-        return out
+        return {key: packed[:, start:end].view(torch.from_numpy(np.zeros(0, dtype)).dtype).reshape(len(packed), *shape)
+                for key, shape, dtype, start, end in self.fields}
 
 
 def pack_dict_observation(envs: gym.vector.VectorEnv) -> gym.vector.VectorEnv:

@@ -76,8 +76,9 @@ def test_auto_picks_a_cnn_for_uint8_images_only_and_bad_choices_are_refused():
         make_encoder(gym.spaces.Box(0, 255, (16, 16, 3), np.uint8), "nature")
     with pytest.raises(ConfigError, match=r"model\.encoder: 'resnet' is not one of"):
         PPG(encoder="resnet")
-    with pytest.raises(ConfigError, match=r"at most 4 channels"):
-        make_encoder(gym.spaces.Box(0, 255, (64, 64, 9), np.uint8))
+    with pytest.raises(ConfigError, match=r"the channels being the smaller end"):
+        make_encoder(gym.spaces.Box(0, 255, (8, 64, 8), np.uint8))
+    assert make_encoder(gym.spaces.Box(0, 255, (8, 84, 84), np.uint8), "nature").channels == 8  # 8 stacked frames
 
 
 @pytest.mark.parametrize("arch", ["separate", "shared", "detach"])
@@ -162,13 +163,26 @@ def test_a_dict_observation_travels_packed_and_reaches_each_keys_encoder_exactly
                              "hint": gym.spaces.Box(-1.0, 1.0, (2,), np.float32),
                              "room": gym.spaces.Discrete(5)})
     packed = PackedDict(space)
-    assert packed.shape == (16 * 16 * 3 + 2 * 4 + 8,) and packed.dtype == np.uint8
+    assert packed.shape == (2 * 4 + 16 * 16 * 3 + 8,) and packed.dtype == np.uint8
     space.seed(0)
     batch = [space.sample() for _ in range(6)]
     obs = {key: np.stack([b[key] for b in batch]) for key in space.spaces}
     back = packed.unpack(torch.as_tensor(packed.pack(obs)))
     for key, value in obs.items():
         assert torch.equal(back[key], torch.as_tensor(value)), key
+
+    # A key of an odd byte count before a float64 one, unpacked from single rows (as a collector's step of one env
+    # or a row of a larger batch gives them): every key must still start where its dtype can be read.
+    odd = gym.spaces.Dict({"a": gym.spaces.Box(0, 255, (3,), np.uint8), "b": gym.spaces.Box(-1.0, 1.0, (2,), np.float64)})
+    odd_packed = PackedDict(odd)
+    odd.seed(1)
+    rows = [odd.sample() for _ in range(3)]
+    odd_obs = {key: np.stack([r[key] for r in rows]) for key in odd.spaces}
+    whole = torch.as_tensor(odd_packed.pack(odd_obs))
+    for rows_taken in (slice(0, 1), slice(1, 2), slice(1, 3), slice(0, 3)):
+        back = odd_packed.unpack(whole[rows_taken])
+        for key in odd.spaces:
+            assert torch.equal(back[key], torch.as_tensor(odd_obs[key][rows_taken])), key
     torch.manual_seed(0)
     encoder = make_encoder(packed)
     assert isinstance(encoder, DictEncoder)
@@ -187,3 +201,6 @@ def test_a_dict_observation_env_trains_with_its_frames_kept_as_bytes(tmp_path):
     assert isinstance(module.agent.policy_encoder.packed, PackedDict)
     with pytest.raises(ConfigError, match=r"data\.normalize_observation: .*Dict"):
         make({}, {**QUADRANT, "env_kwargs": {"hint": True}, "normalize_observation": True})[1].setup("fit")
+    # Hiding components is for flat vectors: of a Dict it would hide bytes of the packed keys.
+    with pytest.raises(ConfigError, match=r"data\.hide_observation: needs a 1-D Box .*Dict"):
+        make({}, {**QUADRANT, "env_kwargs": {"hint": True}, "hide_observation": [0]})[1].setup("fit")

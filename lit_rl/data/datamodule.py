@@ -235,9 +235,9 @@ class RolloutDataModule(L.LightningDataModule):
             raise ConfigError(
                 f"data.{key}: normalizes float Box observations; {self.env_id!r} gives {space}. Images stay uint8 and "
                 f"are scaled to [0, 1] by the CNN encoder; set data.{key} to {'false' if key.startswith('norm') else 'null'}.")
-        envs = pack_dict_observation(envs)
         if hp.hide_observation is not None:
             envs = mask_vector_observation(envs, hp.hide_observation)
+        envs = pack_dict_observation(envs)
         if video_folder is not None:
             envs = vw.RecordVideo(envs, video_folder, episode_trigger=lambda _: True, name_prefix="eval")
         envs = vw.RecordEpisodeStatistics(envs)

@@ -10,7 +10,7 @@ The CNNs end at their flattened (ReLU'd) convolution output; the dense layer aft
 hidden layer (``model.hidden_sizes``: ``[256]`` gives the PPG paper's IMPALA network, ``[512]`` the Nature one).
 
 Images are ``uint8`` Boxes of rank 3, channels last (``H x W x C``, as Procgen gives them) or first (``C x H x W``,
-as stacked Atari frames are), told apart by which end has at most 4 channels; a rank-2 Box is one gray channel.
+as stacked Atari frames are), told apart by which end is smaller (the channels); a rank-2 Box is one gray channel.
 Frames stay ``uint8`` wherever they are stored and reach the encoder as they are; it scales them to ``[0, 1]``
 on the device it runs on.
 """
@@ -46,13 +46,12 @@ def image_layout(space: gym.spaces.Box, key: str) -> tuple[tuple[int, int, int],
     shape = tuple(int(d) for d in space.shape)
     if len(shape) == 2:
         return (1, *shape), False
-    if len(shape) == 3:
-        if shape[-1] <= 4 < shape[0]:
+    if len(shape) == 3 and shape[0] != shape[-1]:
+        if shape[-1] < shape[0]:
             return (shape[2], shape[0], shape[1]), True
-        if shape[0] <= 4 < shape[-1]:
-            return shape, False  # type: ignore[return-value]
+        return shape, False  # type: ignore[return-value]
     raise ConfigError(
-        f"{key}: a CNN needs image observations of shape H x W x C or C x H x W with at most 4 channels at one end "
+        f"{key}: a CNN needs image observations of shape H x W x C or C x H x W, the channels being the smaller end "
         f"(or H x W), the env gives {shape}. Use model.encoder=flat, or reshape the observations with a wrapper."
     )
 
