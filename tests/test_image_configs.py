@@ -44,3 +44,16 @@ def test_image_configs_run_with_the_placement_presets_and_overlapped_collection(
     assert max(r["env_steps"] for r in rows if "env_steps" in r) == 384
     if layout == "overlapped":
         assert [r["perf/policy_lag"] for r in rows if "perf/policy_lag" in r][1:] == [1.0, 1.0]
+
+
+def test_procgen_under_a_preset_asking_for_sync_envs_is_refused_before_any_process_starts(tmp_path):
+    pytest.importorskip("procgen", reason="needs the procgen extra")
+    proc = lit_rl("fit", "--config", str(REPO / "configs/ppo/procgen.yaml"), "--config",
+                  str(REPO / "configs/placement/critic_device.yaml"), *SMALL, *TINY, cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "data.vectorization_mode: 'procgen:starpilot' runs only as procgen's own batch" in proc.stderr
+    assert "--data.vectorization_mode vector_entry_point" in proc.stderr
+    assert not list(tmp_path.rglob("metrics.csv")) and "MEMBER" not in proc.stderr  # no distributed start
+    proc = lit_rl("validate", "--config", str(REPO / "configs/ppo/procgen.yaml"), "--data.record_video", "true",
+                  *TINY, cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "data.record_video: 'procgen:starpilot'" in proc.stderr

@@ -1,5 +1,8 @@
 """lit_rl.envs.procgen, Procgen as a native gymnasium vector env: registration, options, seeding, autoreset."""
 
+import subprocess
+import sys
+
 import pytest
 
 pytest.importorskip("procgen", reason="the procgen extra is not installed (pip install 'lit-rl[procgen]')")
@@ -69,11 +72,17 @@ def test_configuration_errors_name_the_key_and_the_choices():
 
 
 def test_same_seed_same_trajectory_and_other_seeds_differ():
-    """Guards: the reset seed not reaching procgen's rand_seed (runs would not be reproducible), a seeded reset
-    of a stepped env not restarting from that seed, and all envs of a batch sharing one level."""
+    """Guards: the reset seed not reaching procgen's rand_seed (runs would not be reproducible, nor match procgen
+    used directly), a seeded reset of a stepped env not restarting from that seed, and all envs of a batch
+    sharing one level."""
+    from procgen import ProcgenGym3Env
+
     a, b = make("starpilot", 4), make("starpilot", 4)
     frames, rewards, dones = rollout(a, seed=7, steps=300)
     assert dones.any() and rewards.any()
+    direct = ProcgenGym3Env(num=4, env_name="starpilot", distribution_mode="easy", rand_seed=7)
+    np.testing.assert_array_equal(direct.observe()[1]["rgb"], frames[0])
+    direct.close()
     for again in (rollout(b, seed=7, steps=300), rollout(a, seed=7, steps=300)):
         np.testing.assert_array_equal(again[0], frames)
         np.testing.assert_array_equal(again[1], rewards)
@@ -153,6 +162,25 @@ def test_datamodule_builds_wrapped_procgen_envs():
     rewards = np.stack([envs.step(np.random.default_rng(t).integers(0, 15, 2))[1] for t in range(200)])
     assert rewards.any() and np.all(np.abs(rewards) <= 0.5)
     envs.close()
-    sync = RolloutDataModule(env_id="procgen:starpilot", num_envs=2, total_timesteps=64, vectorization_mode="sync")
-    with pytest.raises(ConfigError, match="data.vectorization_mode.*vector-only"):
-        sync.make_envs(2, training=True)
+    # Refused when the datamodule is configured, before any env or process starts.
+    with pytest.raises(ConfigError, match="data.vectorization_mode: 'procgen:starpilot' runs only as procgen's own"):
+        RolloutDataModule(env_id="procgen:starpilot", num_envs=2, total_timesteps=64, vectorization_mode="sync")
+
+
+def test_garbage_collected_env_does_not_deadlock_a_build():
+    """Guards: a deadlock seen when a test failed: building a procgen env holds cffi's lock while it binds C
+    functions; an env the garbage collector frees meanwhile closes itself in __del__ and binds libenv_close
+    under the same lock. Runs in a subprocess, as a deadlock would hang this one."""
+    script = """if True:
+        import gc, gymnasium as gym
+        from lit_rl.envs import resolve_env_id
+        envs = gym.make_vec(resolve_env_id("procgen:starpilot"), num_envs=2)
+        lock = envs.unwrapped.env._ffi._lock
+        cycle = {"envs": envs}
+        cycle["self"] = cycle
+        del envs, cycle
+        gc.disable()
+        with lock:  # what building another env holds
+            gc.collect()
+    """
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60, capture_output=True)

@@ -14,7 +14,7 @@ from lit_rl.data.collector import Collector, Policy
 from lit_rl.data.overlap import CollectorSpec, OverlappedCollection, Schedule, merge_moments
 from lit_rl.data.rollout import NoRollout, Rollout
 from lit_rl.errors import ConfigError
-from lit_rl.envs import resolve_env_id
+from lit_rl.envs import check_vectorization, resolve_env_id
 from lit_rl.wrappers import NormalizeObservation, NormalizeReward, mask_vector_observation, pack_dict_observation
 
 VectorizationMode = Literal["auto", "sync", "async", "vector_entry_point"]
@@ -114,6 +114,7 @@ class RolloutDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.spec = check_env_id(env_id)
+        check_vectorization(env_id, vectorization_mode, record_video)
         for key, value in (("num_envs", num_envs), ("num_steps", num_steps), ("total_timesteps", total_timesteps),
                            ("eval_episodes", eval_episodes), ("eval_envs", eval_envs)):
             if value < 1:

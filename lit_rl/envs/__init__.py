@@ -11,6 +11,22 @@ import importlib
 from lit_rl.errors import ConfigError
 
 FAMILIES = {"procgen": "lit_rl.envs.procgen", "atari": "lit_rl.envs.atari"}
+VECTOR_ONLY = {"procgen"}  # families whose games run only as one native batch: no sync/async envs, no video
+
+
+def check_vectorization(env_id: str, vectorization_mode: str, record_video: bool) -> None:
+    """A ConfigError, before any env is built, when a vector-only family's game is asked for per-env envs."""
+    family = env_id.partition(":")[0]
+    if family not in VECTOR_ONLY:
+        return
+    if vectorization_mode in ("sync", "async"):
+        raise ConfigError(
+            f"data.vectorization_mode: {env_id!r} runs only as {family}'s own batch of envs, not as "
+            f"{vectorization_mode!r} single envs; set data.vectorization_mode to auto or vector_entry_point (after a "
+            f"placement preset, which asks for sync, add --data.vectorization_mode vector_entry_point).")
+    if record_video:
+        raise ConfigError(f"data.record_video: {env_id!r} runs only as {family}'s own batch of envs, and video "
+                          "recording needs single envs; set data.record_video to false.")
 
 
 def resolve_env_id(env_id: str) -> str:

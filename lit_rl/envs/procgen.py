@@ -8,7 +8,7 @@ only: procgen steps its envs as one batch in C++ (:class:`ProcgenVectorEnv`), so
 
 import contextlib
 import io
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import gymnasium as gym
 import numpy as np
@@ -31,7 +31,7 @@ def gym_id(game: str) -> str:
     return f"lit_rl/procgen-{game}-v0"
 
 
-def vector_only(**kwargs: Any) -> gym.Env:
+def vector_only(**kwargs: Any) -> NoReturn:
     """The single-env entry point: Procgen runs only as a batch, so this refuses ``sync`` / ``async``."""
     raise ConfigError("data.vectorization_mode: Procgen envs are vector-only (procgen steps its envs as one batch); "
                       "use vectorization_mode 'auto' or 'vector_entry_point'. Video recording needs a single env "
@@ -85,6 +85,9 @@ class ProcgenVectorEnv(gym.vector.VectorEnv):
             self.env = self._make(num=self.num_envs, env_name=self.game, rand_seed=seed % 2**31, **self.options)
         except AssertionError as err:
             raise ConfigError(f"data.env_kwargs: Procgen refused {self.options} for {self.game!r}: {err}") from None
+        # cffi binds a function on first use, under a lock that building another env holds; gym3 closes an env
+        # in __del__, so one the garbage collector frees during a build would deadlock on binding libenv_close.
+        _ = self.env._c_lib.libenv_close
         self._stepped = False
 
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict[str, Any]] = None) -> tuple[np.ndarray, dict]:
