@@ -110,3 +110,14 @@ def test_ppg_runs_are_reused_only_at_the_same_clean_commit(tmp_path, monkeypatch
     monkeypatch.setattr(ppg_bench, "head", lambda: ("def5678", False))
     ppg_bench.run("cartpole", "ppo", 1, 2000, tmp_path)  # another commit
     assert len(launched) == 4
+
+
+def test_procgen_benchmark_normalizes_by_the_papers_constants_and_sums_each_runs_time(tmp_path):
+    from scripts.benchmark_procgen import normalized, timing
+
+    assert normalized("starpilot", 2.5) == 0.0 and normalized("starpilot", 64.0) == 1.0
+    assert normalized("bigfish", 20.5) == 0.5
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text("env_steps,perf/sps,perf/rollout_time,perf/update_time,perf/aux_phase_time\n"
+                       "100,10,1.0,2.0,\n200,30,1.5,2.5,6.0\n200,,,,\n")
+    assert timing(metrics) == {"sps": 20.0, "rollout": 2.5, "update": 4.5, "aux": 6.0}
