@@ -179,6 +179,8 @@ def test_a_dict_observation_travels_packed_and_reaches_each_keys_encoder_exactly
     rows = [odd.sample() for _ in range(3)]
     odd_obs = {key: np.stack([r[key] for r in rows]) for key in odd.spaces}
     whole = torch.as_tensor(odd_packed.pack(odd_obs))
+    # PPG's memory estimate counts a Dict at its packed size, padding included (3 + 5 + 16 = 24 bytes).
+    assert RolloutStore.store_bytes(1, 1, 1, odd) == RolloutStore.store_bytes(1, 1, 1, odd_packed) == (24 + 8) + (24 + 1)
     for rows_taken in (slice(0, 1), slice(1, 2), slice(1, 3), slice(0, 3)):
         back = odd_packed.unpack(whole[rows_taken])
         for key in odd.spaces:

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from lit_rl.data.rollout import TIME, Rollout
+from lit_rl.wrappers import PackedDict
 
 # Observations per forward pass when the auxiliary phase recomputes values and pi_old over the store.
 FORWARD_CHUNK = 16384
@@ -100,9 +101,10 @@ def _obs_elements(space: gym.Space) -> int:
 
 
 def _obs_bytes(space: gym.Space) -> int:
-    """Bytes of one stored observation (of a Dict: of all its keys)."""
+    """Bytes of one stored observation; a Dict is stored packed (:class:`~lit_rl.wrappers.PackedDict`, its keys
+    aligned), so its bytes are the packed vector's."""
     if isinstance(space, gym.spaces.Dict):
-        return sum(_obs_bytes(sub) for sub in space.spaces.values())
+        space = PackedDict(space)
     return int(np.prod(space.shape or (1,))) * np.dtype(space.dtype or np.int64).itemsize
 
 
