@@ -64,6 +64,22 @@ def test_uint8_frames_are_scaled_to_unit_range_and_float_images_are_not():
     torch.testing.assert_close(floats(x.float() / 255), expected)
 
 
+def test_the_flat_encoder_scales_uint8_to_unit_range_and_passes_floats_unchanged():
+    """``model.encoder: flat`` on frames scales them as the CNNs do, alone or as a Dict's key; a float Box (every
+    vector env's) comes out exactly as it went in, flattened."""
+    x = frames(HWC)
+    scaled = x.reshape(5, -1).float() / 255
+    torch.testing.assert_close(FlatEncoder(HWC)(x), scaled)
+    floats = torch.randn(5, 3, 4) * 100
+    assert torch.equal(FlatEncoder(gym.spaces.Box(-np.inf, np.inf, (3, 4), np.float32))(floats), floats.reshape(5, -1))
+    space = gym.spaces.Dict({"image": HWC, "vector": gym.spaces.Box(-1.0, 1.0, (3,), np.float32)})
+    vector = torch.randn(5, 3)
+    features = make_encoder(space, "flat")({"image": x, "vector": vector})
+    image_features, vector_features = features.split([64 * 64 * 3, 3], -1)
+    torch.testing.assert_close(image_features, scaled)
+    assert torch.equal(vector_features, vector)
+
+
 def test_auto_picks_a_cnn_for_uint8_images_only_and_bad_choices_are_refused():
     assert isinstance(make_encoder(HWC), ImpalaCNN)
     assert isinstance(make_encoder(CHW, "nature"), NatureCNN)

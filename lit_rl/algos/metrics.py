@@ -7,7 +7,9 @@ resumed and extended, line up. The metrics of one iteration (``train/<name>``):
   minibatches, every role's on every rank;
 - one mean per per-episode field of the rollout (as :meth:`lit_rl.data.Rollout.episode_metrics` names them:
   ``episodic_return``, ``episodic_length``), when an episode ended;
-- the explained variance of the collection-time values, the number of actor steps and each role's LR;
+- the explained variance (:func:`explained_variance`) of the returns by the values GAE used: those recorded at
+  collection, or, for a rollout collected updates behind (overlapped collection, ``perf/policy_lag`` >= 1), the
+  current critic's (:meth:`~lit_rl.algos.ppo.PPO.revalue`); the number of actor steps and each role's LR;
 - ``perf/sps`` since the fit started, the per-round fields the rollout declares a metric for
   (``perf/rollout_time``; with overlapped collection ``perf/policy_lag``, ``perf/collector_wait``,
   ``perf/learner_wait``), and what the update reported (``perf/update_time``).
@@ -19,7 +21,6 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
-from torchmetrics.functional import explained_variance
 
 from lit_rl.algos.updater import Stats
 from lit_rl.data.rollout import Rollout
@@ -30,6 +31,18 @@ if TYPE_CHECKING:
 
 # Shown on the progress bar and to callbacks (each module.log costs about a millisecond), by metric.
 SHOWN = {"train/episodic_return": "return", "perf/sps": "sps"}
+
+
+def explained_variance(values: Tensor, returns: Tensor) -> Tensor:
+    """``1 - Var[returns - values] / Var[returns]``, at most 1; 1 where both variances are 0, 0 where only the
+    returns' is (as torchmetrics). Each variance is of centred float64 values: torchmetrics' ``E[x^2] - E[x]^2``
+    in float32 cancels when the returns are nearly constant (about 100 on a solved CartPole), and gave values
+    far from the truth, above 1 among them."""
+    returns = returns.double()
+    errors = returns - values.double()
+    var_returns = (returns - returns.mean()).square().mean()
+    var_errors = (errors - errors.mean()).square().mean()
+    return 1 - torch.where(var_returns > 0, var_errors / var_returns, (var_errors > 0).double())
 
 
 class RunMetrics(torch.nn.Module):

@@ -34,7 +34,7 @@ collected since the resume.
 
 import time
 from collections import defaultdict
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal, Optional
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -43,7 +43,7 @@ from torch import Tensor
 from lit_rl.algos.ppo import PPO
 from lit_rl.algos.updater import Share, Stats, interleaved_epochs
 from lit_rl.data.rollout import Rollout, flatten_valid, pad_time, to_sequences
-from lit_rl.data.store import FORWARD_CHUNK, RolloutStore, available_memory, format_bytes
+from lit_rl.data.store import RolloutStore, available_memory, format_bytes, in_chunks
 from lit_rl.errors import ConfigError
 from lit_rl.losses import aux_value_loss, clone_kl
 from lit_rl.nets import History
@@ -218,8 +218,8 @@ class PPG(PPO):
                 last_value = self.agent.value(r["last_obs"].unsqueeze(0), last)
                 values = values.view(T, N)
             else:
-                values = _chunked(self.agent.value, r["obs"].flatten(0, 1)).view(T, N)
-                old_params = _chunked(lambda o: self.agent.dist(o).params(), r["obs"].flatten(0, 1)).view(T, N, -1)
+                values = in_chunks(self.agent.value, r["obs"].flatten(0, 1)).view(T, N)
+                old_params = in_chunks(lambda o: self.agent.dist(o).params(), r["obs"].flatten(0, 1)).view(T, N, -1)
                 last_value = self.agent.value(r["last_obs"])
             next_values = torch.cat([values[1:], last_value.unsqueeze(0)])
             _, returns = gae(r["rewards"], values, next_values, r["terminated"], r["truncated"], hp.gamma, hp.gae_lambda)
@@ -272,7 +272,3 @@ class PPG(PPO):
         self.aux_phases = int(state["aux_phases"])
         self.policy_phase_time = float(state.get("policy_phase_time", 0.0))
         self.store.load_state_dict(state["store"])
-
-
-def _chunked(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    return torch.cat([fn(part) for part in x.split(FORWARD_CHUNK)])

@@ -36,6 +36,7 @@ from lit_rl.algos.resume import Resume
 from lit_rl.algos.schedules import LinearDecay, constant
 from lit_rl.algos.updater import RoleUpdater, Share, Shuffler, Stats, count_steps_of_other_roles
 from lit_rl.data.rollout import Rollout, flatten_valid, pad_time, to_sequences
+from lit_rl.data.store import chunk_rows, in_chunks
 from lit_rl.distributed.placement import ROLES, Placement
 from lit_rl.errors import ConfigError
 from lit_rl.losses import actor_objective, normalize_advantages, value_loss
@@ -384,20 +385,26 @@ class PPO(L.LightningModule):
 
         Advantages, returns and the value clip then come from the critic being updated, as when collection
         and update take turns; the log-probs stay those of the policy that acted (the PPO ratio is the current
-        policy over the behaviour policy). A recurrent critic runs from the state recorded at collection.
+        policy over the behaviour policy). A recurrent critic runs from the state recorded at collection. The
+        critic sees at most :data:`~lit_rl.data.store.FORWARD_CHUNK` observations at a time (a recurrent one: spans
+        of whole steps, the state carried from one span to the next).
         """
         assert self.agent is not None
         T, N = rollout.num_steps, rollout.num_envs
         if self.agent.recurrent:
             assert rollout.initial_state is not None
-            history = History(rollout.starts, rollout.initial_state)
-            _, values = self.agent(rollout.obs, history)
-            assert history.final_state is not None
-            last = self.agent.value(rollout.last_obs.unsqueeze(0), History(rollout.last_start.unsqueeze(0), history.final_state))
+            spans, state = [], rollout.initial_state
+            for obs, starts in zip(rollout.obs.split(chunk_rows(N)), rollout.starts.split(chunk_rows(N))):
+                history = History(starts, state)
+                spans.append(self.agent(obs, history)[1].view(len(starts), N))
+                assert history.final_state is not None
+                state = history.final_state
+            values = torch.cat(spans)
+            last = self.agent.value(rollout.last_obs.unsqueeze(0), History(rollout.last_start.unsqueeze(0), state))
         else:
-            values = self.agent.value(rollout.obs.flatten(0, 1))
-            last = self.agent.value(rollout.last_obs)
-        return dataclasses.replace(rollout, values=values.view(T, N), last_value=last)
+            values = in_chunks(self.agent.value, rollout.obs.flatten(0, 1)).view(T, N)
+            last = in_chunks(self.agent.value, rollout.last_obs)
+        return dataclasses.replace(rollout, values=values, last_value=last)
 
     def prepare_batch(self, rollout: Rollout) -> dict[str, Tensor]:
         """Advantages and returns from the pre-update critic, with every time-major field of the rollout: the

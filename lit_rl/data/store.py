@@ -26,6 +26,7 @@ The estimate counts the fields above; the extra stored fields of a :class:`Rollo
 """
 
 import os
+from typing import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -35,8 +36,21 @@ from torch import Tensor
 from lit_rl.data.rollout import TIME, Rollout
 from lit_rl.wrappers import PackedDict
 
-# Observations per forward pass when the auxiliary phase recomputes values and pi_old over the store.
+# Observations per forward pass without gradients over a whole rollout or store: PPG's auxiliary phase recomputing
+# values and pi_old, PPO revaluing a stale rollout (overlapped collection).
 FORWARD_CHUNK = 16384
+
+
+def chunk_rows(samples_per_row: int = 1) -> int:
+    """Rows per forward chunk: as many rows of ``samples_per_row`` samples each (a recurrent pass: one step of
+    every env) as :data:`FORWARD_CHUNK` holds, and at least one."""
+    return max(1, FORWARD_CHUNK // samples_per_row)
+
+
+def in_chunks(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``fn`` over ``x``'s rows, at most :data:`FORWARD_CHUNK` at a time, the results concatenated: a forward pass
+    without gradients whose activations are one chunk's, not the whole batch's."""
+    return torch.cat([fn(part) for part in x.split(chunk_rows())])
 
 
 class RolloutStore:

@@ -12,7 +12,7 @@ hidden layer (``model.hidden_sizes``: ``[256]`` gives the PPG paper's IMPALA net
 Images are ``uint8`` Boxes of rank 3, channels last (``H x W x C``, as Procgen gives them) or first (``C x H x W``,
 as stacked Atari frames are), told apart by which end is smaller (the channels); a rank-2 Box is one gray channel.
 Frames stay ``uint8`` wherever they are stored and reach the encoder as they are; it scales them to ``[0, 1]``
-on the device it runs on.
+on the device it runs on (every encoder does, :class:`FlatEncoder` too; observations of other dtypes are not scaled).
 """
 
 from typing import Callable, Literal, Optional, Union
@@ -57,13 +57,16 @@ def image_layout(space: gym.spaces.Box, key: str) -> tuple[tuple[int, int, int],
 
 
 class FlatEncoder(nn.Module):
-    """A Box flattened to floats, a Discrete one-hot."""
+    """A Box flattened to floats (a ``uint8`` one scaled to ``[0, 1]``, as the CNNs scale frames), a Discrete
+    one-hot."""
 
     def __init__(self, space: gym.Space, key: str = "data.env_id") -> None:
         super().__init__()
+        self.scale: Optional[float] = None
         if isinstance(space, gym.spaces.Box):
             self.one_hot = 0
             self.out_dim = int(np.prod(space.shape))
+            self.scale = 1 / 255 if space.dtype == np.uint8 else None
         elif isinstance(space, gym.spaces.Discrete):
             self.one_hot = int(space.n)
             self.out_dim = int(space.n)
@@ -77,7 +80,8 @@ class FlatEncoder(nn.Module):
     def forward(self, obs: Tensor) -> Tensor:
         if self.one_hot:
             return nn.functional.one_hot(obs.long().reshape(-1), self.one_hot).float()
-        return obs.reshape(obs.shape[0], -1).float()
+        x = obs.reshape(obs.shape[0], -1).float()
+        return x * self.scale if self.scale is not None else x
 
 
 class ImageEncoder(nn.Module):
