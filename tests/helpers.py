@@ -1,9 +1,11 @@
 """Shared test helpers: running the `lit-rl` command, a programmatic fit, random PPO batches, reading metrics.csv."""
 
 import csv
+import logging
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,9 @@ from lit_rl.data.datamodule import RolloutDataModule
 
 REPO = Path(__file__).resolve().parent.parent
 
-TINY = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+# Every `lit-rl` command of the tests ends with this: the one quiet test config (no progress bar or model summary;
+# the CPU).
+QUIET = ["--config", str(REPO / "tests/configs/quiet.yaml")]
 OBS = gym.spaces.Box(-1, 1, (4,), np.float32)
 TINY_DATA = dict(env_id="CartPole-v1", num_envs=4, num_steps=32, total_timesteps=256, seed=3, eval_episodes=2)
 
@@ -58,6 +62,44 @@ def lit_rl(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedPro
     if check and proc.returncode != 0:
         raise AssertionError(f"lit-rl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def lit_rl_in_process(*args: str, cwd: Path, capfd=None, check: bool = True) -> subprocess.CompletedProcess:
+    """Runs ``lit-rl`` in this process (``lit_rl.cli.main``), as :func:`lit_rl` runs the console script: the
+    same arguments, working folder and result (exit code, stdout, stderr), without a new interpreter's
+    start-up and imports. For runs of one process; a run that starts processes of its own (a placement
+    preset's ranks) needs :func:`lit_rl`. The environment variables a run sets (Lightning's seed) are undone.
+    ``capfd`` (pytest's fixture) captures the output; without it, stdout and stderr come back empty."""
+    env, here, argv = dict(os.environ), os.getcwd(), sys.argv
+    sys.argv = ["lit-rl"]  # LightningCLI warns when it gets both args and pytest's command line
+    if capfd is not None:
+        capfd.readouterr()
+    # Lightning's loggers write to the stderr of when they were imported (pytest's collection): this run's.
+    handlers = [h for name in ("lightning.pytorch", "lightning.fabric") for h in logging.getLogger(name).handlers
+                if type(h) is logging.StreamHandler]
+    streams = [h.stream for h in handlers]
+    for handler in handlers:
+        handler.setStream(sys.stderr)
+    os.chdir(cwd)
+    code = 0
+    try:
+        with warnings.catch_warnings():  # warnings go to stderr, as the console script prints them, not to pytest
+            warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: sys.stderr.write(
+                warnings.formatwarning(message, category, filename, lineno, line))
+            main(list(args))
+    except SystemExit as exit_info:
+        code = exit_info.code if isinstance(exit_info.code, int) else 1
+    finally:
+        for handler, stream in zip(handlers, streams):
+            handler.setStream(stream)
+        sys.argv = argv
+        os.chdir(here)
+        os.environ.clear()
+        os.environ.update(env)
+    out, err = capfd.readouterr() if capfd is not None else ("", "")
+    if check and code != 0:
+        raise AssertionError(f"lit-rl {' '.join(args)} failed ({code}):\n{out[-3000:]}\n{err[-5000:]}")
+    return subprocess.CompletedProcess(["lit-rl", *args], code, out, err)
 
 
 def run_main(args: list[str], capsys) -> tuple[int, str]:

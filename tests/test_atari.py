@@ -66,6 +66,7 @@ def test_spaces(backend: str, options: dict, shape: tuple, actions: int) -> None
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.integration
 def test_per_env_modes(mode: str) -> None:
     """``sync`` / ``async`` build the per-env pipeline, whatever the backend."""
     pytest.importorskip("cv2", reason="gymnasium's AtariPreprocessing needs opencv")

@@ -16,7 +16,7 @@ from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lit_rl.checkpoints import AtomicCheckpointIO
 from lit_rl.cli import LitRLCLI
 from lit_rl.distributed import ActorCriticPlacement
-from tests.helpers import REPO, TINY, lit_rl, read_metrics
+from tests.helpers import REPO, QUIET, lit_rl_in_process, read_metrics
 
 CARTPOLE = str(REPO / "configs/ppo/cartpole.yaml")  # 8 envs x 32 steps: 256 env steps per iteration
 # Every checkpoint kept: env_steps=512.ckpt, ..., env_steps=2048.ckpt and last.ckpt.
@@ -27,7 +27,7 @@ KEEP_ALL = ["--checkpoint.every_n_env_steps", "512", "--checkpoint.save_top_k", 
 def finished_run(tmp_path_factory):
     """A run of 2048 env steps with a checkpoint every 512; each test works on its own copy."""
     work = tmp_path_factory.mktemp("run")
-    lit_rl("fit", "--config", CARTPOLE, "--data.total_timesteps", "2048", *KEEP_ALL, *TINY, cwd=work)
+    lit_rl_in_process("fit", "--config", CARTPOLE, "--data.total_timesteps", "2048", *KEEP_ALL, *QUIET, cwd=work)
     return work
 
 
@@ -42,13 +42,13 @@ def cut_short(path):
     path.write_bytes(data[: len(data) // 2])
 
 
-def test_resume_last_skips_unreadable_checkpoints_with_a_warning(finished_run, tmp_path):
+def test_resume_last_skips_unreadable_checkpoints_with_a_warning(finished_run, tmp_path, cli):
     work, ckpts = copy_of(finished_run, tmp_path)
     names = sorted(p.name for p in ckpts.iterdir())
     assert names == [f"env_steps={n}.ckpt" for n in (1024, 1536, 2048, 512)] + ["last.ckpt"]
     cut_short(ckpts / "env_steps=2048.ckpt")
     cut_short(ckpts / "last.ckpt")  # now the newest file, and unreadable
-    proc = lit_rl("fit", "--config", CARTPOLE, "--data.total_timesteps", "2560", "--ckpt_path", "last", *TINY, cwd=work)
+    proc = cli("fit", "--config", CARTPOLE, "--data.total_timesteps", "2560", "--ckpt_path", "last", *QUIET, cwd=work)
     warning = next(line for line in proc.stderr.splitlines() if "ckpt_path=last: skipped" in line)
     assert "last.ckpt" in warning and "env_steps=2048.ckpt" in warning and "central directory" in warning
     assert warning.rstrip().endswith(f"Resuming from {ckpts / 'env_steps=1536.ckpt'}.")
@@ -57,10 +57,10 @@ def test_resume_last_skips_unreadable_checkpoints_with_a_warning(finished_run, t
     assert steps == list(range(1536 + 256, 2560 + 1, 256))  # resumed from the newest readable one
 
 
-def test_an_explicit_unreadable_checkpoint_gets_one_clear_line(finished_run, tmp_path):
+def test_an_explicit_unreadable_checkpoint_gets_one_clear_line(finished_run, tmp_path, cli):
     work, ckpts = copy_of(finished_run, tmp_path)
     cut_short(ckpts / "last.ckpt")
-    proc = lit_rl("fit", "--config", CARTPOLE, "--ckpt_path", str(ckpts / "last.ckpt"), *TINY, cwd=work, check=False)
+    proc = cli("fit", "--config", CARTPOLE, "--ckpt_path", str(ckpts / "last.ckpt"), *QUIET, cwd=work, check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith(f"lit-rl: error: ckpt_path: cannot read the checkpoint {ckpts / 'last.ckpt'} ("), line
@@ -76,7 +76,7 @@ def test_the_cli_saves_through_the_atomic_writer_with_every_strategy(tmp_path, m
     for extra, strategy in (([], SingleDeviceStrategy),
                             (["--config", str(REPO / "configs/placement/single_device.yaml")], ActorCriticPlacement),
                             (["--trainer.strategy", "ddp"], DDPStrategy)):
-        cli = LitRLCLI(args=["--config", CARTPOLE, *extra, *TINY], run=False)
+        cli = LitRLCLI(args=["--config", CARTPOLE, *extra, *QUIET], run=False)
         assert type(cli.trainer.strategy) is strategy
         assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO), strategy
 
@@ -109,6 +109,7 @@ def looks(folder, target):
     return sorted(os.listdir(folder)), stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
+@pytest.mark.integration  # a writer process killed with SIGKILL
 def test_a_save_killed_midway_leaves_the_previous_checkpoint_whole(tmp_path):
     """SIGKILL at the first sign of the second save in the folder. Lightning's own writer stages the file in
     the system temporary folder; from another filesystem its final move is a copy into last.ckpt, which the

@@ -1,9 +1,15 @@
-"""The `lit-rl` command: every config runs, bad input gets one clear message, resume, determinism, NaN."""
+"""The `lit-rl` command: every config runs, bad input gets one clear message, resume, determinism, NaN.
+
+Runs of one process go through ``cli`` (lit_rl.cli.main in the test's process, tests/conftest.py); those that
+start processes of their own (placement presets on two ranks, wandb's service, video encoding) run the
+console script and carry the integration marker."""
+
+import importlib.util
 
 import pytest
 import torch
 
-from tests.helpers import REPO, TINY, lit_rl, read_metrics, run_main
+from tests.helpers import REPO, QUIET, lit_rl, read_metrics, run_main
 
 # The two-node presets need a process per node; tests/test_placement.py launches them that way. Sweep files
 # are wandb's format, not lit-rl configs (tests/test_sweep.py runs them).
@@ -19,19 +25,31 @@ def config_args(config: str) -> list[str]:
     return ["--config", str(REPO / config)]
 
 
-# Configs whose envs come with an extra (pip install 'lit-rl[procgen]' / '[atari]'): skipped, with the reason in
-# pytest's summary, where the extra is not installed; `.ci/run` installs both.
-EXTRAS = {"procgen": "procgen", "atari": "ale_py"}
+# Configs whose envs come with an extra (pip install 'lit-rl[procgen]' / '[atari]' / '[box2d]'): skipped, with the
+# reason in pytest's summary, where the extra is not installed; `.ci/run` installs them.
+EXTRAS = {"env_id: procgen:": ("procgen", "procgen"), "env_id: atari:": ("ale_py", "atari"),
+          "env_id: LunarLander": ("Box2D", "box2d")}
+# Configs whose run starts processes: two ranks, or wandb's service. The image configs' CNNs take several
+# seconds each on a CPU.
+PROCESSES = {"configs/placement/critic_device.yaml", "configs/placement/data_parallel.yaml", "configs/loggers/wandb.yaml"}
+IMAGES = {"configs/ppo/procgen.yaml", "configs/ppg/procgen.yaml", "configs/ppo/atari.yaml"}
 
 
-@pytest.mark.parametrize("config", CONFIGS)
-def test_every_config_fits_a_tiny_budget(config, tmp_path):
-    for family, module in EXTRAS.items():
-        if f"env_id: {family}:" in (REPO / config).read_text():
-            pytest.importorskip(module, reason=f"{config} needs the {family} extra")
-    proc = lit_rl("fit", *config_args(config), "--data.num_envs", "2", "--data.num_steps", "64",
-                  "--data.total_timesteps", "256", "--model.init_args.num_minibatches", "2",
-                  "--data.eval_episodes", "1", "--trainer.limit_val_batches", "0", *TINY, cwd=tmp_path)
+def needs_extra(config: str) -> None:
+    """Skips the test, naming the extra, where the config's env needs one that is not installed."""
+    for marker, (module, extra) in EXTRAS.items():
+        if marker in (REPO / config).read_text() and importlib.util.find_spec(module) is None:
+            pytest.skip(f"{config} needs the {extra} extra (pip install -e '.[{extra}]')")
+
+
+@pytest.mark.parametrize("config", [pytest.param(c, marks=pytest.mark.integration) if c in PROCESSES | IMAGES else c
+                                    for c in CONFIGS])
+def test_every_config_fits_a_tiny_budget(config, tmp_path, cli):
+    needs_extra(config)
+    run = lit_rl if config in PROCESSES else cli
+    proc = run("fit", *config_args(config), "--data.num_envs", "2", "--data.num_steps", "64",
+               "--data.total_timesteps", "256", "--model.init_args.num_minibatches", "2",
+               "--data.eval_episodes", "1", "--trainer.limit_val_batches", "0", *QUIET, cwd=tmp_path)
     assert list(tmp_path.rglob("last.ckpt")), proc.stderr[-2000:]
     if "wandb" in config:
         assert list(tmp_path.glob("wandb/offline-run-*")), "wandb must run offline when not logged in"
@@ -63,7 +81,7 @@ BAD_INPUT = [
 def test_bad_input_gets_one_clear_message(extra, key, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(REPO))
-    code, err = run_main(["fit", "--config", str(REPO / "configs/ppo/cartpole.yaml"), *TINY, *extra], capsys)
+    code, err = run_main(["fit", "--config", str(REPO / "configs/ppo/cartpole.yaml"), *QUIET, *extra], capsys)
     assert code == 2
     assert key in err and "Traceback" not in err
     assert not list(tmp_path.rglob("metrics.csv")), "no run may start on bad input"
@@ -73,7 +91,7 @@ def test_a_batch_that_does_not_split_leaves_no_run_behind(tmp_path, capsys, monk
     """The module's data checks run before the trainer starts: no run folder, config copy or wandb run."""
     monkeypatch.chdir(tmp_path)
     code, err = run_main(["fit", "--config", str(REPO / "configs/ppo/cartpole.yaml"), "--config",
-                          str(REPO / "configs/loggers/wandb.yaml"), *TINY, "--model.init_args.num_minibatches", "7"], capsys)
+                          str(REPO / "configs/loggers/wandb.yaml"), *QUIET, "--model.init_args.num_minibatches", "7"], capsys)
     assert code == 2 and "model.num_minibatches" in err
     assert list(tmp_path.iterdir()) == []
 
@@ -83,20 +101,20 @@ def test_missing_config_file(tmp_path, capsys):
     assert code == 2 and "nope.yaml" in err and "Traceback" not in err
 
 
-def test_incompatible_checkpoint(tmp_path):
+def test_incompatible_checkpoint(tmp_path, cli):
     cfg = str(REPO / "configs/ppo/cartpole.yaml")
-    lit_rl("fit", "--config", cfg, "--data.total_timesteps", "256", *TINY, cwd=tmp_path)
+    cli("fit", "--config", cfg, "--data.total_timesteps", "256", *QUIET, cwd=tmp_path)
     ckpt = next(tmp_path.rglob("last.ckpt"))
-    proc = lit_rl("fit", "--config", str(REPO / "configs/ppo/pendulum.yaml"), "--data.normalize_reward", "false",
-                  "--ckpt_path", str(ckpt), *TINY, cwd=tmp_path, check=False)
+    proc = cli("fit", "--config", str(REPO / "configs/ppo/pendulum.yaml"), "--data.normalize_reward", "false",
+                  "--ckpt_path", str(ckpt), *QUIET, cwd=tmp_path, check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "ckpt_path" in proc.stderr and "do not match" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    proc = lit_rl("fit", "--config", str(REPO / "configs/ppo/cartpole.yaml"), "--data.env_id", "tests.envs:NanReward-v0",
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, cli):
+    proc = cli("fit", "--config", str(REPO / "configs/ppo/cartpole.yaml"), "--data.env_id", "tests.envs:NanReward-v0",
                   "--data.env_kwargs", "{nan_after: 100}", "--data.num_envs", "4", "--data.num_steps", "32",
-                  "--data.total_timesteps", "4096", "--checkpoint.every_n_env_steps", "128", *TINY,
+                  "--data.total_timesteps", "4096", "--checkpoint.every_n_env_steps", "128", *QUIET,
                   cwd=tmp_path, check=False)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "loss is nan" in proc.stderr and "Traceback" not in proc.stderr
@@ -110,25 +128,25 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert rows and max(r["env_steps"] for r in rows) >= 128
 
 
-def test_same_seed_same_metrics(tmp_path):
+def test_same_seed_same_metrics(tmp_path, cli):
     runs = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-        lit_rl("fit", "--config", str(REPO / "configs/ppo/cartpole.yaml"), "--data.total_timesteps", "2048", *TINY,
+        cli("fit", "--config", str(REPO / "configs/ppo/cartpole.yaml"), "--data.total_timesteps", "2048", *QUIET,
                cwd=tmp_path / name)
         rows = read_metrics(next((tmp_path / name).rglob("metrics.csv")))
         runs.append([{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows])
     assert len(runs[0]) >= 8 and runs[0] == runs[1]
 
 
-def test_resume_continues_from_the_checkpoint(tmp_path):
+def test_resume_continues_from_the_checkpoint(tmp_path, cli):
     cfg = str(REPO / "configs/ppo/cartpole.yaml")
-    common = [*TINY, "--data.normalize_observation", "true", "--data.eval_episodes", "2"]
-    lit_rl("fit", "--config", cfg, "--data.total_timesteps", "20480", *common, cwd=tmp_path)
+    common = [*QUIET, "--data.normalize_observation", "true", "--data.eval_episodes", "2"]
+    cli("fit", "--config", cfg, "--data.total_timesteps", "20480", *common, cwd=tmp_path)
     saved = torch.load(next(tmp_path.rglob("last.ckpt")), map_location="cpu", weights_only=True)
     assert saved["env_steps"] == 20480 and saved["RolloutDataModule"]["env_steps"] == 20480
 
-    lit_rl("fit", "--config", cfg, "--data.total_timesteps", "25600", "--ckpt_path", "last", *common, cwd=tmp_path)
+    cli("fit", "--config", cfg, "--data.total_timesteps", "25600", "--ckpt_path", "last", *common, cwd=tmp_path)
     first, second = sorted(tmp_path.rglob("metrics.csv"))
     before, after = read_metrics(first), read_metrics(second)
     steps_after = [r["env_steps"] for r in after if "env_steps" in r]
@@ -144,18 +162,20 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     assert resumed > 3 * untrained, (untrained, resumed)
 
 
+@pytest.mark.integration  # moviepy encodes with an ffmpeg process
 def test_evaluation_records_video(tmp_path):
+    pytest.importorskip("moviepy", reason="recording video needs the video extra (pip install -e '.[video]')")
     proc = lit_rl("validate", "--config", str(REPO / "configs/ppo/cartpole.yaml"), "--data.record_video", "true",
-                  "--data.eval_episodes", "1", *TINY, cwd=tmp_path)
+                  "--data.eval_episodes", "1", *QUIET, cwd=tmp_path)
     assert "val: episodic return" in proc.stdout
     videos = list(tmp_path.rglob("*.mp4"))
     assert videos and videos[0].stat().st_size > 1000
 
 
-def test_ppg_from_the_command_line_with_a_shared_trunk_and_pcgrad(tmp_path):
-    lit_rl("fit", "--config", str(REPO / "configs/ppg/cartpole.yaml"), "--model.arch", "shared",
+def test_ppg_from_the_command_line_with_a_shared_trunk_and_pcgrad(tmp_path, cli):
+    cli("fit", "--config", str(REPO / "configs/ppg/cartpole.yaml"), "--model.arch", "shared",
            "--model.gradient_surgery", "pcgrad", "--model.n_pi", "2", "--data.total_timesteps", "1024",
-           "--data.eval_episodes", "1", *TINY, cwd=tmp_path)
+           "--data.eval_episodes", "1", *QUIET, cwd=tmp_path)
     rows = read_metrics(next(tmp_path.rglob("metrics.csv")))
     assert max(r.get("train/aux_phases", 0) for r in rows) == 2
     assert any("train/bc_kl" in r and "train/grad_conflict" in r for r in rows)
@@ -163,8 +183,8 @@ def test_ppg_from_the_command_line_with_a_shared_trunk_and_pcgrad(tmp_path):
     assert "arch: shared" in hparams and "gradient_surgery: pcgrad" in hparams
 
 
-def test_ppg_store_that_cannot_fit_is_refused_before_training(tmp_path):
-    proc = lit_rl("fit", "--config", str(REPO / "configs/ppg/cartpole.yaml"), "--model.n_pi", "1000000000", *TINY,
+def test_ppg_store_that_cannot_fit_is_refused_before_training(tmp_path, cli):
+    proc = cli("fit", "--config", str(REPO / "configs/ppg/cartpole.yaml"), "--model.n_pi", "1000000000", *QUIET,
                   cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert "lit-rl: error: model.n_pi" in proc.stderr and "Lower model.n_pi" in proc.stderr

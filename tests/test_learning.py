@@ -2,14 +2,14 @@
 
 import pytest
 
-from tests.helpers import REPO, TINY, lit_rl, read_metrics
+from tests.helpers import REPO, QUIET, lit_rl, read_metrics
 
 
 def train(config: str, tmp_path, *more: str) -> tuple[float, float]:
     """Trains with a config as shipped (``more``: flags added); returns (mean training return over the episodes
     that ended in the last 5% of the budget, mean greedy evaluation return at the end)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
-    lit_rl("fit", "--config", str(REPO / config), *TINY, *more, cwd=tmp_path)
+    lit_rl("fit", "--config", str(REPO / config), *QUIET, *more, cwd=tmp_path)
     rows = read_metrics(next(tmp_path.rglob("metrics.csv")))
     budget = max(r["env_steps"] for r in rows if "env_steps" in r)
     late = [r["train/episodic_return"] for r in rows if "train/episodic_return" in r and r["env_steps"] > 0.95 * budget]

@@ -22,7 +22,8 @@ from lit_rl.algos.updater import share_of
 from lit_rl.data.datamodule import RolloutDataModule
 from lit_rl.errors import CollectorError, ConfigError
 from lit_rl.losses import normalize_advantages
-from tests.helpers import REPO, TINY, fit, lit_rl, make, read_metrics
+from lit_rl.nets import History
+from tests.helpers import REPO, QUIET, fit, lit_rl, make, read_metrics
 
 OVERLAPPED = dict(collection="overlapped")
 NORMALIZED = dict(normalize_observation=True, normalize_reward=True)
@@ -48,6 +49,7 @@ def train_metrics(root: Path) -> list[dict[str, float]]:
     return [{k: v for k, v in row.items() if k.startswith("train/") or k == "env_steps"} for row in rows]
 
 
+@pytest.mark.integration
 def test_policy_lag_0_is_the_synchronous_run_exactly(tmp_path):
     """The same parameters and every logged training value, with normalization of observations and rewards
     (whose statistics the learner merges from the collector's moments)."""
@@ -70,6 +72,7 @@ SECOND_SLOW = {"env_id": "tests.envs:Stall-v0", "env_kwargs": {"after": 0, "mode
 
 
 @pytest.mark.parametrize("lag, env", [(1, {}), (2, SLOW), (2, SECOND_SLOW)], ids=["lag1", "lag2", "lag2-two-collectors"])
+@pytest.mark.integration
 def test_each_rollout_is_collected_with_the_weights_of_exactly_lag_updates_back(tmp_path, lag, env):
     """Rollout j's recorded log-probs are those of the weights after update j - lag (the first rollouts: the
     initial weights), not those the learner holds when it takes it, even when newer weights were published
@@ -137,24 +140,98 @@ def test_the_update_of_a_stale_rollout_uses_the_recorded_logprobs(tmp_path):
     assert not torch.allclose(loss, recomputed, atol=1e-4)
 
 
-def test_revalue_of_a_recurrent_critic_runs_from_the_recorded_state():
-    """With the weights that collected it, a recurrent rollout's recomputed values are its recorded ones: the
-    critic runs from the state recorded at the rollout's start (the second rollout's is not zero)."""
+def stale_rollout(recurrent=None, num_steps=32):
+    """A rollout collected by one PPO (the second of two: a recurrent one starts from a state that is not zero),
+    and a learner whose weights are those moved by noise: its critic gives other values than the recorded ones."""
     from lit_rl.data.collector import Collector
 
     env = gym.make("CartPole-v1")
-    module = PPO(recurrent="lstm", recurrent_size=16)
-    module.build(env.observation_space, env.action_space)
+    torch.manual_seed(0)
+    behaviour = PPO(recurrent=recurrent, recurrent_size=16)
+    behaviour.build(env.observation_space, env.action_space)
+    learner = PPO(recurrent=recurrent, recurrent_size=16)
+    learner.build(env.observation_space, env.action_space)
+    learner.load_state_dict(behaviour.state_dict())
+    with torch.no_grad():
+        for p in learner.agent.parameters():
+            p.add_(0.3 * torch.randn_like(p))
     collector = Collector(gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync"))
     collector.reset(0)
-    collector.collect(module, 16, env_steps=32, iteration=0)
-    rollout = collector.collect(module, 16, env_steps=64, iteration=1)
+    collector.collect(behaviour, num_steps, env_steps=2 * num_steps, iteration=0)
+    rollout = collector.collect(behaviour, num_steps, env_steps=4 * num_steps, iteration=1)
+    rollout.policy_lag = 1
+    return behaviour, learner, rollout
+
+
+def test_revalue_gives_the_current_critics_values_and_bootstrap():
+    """A stale rollout's values and its ``last_value`` (the bootstrap of GAE's last step) are the current critic's,
+    computed here one observation at a time, not those recorded at collection."""
+    _, learner, rollout = stale_rollout()
+    again = learner.revalue(rollout)
+    T, N = rollout.num_steps, rollout.num_envs
+    expected = torch.stack([torch.stack([learner.agent.value(rollout.obs[t, i:i + 1])[0] for i in range(N)])
+                            for t in range(T)])
+    expected_last = torch.stack([learner.agent.value(rollout.last_obs[i:i + 1])[0] for i in range(N)])
+    assert not torch.allclose(expected, rollout.values, atol=1e-3)  # the critic moved since collection
+    assert not torch.allclose(expected_last, rollout.last_value, atol=1e-3)
+    torch.testing.assert_close(again.values, expected)
+    torch.testing.assert_close(again.last_value, expected_last)
+
+
+@pytest.mark.parametrize("recurrent", ["lstm", "gru"])
+def test_revalue_of_a_recurrent_critic_runs_the_current_critic_from_the_recorded_state(recurrent):
+    """The collecting weights give back the recorded values (the recorded state is the one the rollout started
+    from, not zero); the learner's weights give its own critic run step by step from that state, zeroed where an
+    episode starts, up to the bootstrap after the last step."""
+    behaviour, learner, rollout = stale_rollout(recurrent)
     assert rollout.initial_state is not None and rollout.initial_state.abs().sum() > 0
-    again = module.revalue(rollout)
-    assert torch.allclose(again.values, rollout.values, atol=1e-5)
-    assert torch.allclose(again.last_value, rollout.last_value, atol=1e-5)
+    assert rollout.starts[1:].any()  # an episode starts inside the rollout: the state is reset there
+    same = behaviour.revalue(rollout)
+    torch.testing.assert_close(same.values, rollout.values)
+    torch.testing.assert_close(same.last_value, rollout.last_value)
+
+    T, N = rollout.num_steps, rollout.num_envs
+    no_start = torch.zeros(1, N, dtype=torch.bool)
+    state, expected = rollout.initial_state, []
+    for t in range(T):
+        state = state * ~rollout.starts[t].unsqueeze(-1)
+        history = History(no_start, state)
+        expected.append(learner.agent.act(rollout.obs[t], history=history)[2])
+        state = history.final_state
+    state = state * ~rollout.last_start.unsqueeze(-1)
+    expected_last = learner.agent.act_value(rollout.last_obs, History(no_start, state))
+    expected = torch.stack(expected)
+    assert not torch.allclose(expected, rollout.values, atol=1e-3)  # the critic moved since collection
+    assert not torch.allclose(expected_last, rollout.last_value, atol=1e-3)
+    again = learner.revalue(rollout)
+    torch.testing.assert_close(again.values, expected)
+    torch.testing.assert_close(again.last_value, expected_last)
 
 
+@pytest.mark.parametrize("recurrent", [None, "lstm"])
+def test_revalue_feeds_the_networks_at_most_a_forward_chunk_and_gives_the_unchunked_values(recurrent, monkeypatch):
+    """A chunk of 6 observations over 2 envs x 32 steps: no network sees more than 6 at once (a recurrent pass
+    runs spans of 3 steps, carrying the state across), and the values are those of one pass over the rollout."""
+    import lit_rl.data.store
+
+    _, learner, rollout = stale_rollout(recurrent)
+    whole = learner.revalue(rollout)
+    monkeypatch.setattr(lit_rl.data.store, "FORWARD_CHUNK", 6)
+    seen: list[int] = []
+    encoders = [learner.agent.policy_encoder, learner.agent.value_encoder]
+    hooks = [e.register_forward_pre_hook(lambda _m, args: seen.append(len(args[0]))) for e in encoders]
+    try:
+        chunked = learner.revalue(rollout)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert seen and max(seen) <= 6
+    assert sum(seen) >= rollout.num_steps * rollout.num_envs + rollout.num_envs  # every observation and the last
+    torch.testing.assert_close(chunked.values, whole.values)
+    torch.testing.assert_close(chunked.last_value, whole.last_value)
+
+
+@pytest.mark.integration
 def test_lag_1_is_reproducible_and_the_budget_exact(tmp_path):
     """Two runs give the same parameters (each rollout's weights are fixed by its index, not by timing), the
     last rollout is the budget's remainder, and the waits and lag are logged."""
@@ -185,6 +262,7 @@ class KeepCheckpoint(__import__("lightning").Callback):
             shutil.copy(self.folder / f"env_steps={self.env_steps}.ckpt", self.keep)
 
 
+@pytest.mark.integration
 def test_resume_drops_the_rollout_in_flight_and_extends_exactly(tmp_path):
     """A checkpoint taken while the collector was already collecting the next rollout counts the rollouts
     the learner took; the resumed run continues from there to the new budget."""
@@ -200,6 +278,7 @@ def test_resume_drops_the_rollout_in_flight_and_extends_exactly(tmp_path):
     assert data.env_steps == 768 and data.iteration == 6
 
 
+@pytest.mark.integration
 def test_a_resumed_run_normalizes_with_the_checkpoint_statistics(tmp_path):
     """Resumed from one checkpoint with normalized observations, overlapped at lag 0 continues exactly as
     synchronous does: the collectors' first observations are normalized with the checkpoint's statistics."""
@@ -215,6 +294,7 @@ def test_a_resumed_run_normalizes_with_the_checkpoint_statistics(tmp_path):
         assert torch.equal(value, finals[1][key]), key
 
 
+@pytest.mark.integration
 def test_two_collectors_merge_their_statistics_and_a_later_validate_uses_them(tmp_path):
     """Two collectors' moments make the statistics one process would have (every env's steps); the fit leaves
     no collector behind, and a validate after it normalizes with the run's statistics."""
@@ -245,12 +325,14 @@ class Usr1ToCollectors(__import__("lightning").Callback):
                 os.kill(process.pid, signal.SIGUSR1)
 
 
+@pytest.mark.integration
 def test_collectors_survive_slurms_warning_signal_and_run_async_envs(tmp_path):
     module, data = make(data={**OVERLAPPED, "vectorization_mode": "async", "total_timesteps": 512})
     fit(module, data, tmp_path, callbacks=[Usr1ToCollectors()])
     assert data.env_steps == 512
 
 
+@pytest.mark.integration
 def test_settings_that_cannot_apply_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="data.policy_lag: applies to data.collection=overlapped only"):
         RolloutDataModule(policy_lag=2)
@@ -262,7 +344,7 @@ def test_settings_that_cannot_apply_are_refused(tmp_path):
     proc = lit_rl("fit", "--config", str(REPO / "configs/ppo/cartpole.yaml"), "--config",
                   str(REPO / "configs/placement/data_parallel.yaml"), "--trainer.devices", "2", "--data.num_envs", "4",
                   "--data.collection", "overlapped", "--data.num_collectors", "4", "--data.total_timesteps", "1024",
-                  "--trainer.default_root_dir", str(tmp_path / "run"), *TINY, cwd=tmp_path, check=False)
+                  "--trainer.default_root_dir", str(tmp_path / "run"), *QUIET, cwd=tmp_path, check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     message = [line for line in proc.stderr.splitlines() if line.startswith("lit-rl: error:")]
     assert message and message[0].startswith("lit-rl: error: data.num_collectors: each of the 2 processes that "
@@ -274,6 +356,7 @@ def test_settings_that_cannot_apply_are_refused(tmp_path):
     ("raise", r"collector 0 failed:(.|\n)*the simulator broke at step 41"),
     ("hang", r"collectors \[0\] sent no rollout for 3 s \(data.collector_timeout\)"),
 ])
+@pytest.mark.integration
 def test_a_collector_that_fails_or_stalls_ends_the_run_naming_it(tmp_path, mode, expected):
     module, data = make(data={**OVERLAPPED, "env_id": "tests.envs:Stall-v0", "env_kwargs": {"after": 40, "mode": mode},
                               "collector_timeout": 3, "total_timesteps": 1024})
@@ -292,6 +375,7 @@ class KillCollector(__import__("lightning").Callback):
             process.join(5)
 
 
+@pytest.mark.integration
 def test_a_collector_that_dies_ends_the_run_naming_it(tmp_path):
     module, data = make(data={**OVERLAPPED, "total_timesteps": 2048})
     with pytest.raises(CollectorError, match=r"collector 0 \(pid \d+\) died with exit code -9"):
@@ -333,10 +417,11 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.integration
 def test_a_killed_or_interrupted_learner_leaves_no_collector(tmp_path, sig):
     exe = Path(sys.executable).parent / "lit-rl"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    learner = subprocess.Popen([str(exe), "fit", "--config", str(REPO / "configs/ppo/cartpole.yaml"), *TINY,
+    learner = subprocess.Popen([str(exe), "fit", "--config", str(REPO / "configs/ppo/cartpole.yaml"), *QUIET,
                                 "--data.collection", "overlapped", "--data.num_collectors", "2",
                                 "--data.total_timesteps", "10000000", "--trainer.limit_val_batches", "0"],
                                cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

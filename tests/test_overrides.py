@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import REPO, TINY, lit_rl, read_metrics
+from tests.helpers import REPO, QUIET, lit_rl, read_metrics
 
 CARTPOLE = str(REPO / "configs/ppo/cartpole.yaml")  # 8 envs x 32 steps, 20 epochs of 1 minibatch, Adam lr 1e-3
 
 
-def test_resume_applies_model_overrides_and_prints_what_differs(tmp_path):
-    lit_rl("fit", "--config", CARTPOLE, "--data.total_timesteps", "2048", *TINY, cwd=tmp_path)
-    proc = lit_rl("fit", "--config", CARTPOLE, "--data.total_timesteps", "4096", "--ckpt_path", "last",
+def test_resume_applies_model_overrides_and_prints_what_differs(tmp_path, cli):
+    cli("fit", "--config", CARTPOLE, "--data.total_timesteps", "2048", *QUIET, cwd=tmp_path)
+    proc = cli("fit", "--config", CARTPOLE, "--data.total_timesteps", "4096", "--ckpt_path", "last",
                   "--model.init_args.update_epochs", "2", "--model.ent_coef", "0.05",
-                  "--model.init_args.actor_optimizer.init_args.lr", "5e-4", *TINY, cwd=tmp_path)
+                  "--model.init_args.actor_optimizer.init_args.lr", "5e-4", *QUIET, cwd=tmp_path)
     out = proc.stdout + proc.stderr
     for line in ("model.ent_coef: 0.0 -> 0.05", "model.update_epochs: 20 -> 2", "data.total_timesteps: 2048 -> 4096",
                  "model.actor_optimizer.lr: 0.001 -> 0.0005",
@@ -38,17 +38,17 @@ def test_resume_applies_model_overrides_and_prints_what_differs(tmp_path):
     assert saved["optimizer_states"][0]["param_groups"][0]["initial_lr"] == 5e-4
 
 
-def test_resume_with_another_rollout_size_schedule_and_gamma_then_test_without_the_config(tmp_path):
+def test_resume_with_another_rollout_size_schedule_and_gamma_then_test_without_the_config(tmp_path, cli):
     """Trained with a StepLR actor schedule, 4 envs x 32 steps, gamma 0.98 and [32] networks; extended with the
     default linear annealing, 8 envs x 64 steps and gamma 0.95. The extension anneals over its own iterations
     (2 done + 3 of 512 steps = 5), never loads the StepLR state into another schedule, and gamma reaches
     the data side too. `lit-rl test` then takes the networks' settings from the checkpoint alone."""
     net = ["--model.init_args.hidden_sizes", "[32]"]
-    lit_rl("fit", "--config", CARTPOLE, "--data.total_timesteps", "256", "--data.num_envs", "4", *net,
+    cli("fit", "--config", CARTPOLE, "--data.total_timesteps", "256", "--data.num_envs", "4", *net,
            "--model.actor_scheduler", "torch.optim.lr_scheduler.StepLR", "--model.actor_scheduler.step_size", "1",
-           *TINY, cwd=tmp_path)
-    proc = lit_rl("fit", "--config", CARTPOLE, "--data.total_timesteps", "1792", "--data.num_steps", "64", *net,
-                  "--model.gamma", "0.95", "--ckpt_path", "last", *TINY, cwd=tmp_path)
+           *QUIET, cwd=tmp_path)
+    proc = cli("fit", "--config", CARTPOLE, "--data.total_timesteps", "1792", "--data.num_steps", "64", *net,
+                  "--model.gamma", "0.95", "--ckpt_path", "last", *QUIET, cwd=tmp_path)
     out = proc.stdout + proc.stderr
     for line in ("model.gamma: 0.98 -> 0.95", "data.num_envs: 4 -> 8", "data.num_steps: 32 -> 64",
                  "model.actor_scheduler: StepLR(", "-> linear decay to 0 over 5 iterations"):
@@ -61,27 +61,27 @@ def test_resume_with_another_rollout_size_schedule_and_gamma_then_test_without_t
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert saved["hyper_parameters"]["gamma"] == 0.95 and saved["datamodule_hyper_parameters"]["gamma"] == 0.95
 
-    proc = lit_rl("test", "--model", "lit_rl.algos.PPO", "--ckpt_path", str(ckpt), "--data.eval_episodes", "2",
-                  "--trainer.logger", "false", *TINY, cwd=tmp_path)
+    proc = cli("test", "--model", "lit_rl.algos.PPO", "--ckpt_path", str(ckpt), "--data.eval_episodes", "2",
+                  "--trainer.logger", "false", *QUIET, cwd=tmp_path)
     assert "test: episodic return" in proc.stdout
 
 
-def test_data_gamma_in_a_config_file_is_refused_unless_it_follows_model_gamma(tmp_path):
+def test_data_gamma_in_a_config_file_is_refused_unless_it_follows_model_gamma(tmp_path, cli):
     config = tmp_path / "mine.yaml"
     config.write_text("data:\n  gamma: 0.5\n  normalize_reward: true\n")
-    proc = lit_rl("fit", "--config", CARTPOLE, "--config", str(config), *TINY, cwd=tmp_path, check=False)
+    proc = cli("fit", "--config", CARTPOLE, "--config", str(config), *QUIET, cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "lit-rl: error: data.gamma:" in proc.stderr and "0.5" in proc.stderr
     assert "Traceback" not in proc.stderr
     # What configs used to say, and a saved config's own value, follow model.gamma: taken.
     config.write_text("data:\n  gamma: ${model.init_args.gamma}\n  total_timesteps: 256\n")
-    lit_rl("fit", "--config", CARTPOLE, "--config", str(config), "--trainer.limit_val_batches", "0", *TINY,
+    cli("fit", "--config", CARTPOLE, "--config", str(config), "--trainer.limit_val_batches", "0", *QUIET,
            cwd=tmp_path)
 
 
-def test_resume_with_num_envs_that_do_not_split_the_rest_of_the_budget_is_refused(tmp_path):
-    lit_rl("fit", "--config", CARTPOLE, "--data.total_timesteps", "512", *TINY, cwd=tmp_path)
-    proc = lit_rl("fit", "--config", CARTPOLE, "--data.total_timesteps", "528", "--data.num_envs", "12",
-                  "--ckpt_path", "last", *TINY, cwd=tmp_path, check=False)
+def test_resume_with_num_envs_that_do_not_split_the_rest_of_the_budget_is_refused(tmp_path, cli):
+    cli("fit", "--config", CARTPOLE, "--data.total_timesteps", "512", *QUIET, cwd=tmp_path)
+    proc = cli("fit", "--config", CARTPOLE, "--data.total_timesteps", "528", "--data.num_envs", "12",
+                  "--ckpt_path", "last", *QUIET, cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "lit-rl: error: data.num_envs:" in proc.stderr, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "e.g. 536" in proc.stderr  # 512 + 2 x 12
 
@@ -94,9 +94,9 @@ def test_resume_with_num_envs_that_do_not_split_the_rest_of_the_budget_is_refuse
      "model.actor_optimizer"),
     (["--model", "lit_rl.algos.PPG"], "model.class_path"),
 ], ids=["hidden_sizes", "arch", "recurrent", "optimizer", "class"])
-def test_resume_refuses_what_cannot_apply_to_the_saved_networks(tmp_path, extra, key):
-    lit_rl("fit", "--config", CARTPOLE, "--data.total_timesteps", "512", *TINY, cwd=tmp_path)
-    proc = lit_rl("fit", "--config", CARTPOLE, "--data.total_timesteps", "1024", "--ckpt_path", "last", *extra, *TINY,
+def test_resume_refuses_what_cannot_apply_to_the_saved_networks(tmp_path, extra, key, cli):
+    cli("fit", "--config", CARTPOLE, "--data.total_timesteps", "512", *QUIET, cwd=tmp_path)
+    proc = cli("fit", "--config", CARTPOLE, "--data.total_timesteps", "1024", "--ckpt_path", "last", *extra, *QUIET,
                   cwd=tmp_path, check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("lit-rl: error:")]
@@ -105,19 +105,20 @@ def test_resume_refuses_what_cannot_apply_to_the_saved_networks(tmp_path, extra,
     assert len(list(tmp_path.rglob("metrics.csv"))) == 1  # nothing trained
 
 
-def test_command_line_gamma_reaches_reward_normalization(tmp_path):
+def test_command_line_gamma_reaches_reward_normalization(tmp_path, cli):
     """configs/ppo/pendulum.yaml normalizes rewards with the discount being learned (data.gamma follows
     model.gamma); a command-line gamma must reach both."""
-    lit_rl("fit", "--config", str(REPO / "configs/ppo/pendulum.yaml"), "--model.gamma", "0.95",
+    cli("fit", "--config", str(REPO / "configs/ppo/pendulum.yaml"), "--model.gamma", "0.95",
            "--data.total_timesteps", "512", "--data.num_envs", "2", "--data.num_steps", "64",
-           "--model.init_args.num_minibatches", "2", "--trainer.limit_val_batches", "0", *TINY, cwd=tmp_path)
+           "--model.init_args.num_minibatches", "2", "--trainer.limit_val_batches", "0", *QUIET, cwd=tmp_path)
     saved = torch.load(next(tmp_path.rglob("last.ckpt")), map_location="cpu", weights_only=True)
     assert saved["hyper_parameters"]["gamma"] == 0.95 and saved["datamodule_hyper_parameters"]["gamma"] == 0.95
-    proc = lit_rl("fit", "--config", str(REPO / "configs/ppo/pendulum.yaml"), "--data.gamma", "0.9", *TINY,
+    proc = cli("fit", "--config", str(REPO / "configs/ppo/pendulum.yaml"), "--data.gamma", "0.9", *QUIET,
                   cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "model.init_args.gamma" in proc.stderr  # one key: data.gamma follows it
 
 
+@pytest.mark.integration  # lit-rl sweep runs each trial as a process
 def test_sweep_over_gamma_trains_every_trial(tmp_path):
     pytest.importorskip("sweeps", reason="lit-rl sweep needs the 'sweep' extra (pip install 'lit-rl[sweep]')")
     os.symlink(REPO / "configs", tmp_path / "configs")
@@ -127,7 +128,7 @@ def test_sweep_over_gamma_trains_every_trial(tmp_path):
         "parameters:\n  model.gamma: {values: [0.9, 0.95]}\n  model.init_args.gae_lambda: {values: [0.9]}\n"
         "command: [lit-rl, fit, --config, configs/ppo/pendulum.yaml, '${args}']\n")
     small = ["--data.num_envs", "2", "--data.num_steps", "64", "--data.total_timesteps", "256",
-             "--model.init_args.num_minibatches", "2", "--data.eval_episodes", "1", *TINY]
+             "--model.init_args.num_minibatches", "2", "--data.eval_episodes", "1", *QUIET]
     proc = lit_rl("sweep", str(sweep), "--count", "2", "--dir", "sweeps/gamma", "--", *small, cwd=tmp_path)
     trials = [json.loads((tmp_path / "sweeps/gamma" / f"trial-{i:03d}.json").read_text()) for i in range(2)]
     assert [t["state"] for t in trials] == ["finished"] * 2, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -15,13 +15,13 @@ import torch
 
 from lit_rl.distributed import ActorCriticPlacement
 from lit_rl.errors import ConfigError
-from tests.helpers import REPO, TINY, lit_rl, read_metrics
+from tests.helpers import REPO, QUIET, lit_rl, read_metrics
 
 ENVS, STEPS = 8, 2048  # the run's envs, split over the processes of each preset, and its env steps
 SMALL = ["--data.num_envs", str(ENVS), "--data.total_timesteps", str(STEPS), "--data.num_steps", "32",
          "--data.vectorization_mode", "sync", "--data.normalize_observation", "true", "--data.normalize_reward", "true",
-         "--model.init_args.num_minibatches", "2", "--trainer.limit_val_batches", "0", "--trainer.accelerator", "cpu",
-         "--checkpoint.every_n_env_steps", "0", *TINY]
+         "--model.init_args.num_minibatches", "2", "--trainer.limit_val_batches", "0",
+         "--checkpoint.every_n_env_steps", "0", *QUIET]
 ROLES = ("actor", "critic")
 PPO = ("configs/ppo/cartpole.yaml", "--model.init_args.update_epochs", "2")
 PPG = ("configs/ppg/cartpole.yaml", "--model.init_args.n_pi", "4", "--model.init_args.actor_epochs", "2",
@@ -112,6 +112,7 @@ def presets(request, tmp_path_factory) -> dict[str, list[dict]]:
             "critic_device": run(tmp_path, "critic_device", config, *extra, *CRITIC_DEVICE)}
 
 
+@pytest.mark.integration
 def test_a_placement_preset_does_not_change_the_experiment(presets):
     """data.num_envs is the run's: two processes step half of the envs each, so the batch, the iterations
     and (up to float rounding) every role's parameters are those of the one-process run."""
@@ -124,6 +125,7 @@ def test_a_placement_preset_does_not_change_the_experiment(presets):
     assert max_diff(single["params"], two[0]["params"]) <= 1e-6
 
 
+@pytest.mark.integration
 def test_normalization_statistics_are_merged_over_processes(presets):
     """With normalize_observation and normalize_reward, the two processes of critic_device.yaml end with the
     statistics of the one-process run (each saw half of the envs), and its checkpoint holds the run's:
@@ -143,6 +145,7 @@ def test_normalization_statistics_are_merged_over_processes(presets):
     assert checkpoint["RolloutDataModule"]["return_rms"]["count"] == single["data"]["return_rms"]["count"]
 
 
+@pytest.mark.integration
 def test_the_checkpoint_holds_each_optimizer_as_its_role_has_it(presets):
     """Rank 0 writes the checkpoint, and under critic_device it does not train the critic: the critic's
     optimizer state (Adam's step counts and moments) and its minibatch stream must come from rank 1. They
@@ -162,6 +165,7 @@ def test_the_checkpoint_holds_each_optimizer_as_its_role_has_it(presets):
         assert torch.equal(torch.as_tensor(state), torch.as_tensor(placed["shuffle_generators"][stream])), stream
 
 
+@pytest.mark.integration
 def test_ranks_that_do_not_exist_are_refused(tmp_path):
     proc = lit_rl("fit", "--config", str(REPO / "configs/ppo/cartpole.yaml"), *SMALL, "--data.num_envs", "4",
                   "--trainer.devices", "2", "--trainer.strategy", "lit_rl.distributed.ActorCriticPlacement",
@@ -171,6 +175,7 @@ def test_ranks_that_do_not_exist_are_refused(tmp_path):
     assert "critic_ranks" in proc.stderr and "2 process" in proc.stderr
 
 
+@pytest.mark.integration
 def test_envs_that_do_not_split_over_the_processes_are_refused(tmp_path):
     proc = lit_rl(*fit_args(tmp_path, "odd", "configs/ppo/cartpole.yaml", *CRITIC_DEVICE, "--data.num_envs", "3",
                             "--data.total_timesteps", "1536"), cwd=tmp_path, check=False)
@@ -181,6 +186,7 @@ def test_envs_that_do_not_split_over_the_processes_are_refused(tmp_path):
     assert not (tmp_path / "odd" / "params").exists()
 
 
+@pytest.mark.integration
 def test_data_parallel_inside_each_group_matches_the_serial_run(presets, tmp_path):
     """Two ranks per group: each takes half of every minibatch and the group sums the gradients, which
     differ from the whole minibatch's only in float rounding. Every rank's own update of its role is
@@ -196,6 +202,7 @@ def test_data_parallel_inside_each_group_matches_the_serial_run(presets, tmp_pat
 
 
 @pytest.mark.parametrize("presets", [PPO], indirect=True, ids=["ppo"])
+@pytest.mark.integration
 def test_two_node_launch_on_one_host(presets, tmp_path):
     """The two-node preset: two processes, each its own node (NODE_RANK), actor on node 0, critic on node 1."""
     config, *extra = presets["config"]
@@ -242,6 +249,7 @@ def check_same_run(ranks: list[dict], reference: dict) -> None:
             assert torch.allclose(rank["data"][name]["mean"], reference["data"][name]["mean"], rtol=1e-6, atol=1e-7), name
 
 
+@pytest.mark.integration
 def test_rollout_node_collects_for_learners_that_collect_nothing(presets, tmp_path):
     """The rollout-node preset with synchronous collection: node 1 collects every env, node 0 trains both
     networks from the gathered rollout; the run is the one-process run (PPO and PPG), normalization merged."""
@@ -271,6 +279,7 @@ def test_rollout_node_overlaps_collection_with_the_update(tmp_path):
 
 
 @pytest.mark.parametrize("failing,how", [(1, "exit"), (0, "exit"), (1, "hang")])
+@pytest.mark.integration
 def test_a_failed_rank_ends_the_others_with_a_clear_error(tmp_path, failing, how):
     """Two node processes; one exits or stops answering at its third iteration. The other ends within the
     strategy's timeout (plus start-up), with a message that says what happened and what to change."""

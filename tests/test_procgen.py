@@ -167,6 +167,7 @@ def test_datamodule_builds_wrapped_procgen_envs():
         RolloutDataModule(env_id="procgen:starpilot", num_envs=2, total_timesteps=64, vectorization_mode="sync")
 
 
+@pytest.mark.integration
 def test_garbage_collected_env_does_not_deadlock_a_build():
     """Guards: a deadlock seen when a test failed: building a procgen env holds cffi's lock while it binds C
     functions; an env the garbage collector frees meanwhile closes itself in __del__ and binds libenv_close

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -66,6 +67,7 @@ def _gather_on_rank(rank: int, world_size: int, store: str, out: str, shares: Op
     dist.destroy_process_group()
 
 
+@pytest.mark.integration
 def test_a_new_field_is_gathered_across_ranks_by_its_declaration(tmp_path: Path):
     """Two real gloo processes gather a rollout with a field Rollout does not have: each rank ends with every
     rank's envs of it, in rank order, along the layout's env dimension, like every declared field."""
@@ -84,6 +86,7 @@ def test_a_new_field_is_gathered_across_ranks_by_its_declaration(tmp_path: Path)
         assert joined["initial_state"] is None
 
 
+@pytest.mark.integration
 def test_ranks_that_collect_nothing_or_fewer_envs_receive_every_collected_env(tmp_path: Path):
     """Three gloo processes: rank 0 collects nothing (a learner beside rollout ranks: a NoRollout), ranks 1
     and 2 collect 3 and 2 envs. Every rank ends with ranks 1 and 2's envs only, in rank order, of the

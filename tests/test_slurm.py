@@ -17,15 +17,15 @@ import pytest
 import torch
 
 from lit_rl.sweep import read_trials
-from tests.helpers import REPO, read_metrics
+from tests.helpers import QUIET, REPO, read_metrics
 from tests.slurm_cluster import LocalSlurm, install_reason
+
+pytestmark = pytest.mark.slurm
 
 CPU_NODES = ["--partition=debug", "--gpus-per-node=0", "--ntasks-per-node=1", "--cpus-per-task=1"]
 ITERATION = 8 * 32  # env steps per iteration: 8 envs in all (4 on each of 2 ranks) x 32 steps
 FIT = ["--data.num_envs", "8", "--data.num_steps", "32", "--data.vectorization_mode", "sync",
-       "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
-       "--trainer.enable_model_summary", "false", "--trainer.limit_val_batches", "0",
-       "--checkpoint.every_n_env_steps", "0"]
+       "--trainer.limit_val_batches", "0", "--checkpoint.every_n_env_steps", "0", *QUIET]
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +188,7 @@ def submit_sweep(cluster: LocalSlurm, workdir: Path, array: str, total: int, *ex
     options = ["--partition=debug", "--gpus-per-node=0", "--cpus-per-task=1", f"--array={array}",
                f"--chdir={workdir}", f"--output={workdir}/job-%A_%a.out"]
     args = ["configs/sweeps/ppo_cartpole.yaml", "--", *FIT[:6], "--data.total_timesteps", str(total),
-            "--data.eval_episodes", "1", "--trainer.enable_progress_bar", "false", *extra]
+            "--data.eval_episodes", "1", *QUIET, *extra]
     return cluster.sbatch(REPO / "scripts/slurm/sweep_array.sbatch", options, args, cwd=REPO,
                           env=job_env(SWEEP_DIR=str(workdir / "sweep")))
 

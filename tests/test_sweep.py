@@ -9,14 +9,13 @@ import sys
 import pytest
 import yaml
 
-from tests.helpers import REPO, lit_rl, run_main
+from tests.helpers import QUIET, REPO, lit_rl, run_main
 from tests.wandb_records import read_run
 
 SWEEP = "configs/sweeps/ppo_cartpole.yaml"
 LR, CLIP = "model.init_args.actor_optimizer.init_args.lr", "model.init_args.clip_coef"
 SMALL_TRIAL = ["--data.num_envs", "4", "--data.num_steps", "64", "--data.total_timesteps", "1024",
-               "--data.eval_episodes", "2", "--trainer.enable_progress_bar", "false",
-               "--trainer.enable_model_summary", "false"]
+               "--data.eval_episodes", "2", *QUIET]
 
 
 # The `sweep` extra (wandb's search algorithms) pins numpy<2, so a base install lacks it; CI runs the suite
@@ -33,6 +32,7 @@ def checkout(tmp_path):
 
 
 @needs_sweeps
+@pytest.mark.integration
 def test_random_sweep_runs_three_offline_trials_and_ranks_them(tmp_path):
     work = checkout(tmp_path)
     proc = lit_rl("sweep", SWEEP, "--count", "3", "--dir", "sweeps/lr_clip", "--", *SMALL_TRIAL, cwd=work)
@@ -66,6 +66,7 @@ def test_random_sweep_runs_three_offline_trials_and_ranks_them(tmp_path):
 
 
 @needs_sweeps
+@pytest.mark.integration
 def test_bad_sweep_files_are_refused_with_the_key(tmp_path):
     work = checkout(tmp_path)
     bad = work / "bad.yaml"

@@ -2,8 +2,12 @@
 transaction log back (tests/wandb_records.py, wandb's own protobuf records) shows the resolved config,
 the return and loss metrics against env steps, and the evaluation video."""
 
-from tests.helpers import REPO, TINY, lit_rl
+import pytest
+
+from tests.helpers import REPO, QUIET, lit_rl
 from tests.wandb_records import read_run
+
+pytestmark = pytest.mark.integration
 
 WANDB = ["--config", str(REPO / "configs/ppo/cartpole.yaml"), "--config", str(REPO / "configs/loggers/wandb.yaml")]
 
@@ -11,7 +15,7 @@ WANDB = ["--config", str(REPO / "configs/ppo/cartpole.yaml"), "--config", str(RE
 def test_offline_run_reads_back_with_config_metrics_and_video(tmp_path):
     lit_rl("fit", *WANDB, "--data.num_envs", "4", "--data.num_steps", "64", "--data.total_timesteps", "1024",
            "--model.init_args.clip_coef", "0.25", "--model.init_args.actor_optimizer.init_args.lr", "0.0007",
-           "--data.record_video", "true", "--data.eval_episodes", "1", *TINY, cwd=tmp_path)
+           "--data.record_video", "true", "--data.eval_episodes", "1", *QUIET, cwd=tmp_path)
     runs = list(tmp_path.glob("wandb/offline-run-*"))
     assert len(runs) == 1, "one offline wandb run (not logged in)"
     run = read_run(runs[0])
@@ -41,7 +45,7 @@ def test_offline_run_reads_back_with_config_metrics_and_video(tmp_path):
 
 def test_checkpoint_artifacts_from_an_offline_run_are_refused_with_the_fix(tmp_path):
     proc = lit_rl("fit", *WANDB, "--trainer.logger.init_args.offline", "true",
-                  "--trainer.logger.init_args.log_model", "true", *TINY, cwd=tmp_path, check=False)
+                  "--trainer.logger.init_args.log_model", "true", *QUIET, cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert "log_model" in proc.stderr and "wandb login" in proc.stderr
     assert not list(tmp_path.glob("wandb/offline-run-*"))
