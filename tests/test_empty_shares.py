@@ -29,11 +29,13 @@ def summed_grads(module: PPO, loss_name: str, batch: dict, idx: torch.Tensor, ra
 def test_empty_shares_of_a_minibatch_add_nothing(loss_name, rows):
     """Minibatches of 1 and 3 rows over 4 ranks: 3 and 1 of the shares are empty. The summed gradient is the
     whole minibatch's, and an empty share's own gradient is zero."""
+    torch.manual_seed(0)
     module = PPO()
     module.build(OBS, gym.spaces.Discrete(2))
     batch = random_batch(16)
-    with torch.no_grad():  # the behaviour policy is the current one: ratio 1, no sample clipped away
+    with torch.no_grad():  # the behaviour policy and values are the current ones: nothing clipped away
         batch["logprobs"] = module.agent.dist(batch["obs"]).log_prob(batch["actions"])
+        batch["values"] = module.agent.value(batch["obs"])
     idx = torch.tensor([5, 11, 2])[:rows]
     whole = summed_grads(module, loss_name, batch, idx, ranks=1)
     group = summed_grads(module, loss_name, batch, idx, ranks=4)
