@@ -1,30 +1,33 @@
 """lit_rl: actor-critic reinforcement learning on PyTorch Lightning and gymnasium."""
 
-import re
-
 import gymnasium
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
 
 from lit_rl.errors import ConfigError
 
 __all__ = ["ConfigError"]
 __version__ = "0.1.0"
 
-# The gymnasium releases lit_rl runs on, as pyproject.toml requires them: [1.4, 2). 1.0 has no
+# The gymnasium releases lit_rl runs on, as pyproject.toml requires them. 1.0 has no
 # gymnasium.vector.AutoresetMode; in 1.1 to 1.3 the vector RecordEpisodeStatistics ignores same-step autoreset
 # (Procgen), so every episode after an env's first is counted one step short, without its first reward (fixed
 # in 1.4 by Gymnasium PR #1624).
-GYMNASIUM = ((1, 4), (2, 0))
+GYMNASIUM = ">=1.4,<2"
 
 
 def check_gymnasium(version: str) -> None:
-    """An ImportError naming ``version`` and the fix unless it is one of :data:`GYMNASIUM`'s releases."""
-    low, high = GYMNASIUM
-    match = re.match(r"(\d+)\.(\d+)", version)
-    if match is None or not low <= (int(match[1]), int(match[2])) < high:
+    """An ImportError naming ``version`` and the fix unless :data:`GYMNASIUM` admits it, pre-releases included
+    (as PEP 440 reads the range: 1.4.0rc1 comes before 1.4 and is refused, 1.5.0b2 is taken, 2.0.0a1 is not)."""
+    try:
+        admitted = SpecifierSet(GYMNASIUM).contains(Version(version), prereleases=True)
+    except InvalidVersion:
+        admitted = False
+    if not admitted:
         raise ImportError(
-            f"lit_rl needs gymnasium>={low[0]}.{low[1]},<{high[0]}; gymnasium {version} is installed (1.0 has no "
-            "AutoresetMode; 1.1 to 1.3 count same-step autoreset episodes one step short). pip does not upgrade an "
-            f"installed gymnasium by itself: pip install --upgrade 'gymnasium>={low[0]}.{low[1]},<{high[0]}'")
+            f"lit_rl needs gymnasium{GYMNASIUM}; gymnasium {version} is installed (1.0 has no AutoresetMode; 1.1 to "
+            "1.3 count same-step autoreset episodes one step short). pip does not upgrade an installed gymnasium by "
+            f"itself: pip install --upgrade 'gymnasium{GYMNASIUM}'")
 
 
 check_gymnasium(gymnasium.__version__)

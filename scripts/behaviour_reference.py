@@ -72,6 +72,10 @@ CASES: dict[str, tuple[str, list[str], float]] = {
                                             "--model.init_args.aux_minibatch", "samples"], 4),
     "ppg/lstm": (CARTPOLE_PPG[0], [*CARTPOLE_PPG[1:], "--model.init_args.recurrent", "lstm",
                                    "--model.init_args.recurrent_size", "32"], 4),
+    # Pendulum's runs drift apart after their first update (DIVERGENT); one iteration of each, held in full,
+    # parameters included: PPO's Gaussian policy update, and PPG's auxiliary phase on it (n_pi 1).
+    "ppo/pendulum_one_iteration": ("configs/ppo/pendulum.yaml", [], 1),
+    "ppg/pendulum_aux_phase": ("configs/ppg/pendulum.yaml", ["--model.init_args.n_pi", "1"], 1),
     "placement/ppo_single_device": ("configs/ppo/cartpole.yaml", ["--config", "configs/placement/single_device.yaml"], 3),
     "placement/ppo_critic_device": ("configs/ppo/cartpole.yaml", CRITIC_DEVICE, 3),
     "placement/ppo_data_parallel": ("configs/ppo/cartpole.yaml", [
@@ -262,6 +266,8 @@ def main() -> None:
     if args.mode == "compare":
         recorded_on = reference.get("machine", "an unrecorded machine")
         print(f"reference recorded at {reference.get('commit')} on {recorded_on}; comparing on {machine()}")
+        for name, stamp in reference.get("recorded", {}).items():
+            print(f"  {name}: recorded at {stamp['commit']} on {stamp['machine']}")
         print(f"tolerance: parameters {PARAMS}, metrics {METRICS} (atol {METRIC_ATOL}); counts exactly")
     print(f"{'case':40s} {'ranks':>5s} {'rows':>5s}  result")
     with tempfile.TemporaryDirectory() as tmp:
@@ -282,7 +288,11 @@ def main() -> None:
                 verdict += "".join(f"\n{'':54s}{what}: {gap}" for what, gap in gaps.items())
             print(f"{name:40s} {len(result['params']):5d} {len(result['metrics']):5d}  {verdict}", flush=True)
     if args.mode == "record":
-        reference.update(commit=commit(), torch=torch.__version__, machine=machine())
+        # Each case keeps where it was recorded; the file's own stamp is that of the last record of every case.
+        stamp = dict(commit=commit(), torch=torch.__version__, machine=machine())
+        reference.setdefault("recorded", {}).update({name: stamp for name in args.cases})
+        if set(args.cases) >= set(CASES):
+            reference.update(stamp)
         REFERENCE.parent.mkdir(parents=True, exist_ok=True)
         torch.save(reference, REFERENCE)
         print(f"wrote {REFERENCE} ({REFERENCE.stat().st_size / 1e6:.1f} MB) at {reference['commit']}")

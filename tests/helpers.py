@@ -71,6 +71,7 @@ def lit_rl_in_process(*args: str, cwd: Path, capfd=None, check: bool = True) -> 
     preset's ranks) needs :func:`lit_rl`. The environment variables a run sets (Lightning's seed) are undone.
     ``capfd`` (pytest's fixture) captures the output; without it, stdout and stderr come back empty."""
     env, here, argv = dict(os.environ), os.getcwd(), sys.argv
+    grouped = torch.distributed.is_available() and torch.distributed.is_initialized()
     sys.argv = ["lit-rl"]  # LightningCLI warns when it gets both args and pytest's command line
     if capfd is not None:
         capfd.readouterr()
@@ -90,6 +91,8 @@ def lit_rl_in_process(*args: str, cwd: Path, capfd=None, check: bool = True) -> 
     except SystemExit as exit_info:
         code = exit_info.code if isinstance(exit_info.code, int) else 1
     finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and not grouped:
+            torch.distributed.destroy_process_group()  # a placement strategy's group of one process
         for handler, stream in zip(handlers, streams):
             handler.setStream(stream)
         sys.argv = argv

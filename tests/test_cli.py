@@ -128,11 +128,12 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, cli):
     assert rows and max(r["env_steps"] for r in rows) >= 128
 
 
-def test_same_seed_same_metrics(tmp_path, cli):
+@pytest.mark.integration  # two interpreters: nothing may depend on the process (hash seeds, memory addresses)
+def test_same_seed_same_metrics(tmp_path):
     runs = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-        cli("fit", "--config", str(REPO / "configs/ppo/cartpole.yaml"), "--data.total_timesteps", "2048", *QUIET,
+        lit_rl("fit", "--config", str(REPO / "configs/ppo/cartpole.yaml"), "--data.total_timesteps", "2048", *QUIET,
                cwd=tmp_path / name)
         rows = read_metrics(next((tmp_path / name).rglob("metrics.csv")))
         runs.append([{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows])

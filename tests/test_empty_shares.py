@@ -42,13 +42,18 @@ def test_empty_shares_of_a_minibatch_add_nothing(loss_name, rows):
     assert any(g.abs().sum() > 0 for g in whole)
     for w, g in zip(whole, group):
         assert torch.allclose(w, g, atol=1e-6, rtol=1e-5)
+    def grads(member: int) -> tuple:
+        loss, _ = getattr(module, loss_name)(share_of(batch, idx, member, 4))
+        return torch.autograd.grad(loss, list(module.agent.parameters()), allow_unused=True)
+
     empty = [m for m in range(4) if share_of(batch, idx, m, 4).weight == 0]
     assert len(empty) == 4 - rows
+    reached = [g is not None for g in grads(3)]  # member 3's share is never empty
     for member in empty:
-        share = share_of(batch, idx, member, 4)
-        loss, _ = getattr(module, loss_name)(share)
-        grads = torch.autograd.grad(loss, list(module.agent.parameters()), allow_unused=True)
-        assert all(g is None or not g.any() for g in grads), member
+        # Zero, on exactly the parameters a non-empty share reaches: the group's all-reduce of each gradient
+        # needs every rank, and a rank with no gradient for a parameter would leave the others waiting.
+        assert [g is not None for g in grads(member)] == reached, member
+        assert all(not g.any() for g in grads(member) if g is not None), member
 
 
 def test_an_empty_share_of_sequences_takes_a_real_row_with_weight_0():

@@ -50,3 +50,10 @@ def test_explained_variance_of_ordinary_values_and_its_degenerate_cases():
     constant = torch.full((8,), 100.0)
     assert float(explained_variance(constant, constant)) == 1.0  # nothing to explain, nothing missed
     assert float(explained_variance(constant + torch.arange(8.0), constant)) == 0.0  # nothing to explain, but missed
+
+
+def test_explained_variance_of_non_finite_or_no_returns_is_nan_not_1():
+    values = torch.zeros(4)
+    assert torch.isnan(explained_variance(values, torch.tensor([1.0, float("nan"), 2.0, 3.0])))
+    assert torch.isnan(explained_variance(values, torch.tensor([1.0, float("inf"), 2.0, 3.0])))
+    assert torch.isnan(explained_variance(torch.zeros(0), torch.zeros(0)))

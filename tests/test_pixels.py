@@ -66,7 +66,7 @@ def test_uint8_frames_are_scaled_to_unit_range_and_float_images_are_not():
 
 def test_the_flat_encoder_scales_uint8_to_unit_range_and_passes_floats_unchanged():
     """``model.encoder: flat`` on frames scales them as the CNNs do, alone or as a Dict's key; a float Box (every
-    vector env's) comes out exactly as it went in, flattened."""
+    vector env's) and a uint8 Box that is not a frame come out exactly as they went in, flattened."""
     x = frames(HWC)
     scaled = x.reshape(5, -1).float() / 255
     torch.testing.assert_close(FlatEncoder(HWC)(x), scaled)
@@ -78,6 +78,11 @@ def test_the_flat_encoder_scales_uint8_to_unit_range_and_passes_floats_unchanged
     image_features, vector_features = features.split([64 * 64 * 3, 3], -1)
     torch.testing.assert_close(image_features, scaled)
     assert torch.equal(vector_features, vector)
+    # uint8 that are not frames (counts, a RAM vector) come out as they are.
+    counts = torch.randint(0, 11, (5, 4, 4), dtype=torch.uint8)
+    assert torch.equal(FlatEncoder(gym.spaces.Box(0, 10, (4, 4), np.uint8))(counts), counts.reshape(5, -1).float())
+    ram = torch.randint(0, 256, (5, 128), dtype=torch.uint8)
+    assert torch.equal(FlatEncoder(gym.spaces.Box(0, 255, (128,), np.uint8))(ram), ram.float())
 
 
 def test_auto_picks_a_cnn_for_uint8_images_only_and_bad_choices_are_refused():

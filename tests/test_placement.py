@@ -113,6 +113,7 @@ def presets(request, tmp_path_factory) -> dict[str, list[dict]]:
 
 
 @pytest.mark.integration
+@pytest.mark.xdist_group("presets")  # one worker computes the module's presets fixture
 def test_a_placement_preset_does_not_change_the_experiment(presets):
     """data.num_envs is the run's: two processes step half of the envs each, so the batch, the iterations
     and (up to float rounding) every role's parameters are those of the one-process run."""
@@ -126,6 +127,7 @@ def test_a_placement_preset_does_not_change_the_experiment(presets):
 
 
 @pytest.mark.integration
+@pytest.mark.xdist_group("presets")  # one worker computes the module's presets fixture
 def test_normalization_statistics_are_merged_over_processes(presets):
     """With normalize_observation and normalize_reward, the two processes of critic_device.yaml end with the
     statistics of the one-process run (each saw half of the envs), and its checkpoint holds the run's:
@@ -146,6 +148,7 @@ def test_normalization_statistics_are_merged_over_processes(presets):
 
 
 @pytest.mark.integration
+@pytest.mark.xdist_group("presets")  # one worker computes the module's presets fixture
 def test_the_checkpoint_holds_each_optimizer_as_its_role_has_it(presets):
     """Rank 0 writes the checkpoint, and under critic_device it does not train the critic: the critic's
     optimizer state (Adam's step counts and moments) and its minibatch stream must come from rank 1. They
@@ -187,6 +190,7 @@ def test_envs_that_do_not_split_over_the_processes_are_refused(tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.xdist_group("presets")  # one worker computes the module's presets fixture
 def test_data_parallel_inside_each_group_matches_the_serial_run(presets, tmp_path):
     """Two ranks per group: each takes half of every minibatch and the group sums the gradients, which
     differ from the whole minibatch's only in float rounding. Every rank's own update of its role is
@@ -203,6 +207,7 @@ def test_data_parallel_inside_each_group_matches_the_serial_run(presets, tmp_pat
 
 @pytest.mark.parametrize("presets", [PPO], indirect=True, ids=["ppo"])
 @pytest.mark.integration
+@pytest.mark.xdist_group("presets")  # one worker computes the module's presets fixture
 def test_two_node_launch_on_one_host(presets, tmp_path):
     """The two-node preset: two processes, each its own node (NODE_RANK), actor on node 0, critic on node 1."""
     config, *extra = presets["config"]
@@ -250,6 +255,7 @@ def check_same_run(ranks: list[dict], reference: dict) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.xdist_group("presets")  # one worker computes the module's presets fixture
 def test_rollout_node_collects_for_learners_that_collect_nothing(presets, tmp_path):
     """The rollout-node preset with synchronous collection: node 1 collects every env, node 0 trains both
     networks from the gathered rollout; the run is the one-process run (PPO and PPG), normalization merged."""

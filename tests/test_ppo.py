@@ -182,7 +182,7 @@ def test_training_stops_exactly_at_the_budget(tmp_path):
     assert dm.iteration == 3
 
 
-@pytest.mark.parametrize("env_id,mode", [("tests.envs:Chain-v0", "sync"), ("CartPole-v1", "async"),
+@pytest.mark.parametrize("env_id,mode", [("tests.envs:Chain-v0", "sync"), pytest.param("CartPole-v1", "async", marks=pytest.mark.integration),
                                          ("CartPole-v1", "vector_entry_point"), ("Pendulum-v1", "sync")])
 def test_spaces_and_vectorization_modes_train(tmp_path, env_id, mode):
     """Discrete observations with MultiDiscrete actions; async and native vector envs; Box actions."""

@@ -34,10 +34,10 @@ def test_pyproject_admits_no_gymnasium_that_breaks_runs_or_episode_statistics():
     assert not specifier.contains("2.0.0")
 
 
-@pytest.mark.parametrize("version", [*BROKEN, *WORKING, "2.0.0", "2.1.0a1"])
+@pytest.mark.parametrize("version", [*BROKEN, *WORKING, "2.0.0", "2.1.0a1", "1.4.0rc1", "1.4.0.dev0", "1.5.0b2"])
 def test_lit_rl_refuses_the_gymnasium_releases_pyproject_excludes(version):
-    """The check at import agrees with pyproject.toml on every release, and a refusal names the version and the
-    command that installs a good one."""
+    """The check at import agrees with pyproject.toml on every release, pre-releases too (1.4.0rc1 comes before
+    1.4), and a refusal names the version and the command that installs a good one."""
     if gymnasium_requirement().specifier.contains(version, prereleases=True):
         lit_rl.check_gymnasium(version)
     else:

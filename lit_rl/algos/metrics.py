@@ -42,7 +42,7 @@ def explained_variance(values: Tensor, returns: Tensor) -> Tensor:
     errors = returns - values.double()
     var_returns = (returns - returns.mean()).square().mean()
     var_errors = (errors - errors.mean()).square().mean()
-    return 1 - torch.where(var_returns > 0, var_errors / var_returns, (var_errors > 0).double())
+    return 1 - torch.where(var_returns == 0, (var_errors > 0).double(), var_errors / var_returns)  # NaN stays NaN
 
 
 class RunMetrics(torch.nn.Module):

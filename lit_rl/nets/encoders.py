@@ -12,7 +12,7 @@ hidden layer (``model.hidden_sizes``: ``[256]`` gives the PPG paper's IMPALA net
 Images are ``uint8`` Boxes of rank 3, channels last (``H x W x C``, as Procgen gives them) or first (``C x H x W``,
 as stacked Atari frames are), told apart by which end is smaller (the channels); a rank-2 Box is one gray channel.
 Frames stay ``uint8`` wherever they are stored and reach the encoder as they are; it scales them to ``[0, 1]``
-on the device it runs on (every encoder does, :class:`FlatEncoder` too; observations of other dtypes are not scaled).
+on the device it runs on (every encoder does, :class:`FlatEncoder` too; other observations are not scaled).
 """
 
 from typing import Callable, Literal, Optional, Union
@@ -57,8 +57,8 @@ def image_layout(space: gym.spaces.Box, key: str) -> tuple[tuple[int, int, int],
 
 
 class FlatEncoder(nn.Module):
-    """A Box flattened to floats (a ``uint8`` one scaled to ``[0, 1]``, as the CNNs scale frames), a Discrete
-    one-hot."""
+    """A Box flattened to floats (frames, ``uint8`` images of bounds 0 to 255, scaled to ``[0, 1]`` as the CNNs scale
+    them; other ``uint8`` Boxes, such as counts or RAM, as they are), a Discrete one-hot."""
 
     def __init__(self, space: gym.Space, key: str = "data.env_id") -> None:
         super().__init__()
@@ -66,7 +66,8 @@ class FlatEncoder(nn.Module):
         if isinstance(space, gym.spaces.Box):
             self.one_hot = 0
             self.out_dim = int(np.prod(space.shape))
-            self.scale = 1 / 255 if space.dtype == np.uint8 else None
+            frames = is_image(space) and (space.low == 0).all() and (space.high == 255).all()
+            self.scale = 1 / 255 if frames else None
         elif isinstance(space, gym.spaces.Discrete):
             self.one_hot = int(space.n)
             self.out_dim = int(space.n)
