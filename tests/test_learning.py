@@ -62,15 +62,22 @@ def test_a_cnn_learns_the_small_image_task_to_7_of_8_within_12k_steps(tmp_path, 
 OVERLAPPED = ("--data.collection", "overlapped")
 
 
+# The LSTM runs 4 epochs, not its config's 20: at lag 1 a rollout is one update behind, 20 actor steps with 20 epochs
+# of one minibatch, and a recurrent policy is sensitive to lag in optimizer steps (Sample Factory's docs). Measured
+# on an AMD 2-core machine (seeds 1, 2, 3; training return over the last 5%): 20 epochs 260, 452, 500 (it passed
+# on the Intel machine that first ran it with seed 1); 4 epochs 498, 492, 500; greedy 500 in all three.
+LSTM_UNDER_LAG = ("--model.init_args.update_epochs", "4")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("config, budget, threshold", [
-    ("configs/ppo/cartpole.yaml", 150_000, 475),
-    ("configs/ppo/cartpole_cleanrl.yaml", 500_000, 475),
-    ("configs/ppo/pendulum.yaml", 300_000, -300),
-    ("configs/ppg/cartpole.yaml", 200_000, 475),
-    ("configs/ppo/cartpole_novel_lstm.yaml", 250_000, 475),
+@pytest.mark.parametrize("config, budget, threshold, more", [
+    ("configs/ppo/cartpole.yaml", 150_000, 475, ()),
+    ("configs/ppo/cartpole_cleanrl.yaml", 500_000, 475, ()),
+    ("configs/ppo/pendulum.yaml", 300_000, -300, ()),
+    ("configs/ppg/cartpole.yaml", 200_000, 475, ()),
+    ("configs/ppo/cartpole_novel_lstm.yaml", 250_000, 475, LSTM_UNDER_LAG),
 ])
-def test_overlapped_collection_learns(tmp_path, config, budget, threshold):
-    train_return, eval_return = train(config, tmp_path, *OVERLAPPED, "--data.total_timesteps", str(budget))
+def test_overlapped_collection_learns(tmp_path, config, budget, threshold, more):
+    train_return, eval_return = train(config, tmp_path, *OVERLAPPED, "--data.total_timesteps", str(budget), *more)
     assert train_return >= threshold and eval_return >= threshold
 
