@@ -89,7 +89,7 @@ def lit_rl_in_process(*args: str, cwd: Path, capfd=None, check: bool = True) -> 
                 warnings.formatwarning(message, category, filename, lineno, line))
             main(list(args))
     except SystemExit as exit_info:
-        code = exit_info.code if isinstance(exit_info.code, int) else 1
+        code = 0 if exit_info.code is None else exit_info.code if isinstance(exit_info.code, int) else 1
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized() and not grouped:
             torch.distributed.destroy_process_group()  # a placement strategy's group of one process
