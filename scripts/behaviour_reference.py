@@ -30,7 +30,6 @@ import argparse
 import csv
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,10 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from scripts.results import machine  # noqa: E402
+
 REFERENCE = REPO / "tests" / "reference" / "behaviour.pt"
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
          "--trainer.limit_val_batches", "0", "--trainer.accelerator", "cpu", "--checkpoint.every_n_env_steps", "0"]
@@ -233,17 +236,6 @@ def bitwise_equal(reference: dict[str, Any], result: dict[str, Any]) -> bool:
         return False
     return all(sorted(ref) == sorted(got) and all(torch.equal(ref[k], got[k]) for k in ref)
                for ref, got in ((ref, result["params"][rank]) for rank, ref in reference["params"].items()))
-
-
-def machine() -> str:
-    """The CPU's model name (what makes rounding differ), with the OS and architecture."""
-    model = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return f"{model or 'unknown CPU'} ({os.cpu_count()} CPUs, {platform.system()} {platform.machine()})"
 
 
 def commit() -> str:

@@ -393,8 +393,8 @@ class PPO(L.LightningModule):
         T, N = rollout.num_steps, rollout.num_envs
         if self.agent.recurrent:
             assert rollout.initial_state is not None
-            spans, state = [], rollout.initial_state
-            for obs, starts in zip(rollout.obs.split(chunk_rows(N)), rollout.starts.split(chunk_rows(N))):
+            spans, state, rows = [], rollout.initial_state, chunk_rows(N)
+            for obs, starts in zip(rollout.obs.split(rows), rollout.starts.split(rows)):
                 history = History(starts, state)
                 spans.append(self.agent(obs, history)[1].view(len(starts), N))
                 assert history.final_state is not None
