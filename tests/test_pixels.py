@@ -11,7 +11,7 @@ from lit_rl.algos import PPG
 from lit_rl.data.collector import Collector
 from lit_rl.data.store import RolloutStore
 from lit_rl.errors import ConfigError
-from lit_rl.nets import ActorCritic, DictEncoder, FlatEncoder, ImpalaCNN, NatureCNN, make_encoder
+from lit_rl.nets import ActorCritic, DictEncoder, FlatEncoder, ImpalaCNN, MinAtarCNN, NatureCNN, make_encoder
 from lit_rl.wrappers import PackedDict
 from tests.helpers import fit, grads_of, make
 
@@ -97,7 +97,7 @@ def test_auto_picks_a_cnn_for_uint8_images_only_and_bad_choices_are_refused():
         make_encoder(gym.spaces.Box(0, 255, (16, 16, 3), np.uint8), "nature")
     with pytest.raises(ConfigError, match=r"model\.encoder: 'resnet' is not one of"):
         PPG(encoder="resnet")
-    with pytest.raises(ConfigError, match=r"the channels being the smaller end"):
+    with pytest.raises(ConfigError, match=r"model\.image_layout: auto cannot tell which side of data\.env_id.s 8x64x8"):
         make_encoder(gym.spaces.Box(0, 255, (8, 64, 8), np.uint8))
     assert make_encoder(gym.spaces.Box(0, 255, (8, 84, 84), np.uint8), "nature").channels == 8  # 8 stacked frames
 
@@ -209,7 +209,7 @@ def test_a_dict_observation_travels_packed_and_reaches_each_keys_encoder_exactly
     torch.manual_seed(0)
     encoder = make_encoder(packed)
     assert isinstance(encoder, DictEncoder)
-    assert isinstance(encoder.encoders["image"], ImpalaCNN) and isinstance(encoder.encoders["hint"], FlatEncoder)
+    assert isinstance(encoder.encoders["image"], MinAtarCNN) and isinstance(encoder.encoders["hint"], FlatEncoder)
     expected = torch.cat([encoder.encoders[k](torch.as_tensor(obs[k])) for k in ("hint", "image", "room")], -1)
     assert torch.equal(encoder(torch.as_tensor(packed.pack(obs))), expected)
 

@@ -136,7 +136,8 @@ class PPG(PPO):
         state_size = 0 if hp.recurrent is None else (
             hp.recurrent_size * (2 if hp.recurrent == "lstm" else 1) * (2 if hp.arch == "separate" else 1))
         # The auxiliary phase runs the policy's encoder and, in separate, the critic's.
-        total, largest = activation_elements(check_encoder(observation_space, hp.encoder), observation_space)
+        total, largest = activation_elements(check_encoder(observation_space, hp.encoder, layout=hp.image_layout),
+                                              observation_space)
         encoders = 2 if hp.arch == "separate" else 1
         needed = RolloutStore.estimate_bytes(hp.n_pi, num_envs, num_steps, observation_space, dist_params,
                                              -(-hp.n_pi * num_envs // hp.aux_minibatch_size), state_size,

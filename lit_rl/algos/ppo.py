@@ -40,7 +40,7 @@ from lit_rl.data.store import chunk_rows, in_chunks
 from lit_rl.distributed.placement import ROLES, Placement
 from lit_rl.errors import ConfigError
 from lit_rl.losses import actor_objective, normalize_advantages, value_loss
-from lit_rl.nets import ActorCritic, Arch, Encoder, History, Recurrent
+from lit_rl.nets import ActorCritic, Arch, Encoder, History, ImageLayout, Recurrent
 from lit_rl.returns import gae
 
 UpdateOrder = Literal["critic_first", "actor_first"]
@@ -61,9 +61,13 @@ class PPO(L.LightningModule):
             value head reads detached features).
         hidden_sizes: Widths of the MLP trunk(s). After a CNN encoder the first is its dense layer (the PPG
             paper's IMPALA network: ``[256]``; the Nature CNN: ``[512]``).
-        encoder: What turns observations into features (:mod:`lit_rl.nets.encoders`): ``auto`` (a CNN, IMPALA's,
-            for ``uint8`` images, flat otherwise), ``nature``, ``impala`` or ``flat``. In ``separate`` each network
-            has its own; in ``shared``/``detach`` the one encoder is part of the shared trunk.
+        encoder: What turns observations into features (:mod:`lit_rl.nets.encoders`): ``auto`` (a CNN for
+            ``uint8`` images: MinAtar's for frames under 32 pixels a side, IMPALA's for larger ones; flat
+            otherwise), ``minatar``, ``nature``, ``impala`` or ``flat``. In ``separate`` each network has its own;
+            in ``shared``/``detach`` the one encoder is part of the shared trunk.
+        image_layout: Where a rank-3 image keeps its channels: ``channels_last`` (H x W x C), ``channels_first``
+            (C x H x W), or ``auto``, which reads them beside two equal sides or at an end of at most 4, and
+            refuses a shape it cannot tell (MinAtar Seaquest's 10x10x10), naming this setting.
         activation: ``tanh``, ``relu``, ``elu`` or ``silu``.
         log_std_init: Initial log std of the Gaussian policy (Box actions).
         gamma: Discount factor, in (0, 1].
@@ -107,6 +111,7 @@ class PPO(L.LightningModule):
         arch: Arch = "separate",
         hidden_sizes: list[int] = [64, 64],
         encoder: Encoder = "auto",
+        image_layout: ImageLayout = "auto",
         activation: str = "tanh",
         log_std_init: float = 0.0,
         gamma: float = 0.99,
@@ -173,7 +178,8 @@ class PPO(L.LightningModule):
                     raise ConfigError(f"model.{role}_optimizer: the learning rate (init_args.lr) must be > 0, got {lr}.")
         if hp.bptt_length is not None and hp.bptt_length < 1:
             raise ConfigError(f"model.bptt_length: must be a positive integer or null, got {hp.bptt_length}.")
-        ActorCritic.check_config(hp.arch, hp.hidden_sizes, hp.activation, hp.recurrent, hp.recurrent_size, hp.encoder)
+        ActorCritic.check_config(hp.arch, hp.hidden_sizes, hp.activation, hp.recurrent, hp.recurrent_size, hp.encoder,
+                                 hp.image_layout)
         if hp.gradient_surgery != "none" and hp.arch != "shared":
             raise ConfigError(
                 f"model.gradient_surgery: {hp.gradient_surgery!r} only acts where two losses share a trunk; with "
@@ -226,7 +232,8 @@ class PPO(L.LightningModule):
             hp = self.hparams
             self.agent = ActorCritic(observation_space, action_space, hp.hidden_sizes, hp.activation, hp.arch,
                                      hp.log_std_init, aux_head=self.uses_aux_head, recurrent=hp.recurrent,
-                                     recurrent_size=hp.recurrent_size, encoder=hp.encoder)
+                                     recurrent_size=hp.recurrent_size, encoder=hp.encoder,
+                                     image_layout=hp.image_layout)
 
     def configure_model(self) -> None:
         datamodule = self.trainer.datamodule

@@ -67,8 +67,8 @@ class Resume:
 
     #: Hyperparameters that shape the networks, or only set their initial weights: with other values than the
     #: checkpoint's they could not take effect, so resuming with them is refused.
-    network_hparams: tuple[str, ...] = ("arch", "hidden_sizes", "encoder", "activation", "log_std_init", "recurrent",
-                                        "recurrent_size")
+    network_hparams: tuple[str, ...] = ("arch", "hidden_sizes", "encoder", "image_layout", "activation",
+                                        "log_std_init", "recurrent", "recurrent_size")
 
     def __init__(self) -> None:
         self.env_steps = 0  # the loaded checkpoint's count, for reading it without a datamodule

@@ -1,7 +1,8 @@
 """Env families lit_rl adds to gymnasium's registry, named ``<family>:<game>`` in ``data.env_id``.
 
-``procgen:starpilot`` (:mod:`lit_rl.envs.procgen`, extra ``lit-rl[procgen]``) and ``atari:Breakout``
-(:mod:`lit_rl.envs.atari`, extra ``lit-rl[atari]``). Each family's module registers its games as gymnasium ids
+``procgen:starpilot`` (:mod:`lit_rl.envs.procgen`, extra ``lit-rl[procgen]``), ``atari:Breakout``
+(:mod:`lit_rl.envs.atari`, extra ``lit-rl[atari]``) and ``minatar:breakout`` (:mod:`lit_rl.envs.minatar`, extra
+``lit-rl[minatar]``). Each family's module registers its games as gymnasium ids
 with a vector entry point when it is imported, and maps a game's name to its registered id (``gym_id``). Any other
 ``data.env_id`` is a gymnasium id as it stands (``module:Name-v0`` imports ``module`` first).
 """
@@ -10,8 +11,8 @@ import importlib
 
 from lit_rl.errors import ConfigError
 
-FAMILIES = {"procgen": "lit_rl.envs.procgen", "atari": "lit_rl.envs.atari"}
-VECTOR_ONLY = {"procgen"}  # families whose games run only as one native batch: no sync/async envs, no video
+FAMILIES = {"procgen": "lit_rl.envs.procgen", "atari": "lit_rl.envs.atari", "minatar": "lit_rl.envs.minatar"}
+VECTOR_ONLY = {"procgen", "minatar"}  # families whose games run only as one native batch: no sync/async envs, no video
 
 
 def check_vectorization(env_id: str, vectorization_mode: str, record_video: bool) -> None:

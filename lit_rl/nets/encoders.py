@@ -1,18 +1,27 @@
 """Observation encoders: each turns a batch of observations into flat float features for a trunk.
 
 - :class:`FlatEncoder` (``flat``): a Box flattened, a Discrete one-hot; no parameters.
+- :class:`MinAtarCNN` (``minatar``): the MinAtar paper's network (Young & Tian 2019): one 3x3 convolution with 16
+  channels, for frames of a few pixels a side.
 - :class:`NatureCNN` (``nature``): the DQN/Atari convolutions (Mnih et al. 2015), 32-64-64 channels.
 - :class:`ImpalaCNN` (``impala``): the IMPALA residual network (Espeholt et al. 2018) that the PPG paper uses on
   Procgen: stacks of 16, 32 and 32 channels, each a convolution, a max-pool and two residual blocks.
 - :class:`DictEncoder`: one encoder per key of a Dict observation, their features concatenated.
 
 The CNNs end at their flattened (ReLU'd) convolution output; the dense layer after them is the trunk's first
-hidden layer (``model.hidden_sizes``: ``[256]`` gives the PPG paper's IMPALA network, ``[512]`` the Nature one).
+hidden layer (``model.hidden_sizes``: ``[256]`` gives the PPG paper's IMPALA network, ``[512]`` the Nature one,
+``[128]`` the MinAtar one).
 
-Images are ``uint8`` Boxes of rank 3, channels last (``H x W x C``, as Procgen gives them) or first (``C x H x W``,
-as stacked Atari frames are), told apart by which end is smaller (the channels); a rank-2 Box is one gray channel.
-Frames stay ``uint8`` wherever they are stored and reach the encoder as they are; it scales them to ``[0, 1]``
-on the device it runs on (every encoder does, :class:`FlatEncoder` too; other observations are not scaled).
+``auto`` picks by the frame's size: frames under :data:`SMALL_FRAME` pixels on their shorter side (MinAtar's
+10x10, MiniGrid's 7x7) get :class:`MinAtarCNN`, whose one unpadded convolution keeps every cell, where the
+IMPALA CNN would pool a 10x10 grid down to 2x2 at many times the cost; larger frames get :class:`ImpalaCNN`.
+
+Images are ``uint8`` Boxes of rank 3, channels last (``H x W x C``, as Procgen and MinAtar give them) or first
+(``C x H x W``, as stacked Atari frames are), as ``model.image_layout`` says; a rank-2 Box is one gray channel.
+``auto`` layout (:func:`image_layout`) reads the channels where the shape leaves no doubt and refuses the rest.
+Frames stay ``uint8`` wherever they are stored and reach the encoder as they are; it scales them to ``[0, 1]`` by
+their bounds (``/ 255``; MinAtar's 0/1 frames as they are) on the device it runs on (every encoder does,
+:class:`FlatEncoder` too; other observations are not scaled).
 """
 
 from typing import Callable, Literal, Optional, Union
@@ -25,8 +34,11 @@ from torch import Tensor, nn
 from lit_rl.errors import ConfigError
 from lit_rl.wrappers import PackedDict
 
-Encoder = Literal["auto", "flat", "nature", "impala"]
-ENCODERS = ("auto", "flat", "nature", "impala")
+Encoder = Literal["auto", "flat", "minatar", "nature", "impala"]
+ENCODERS = ("auto", "flat", "minatar", "nature", "impala")
+ImageLayout = Literal["auto", "channels_last", "channels_first"]
+IMAGE_LAYOUTS = ("auto", "channels_last", "channels_first")
+SMALL_FRAME = 32  # ``auto`` gives frames under this many pixels on their shorter side the MinAtar network
 
 Obs = Union[Tensor, dict[str, Tensor]]  # a batch of observations: a tensor, or one per key of a Dict space
 
@@ -41,19 +53,47 @@ def is_image(space: gym.Space) -> bool:
     return isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) in (2, 3)
 
 
-def image_layout(space: gym.spaces.Box, key: str) -> tuple[tuple[int, int, int], bool]:
-    """``((C, H, W), channels_last)`` of an image space; a ConfigError naming ``key`` when it is not one."""
+def image_layout(space: gym.spaces.Box, key: str, layout: str = "auto") -> tuple[tuple[int, int, int], bool]:
+    """``((C, H, W), channels_last)`` of an image space, by ``layout`` (``model.image_layout``); a ConfigError
+    naming ``key`` when it is not an image, or naming ``model.image_layout`` when ``auto`` cannot tell.
+
+    ``auto`` reads a rank-3 shape ``(a, b, c)`` only where it leaves no doubt: two equal sides are the frame and
+    the third the channels (``64x64x3``, ``7x7x12``: channels last; ``4x84x84``, ``20x11x11``: first); with three
+    different sides, an end of at most 4 is the channels when the other end is larger (``210x160x3``). Anything
+    else, such as MinAtar Seaquest's ``10x10x10`` or a ``7x9x12`` grid, is refused, naming the setting.
+    """
+    if layout not in IMAGE_LAYOUTS:
+        raise ConfigError(f"model.image_layout: {layout!r} is not one of {list(IMAGE_LAYOUTS)}.")
     shape = tuple(int(d) for d in space.shape)
     if len(shape) == 2:
         return (1, *shape), False
-    if len(shape) == 3 and shape[0] != shape[-1]:
-        if shape[-1] < shape[0]:
-            return (shape[2], shape[0], shape[1]), True
-        return shape, False  # type: ignore[return-value]
-    raise ConfigError(
-        f"{key}: a CNN needs image observations of shape H x W x C or C x H x W, the channels being the smaller end "
-        f"(or H x W), the env gives {shape}. Use model.encoder=flat, or reshape the observations with a wrapper."
-    )
+    if len(shape) != 3:
+        raise ConfigError(
+            f"{key}: a CNN needs image observations of shape H x W x C, C x H x W or H x W; the env gives {shape}. "
+            "Use model.encoder=flat, or reshape the observations with a wrapper.")
+    a, b, c = shape
+    if layout == "auto":
+        if a == b != c or (a != b != c != a and c <= 4 < a):
+            layout = "channels_last"
+        elif b == c != a or (a != b != c != a and a <= 4 < c):
+            layout = "channels_first"
+        else:
+            raise ConfigError(
+                f"model.image_layout: auto cannot tell which side of {key}'s {a}x{b}x{c} frames holds the channels "
+                f"(it reads them only beside two equal sides, or at an end of at most 4). Set model.image_layout to "
+                f"channels_last ({a}x{b} frames of {c} channels) or channels_first ({b}x{c} frames of {a}).")
+    if layout == "channels_last":
+        return (c, a, b), True
+    return (a, b, c), False
+
+
+def frame_scale(space: gym.spaces.Box) -> float:
+    """What a ``uint8`` image is multiplied by to lie in ``[0, 1]``: ``1 / high`` when every pixel's upper bound
+    is the same (255, or MinAtar's 1), ``1 / 255`` otherwise; float images are taken as already scaled (1)."""
+    if space.dtype != np.uint8:
+        return 1.0
+    high = np.unique(space.high)
+    return 1.0 / float(high[0]) if high.size == 1 and high[0] > 0 else 1 / 255
 
 
 class FlatEncoder(nn.Module):
@@ -89,17 +129,17 @@ class ImageEncoder(nn.Module):
     """A CNN over image observations: puts channels first, scales ``uint8`` to ``[0, 1]``, runs :attr:`body`
     and flattens. Subclasses build ``body`` from the channel count."""
 
-    def __init__(self, space: gym.spaces.Box, key: str) -> None:
+    def __init__(self, space: gym.spaces.Box, key: str, layout: str = "auto") -> None:
         super().__init__()
-        (self.channels, self.height, self.width), self.channels_last = image_layout(space, key)
-        self.scale = 1 / 255 if space.dtype == np.uint8 else 1.0
+        (self.channels, self.height, self.width), self.channels_last = image_layout(space, key, layout)
+        self.scale = frame_scale(space)
         self.body = self.make_body(self.channels)
         try:
             with torch.no_grad():
                 self.out_dim = int(self.body(torch.zeros(1, self.channels, self.height, self.width)).numel())
         except RuntimeError as err:
             raise ConfigError(f"model.encoder: {type(self).__name__} cannot take {key}'s {self.height}x{self.width} "
-                              f"frames ({err}); use larger frames, or model.encoder=impala.") from None
+                              f"frames ({err}); use larger frames, or model.encoder=minatar (or auto).") from None
 
     def make_body(self, channels: int) -> nn.Module:
         raise NotImplementedError
@@ -111,6 +151,18 @@ class ImageEncoder(nn.Module):
             x = x.permute(0, 3, 1, 2)
         x = x.float() * self.scale
         return self.body(x).flatten(1)
+
+
+class MinAtarCNN(ImageEncoder):
+    """Young & Tian (2019), MinAtar's network: one 3x3 convolution of stride 1, no padding, 16 channels, and a ReLU
+    (a 10x10 frame gives 8x8x16 = 1024 features; the paper's 128-unit layer is ``model.hidden_sizes: [128]``).
+    Orthogonal init, gain sqrt(2), as the other CNNs of CleanRL's PPO."""
+
+    def make_body(self, channels: int) -> nn.Module:
+        conv = nn.Conv2d(channels, 16, 3, stride=1)
+        nn.init.orthogonal_(conv.weight, float(np.sqrt(2)))
+        nn.init.zeros_(conv.bias)
+        return nn.Sequential(conv, nn.ReLU())
 
 
 class NatureCNN(ImageEncoder):
@@ -153,7 +205,7 @@ class ImpalaCNN(ImageEncoder):
         return nn.Sequential(*layers, nn.ReLU())
 
 
-IMAGE_ENCODERS: dict[str, type[ImageEncoder]] = {"nature": NatureCNN, "impala": ImpalaCNN}
+IMAGE_ENCODERS: dict[str, type[ImageEncoder]] = {"minatar": MinAtarCNN, "nature": NatureCNN, "impala": ImpalaCNN}
 
 
 class DictEncoder(nn.Module):
@@ -161,11 +213,12 @@ class DictEncoder(nn.Module):
     order. Takes a dict of batched tensors, or the packed bytes of :class:`lit_rl.wrappers.PackedDict` (what the
     rollouts carry), which it unpacks on its device."""
 
-    def __init__(self, space: "gym.spaces.Dict | PackedDict", encoder: str, key: str) -> None:
+    def __init__(self, space: "gym.spaces.Dict | PackedDict", encoder: str, key: str, layout: str = "auto") -> None:
         super().__init__()
         self.packed = space if isinstance(space, PackedDict) else None
         spaces = (space.dict_space if isinstance(space, PackedDict) else space).spaces
-        self.encoders = nn.ModuleDict({name: _leaf_encoder(sub, encoder, f"{key}[{name!r}]", strict=False)
+        self.encoders = nn.ModuleDict({name: _leaf_encoder(sub, encoder, f"{key}[{name!r}]", strict=False,
+                                                                 layout=layout)
                                        for name, sub in spaces.items()})
         self.out_dim = sum(e.out_dim for e in self.encoders.values())
 
@@ -176,11 +229,12 @@ class DictEncoder(nn.Module):
         return torch.cat([enc(obs[name]) for name, enc in self.encoders.items()], -1)
 
 
-def make_encoder(space: gym.Space, encoder: str = "auto", key: str = "data.env_id") -> nn.Module:
-    """The encoder of ``space`` (its ``out_dim`` is its feature width).
+def make_encoder(space: gym.Space, encoder: str = "auto", key: str = "data.env_id", layout: str = "auto") -> nn.Module:
+    """The encoder of ``space`` (its ``out_dim`` is its feature width), reading images by ``layout``
+    (``model.image_layout``, :func:`image_layout`).
 
-    ``auto`` gives images (:func:`is_image`: ``uint8``) the IMPALA CNN and everything else :class:`FlatEncoder`;
-    ``nature``/``impala`` name the CNN for every Box of rank 2 or 3 (a ``float`` one is taken as already scaled);
+    ``auto`` gives images (:func:`is_image`: ``uint8``) a CNN by their size (:func:`auto_cnn`) and everything else
+    :class:`FlatEncoder`; ``minatar``/``nature``/``impala`` name the CNN for every Box of rank 2 or 3 (a ``float`` one is taken as already scaled);
     ``flat`` flattens everything. A Dict (or its :class:`~lit_rl.wrappers.PackedDict`, as the datamodule gives it)
     gets one encoder per key by the same rule, the keys that are not images flat; outside a Dict a CNN asked for
     a space that is not an image is refused.
@@ -188,11 +242,18 @@ def make_encoder(space: gym.Space, encoder: str = "auto", key: str = "data.env_i
     if encoder not in ENCODERS:
         raise ConfigError(f"model.encoder: {encoder!r} is not one of {list(ENCODERS)}.")
     if isinstance(space, (gym.spaces.Dict, PackedDict)):
-        return DictEncoder(space, encoder, key)
-    return _leaf_encoder(space, encoder, key, strict=True)
+        return DictEncoder(space, encoder, key, layout)
+    return _leaf_encoder(space, encoder, key, strict=True, layout=layout)
 
 
-def _leaf_encoder(space: gym.Space, encoder: str, key: str, strict: bool) -> nn.Module:
+def auto_cnn(space: gym.spaces.Box, key: str, layout: str = "auto") -> str:
+    """The CNN ``auto`` gives an image: ``minatar`` for frames under :data:`SMALL_FRAME` pixels on their shorter
+    side, ``impala`` otherwise."""
+    _, height, width = image_layout(space, key, layout)[0]
+    return "minatar" if min(height, width) < SMALL_FRAME else "impala"
+
+
+def _leaf_encoder(space: gym.Space, encoder: str, key: str, strict: bool, layout: str = "auto") -> nn.Module:
     if isinstance(space, gym.spaces.Dict):
         raise ConfigError(f"{key}: nested Dict observations are not supported; flatten the inner Dict with a "
                           "gymnasium wrapper.")
@@ -203,7 +264,8 @@ def _leaf_encoder(space: gym.Space, encoder: str, key: str, strict: bool) -> nn.
             raise ConfigError(f"model.encoder: {encoder!r} needs image observations (a Box of rank 2 or 3); {key} "
                               f"gives {space}. Use model.encoder=flat or auto.")
         return FlatEncoder(space, key)
-    return IMAGE_ENCODERS["impala" if encoder == "auto" else encoder](space, key)  # type: ignore[arg-type]
+    name = auto_cnn(space, key, layout) if encoder == "auto" else encoder  # type: ignore[arg-type]
+    return IMAGE_ENCODERS[name](space, key, layout)  # type: ignore[arg-type]
 
 
 def activation_elements(encoder: nn.Module, space: gym.Space) -> tuple[int, int]:
@@ -229,8 +291,8 @@ def batch_of_one(space: gym.Space) -> Obs:
     return torch.zeros((1, *(space.shape or ())), dtype=dtype)
 
 
-def check_encoder(space: gym.Space, encoder: str, key: str = "data.env_id") -> nn.Module:
+def check_encoder(space: gym.Space, encoder: str, key: str = "data.env_id", layout: str = "auto") -> nn.Module:
     """A ConfigError naming the key when ``encoder`` cannot encode ``space``; the encoder otherwise (built under a
     forked RNG, so checking draws nothing from the global one)."""
     with torch.random.fork_rng(devices=[]):
-        return make_encoder(space, encoder, key)
+        return make_encoder(space, encoder, key, layout)

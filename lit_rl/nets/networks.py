@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from lit_rl.errors import ConfigError
 from lit_rl.nets.distributions import ActionDist, PolicyHead
-from lit_rl.nets.encoders import ENCODERS, Obs, check_encoder, make_encoder, map_obs
+from lit_rl.nets.encoders import ENCODERS, IMAGE_LAYOUTS, Obs, check_encoder, make_encoder, map_obs
 from lit_rl.nets.layers import layer
 from lit_rl.nets.recurrence import RECURRENT, History, Summarizer
 
@@ -61,11 +61,13 @@ class ActorCritic(nn.Module):
 
     @staticmethod
     def check_config(arch: str, hidden_sizes: Sequence[int], activation: str, recurrent: Optional[str],
-                     recurrent_size: int, encoder: str = "auto") -> None:
+                     recurrent_size: int, encoder: str = "auto", image_layout: str = "auto") -> None:
         """A ConfigError naming the key, unless these settings make a network; the algorithms call it when they
         are configured, so a bad setting fails before any environment starts."""
         if encoder not in ENCODERS:
             raise ConfigError(f"model.encoder: {encoder!r} is not one of {list(ENCODERS)}.")
+        if image_layout not in IMAGE_LAYOUTS:
+            raise ConfigError(f"model.image_layout: {image_layout!r} is not one of {list(IMAGE_LAYOUTS)}.")
         if activation not in ACTIVATIONS:
             raise ConfigError(f"model.activation: {activation!r} is not one of {sorted(ACTIVATIONS)}.")
         if arch not in ARCHS:
@@ -89,11 +91,12 @@ class ActorCritic(nn.Module):
         recurrent: Optional[str] = None,
         recurrent_size: int = 128,
         encoder: str = "auto",
+        image_layout: str = "auto",
     ) -> None:
         super().__init__()
-        self.check_config(arch, hidden_sizes, activation, recurrent, recurrent_size, encoder)
+        self.check_config(arch, hidden_sizes, activation, recurrent, recurrent_size, encoder, image_layout)
         self.arch = arch
-        self.policy_encoder = make_encoder(observation_space, encoder)
+        self.policy_encoder = make_encoder(observation_space, encoder, layout=image_layout)
         in_dim = self.policy_encoder.out_dim
         self.policy_memory = Summarizer(recurrent, in_dim, recurrent_size) if recurrent else None
         self.value_memory = Summarizer(recurrent, in_dim, recurrent_size) if recurrent and arch == "separate" else None
@@ -102,7 +105,7 @@ class ActorCritic(nn.Module):
         self.policy_head = PolicyHead(hidden_sizes[-1], action_space, log_std_init)
         self.aux_value_head = layer(hidden_sizes[-1], 1, gain=1.0) if aux_head else None
         self.value_trunk = mlp(in_dim, hidden_sizes, activation) if arch == "separate" else None
-        self.value_encoder = make_encoder(observation_space, encoder) if arch == "separate" else None
+        self.value_encoder = make_encoder(observation_space, encoder, layout=image_layout) if arch == "separate" else None
         self.value_head = layer(hidden_sizes[-1], 1, gain=1.0)
         # The state layout: [policy summarizer's | value summarizer's].
         self.policy_state = self.policy_memory.state_size if self.policy_memory is not None else 0
@@ -224,7 +227,10 @@ class ActorCritic(nn.Module):
         return self.policy_head(policy_features), self.aux_value_head(policy_features).squeeze(-1), value
 
 
-def check_spaces(observation_space: gym.Space, action_space: gym.Space, encoder: str = "auto") -> None:
-    """Raises a ConfigError naming the fix when the networks cannot handle a space."""
-    check_encoder(observation_space, encoder)
+def check_spaces(observation_space: gym.Space, action_space: gym.Space, encoder: str = "flat",
+                 image_layout: str = "auto") -> None:
+    """Raises a ConfigError naming the fix when the networks cannot handle a space. The default checks only that
+    the spaces are ones the networks take (the datamodule's check, which knows no ``model.encoder``); the
+    model's encoder and image layout are checked when it builds its networks."""
+    check_encoder(observation_space, encoder, layout=image_layout)
     PolicyHead(1, action_space)

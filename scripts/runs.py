@@ -1,0 +1,152 @@
+"""Training runs that outlive a session: a benchmark's runs, each reused while its config and code are unchanged.
+
+A run is ``lit-rl fit`` with a config and overrides, in a folder of its own. When it finishes, ``run.json``
+records its key: the whole resolved config (``lit-rl fit ... --print_config``, without the output paths), a
+hash of the lit_rl code it ran (every ``lit_rl/**/*.py``, but the env families' modules of other families:
+``procgen``, ``atari``, ``minatar``) and the versions of the packages that shape its numbers. A later call with
+the same key reuses the run, whatever commit the checkout is at; any other key trains it anew. So a benchmark of
+several hours can be finished over several sessions, and each results section names the commits its runs used
+(``run.json`` has the commit, and whether the checkout had uncommitted changes).
+
+The log of a run (stdout and stderr) is ``log.txt`` in its folder, written as it trains.
+"""
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from scripts.results import commit  # noqa: E402
+
+FAMILY_MODULES = {"procgen", "atari", "minatar"}  # lit_rl/envs/<family>.py: hashed only for runs of that family
+PACKAGES = ("torch", "numpy", "gymnasium", "lightning", "mujoco", "minatar")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: ``lit-rl fit --config <config> <overrides>``, in ``folder``. Settings that can change its
+    numbers, ``--torch_threads`` included, belong in ``overrides`` (they are part of its key)."""
+
+    folder: Path
+    config: Path
+    overrides: tuple[str, ...]
+    env_id: str
+
+    @property
+    def metrics(self) -> Path:
+        return self.folder / "metrics.csv"
+
+    @property
+    def record(self) -> Path:
+        return self.folder / "run.json"
+
+
+def code_hash(env_id: str) -> str:
+    """sha256 of the lit_rl sources a run of ``env_id`` can execute (paths and contents)."""
+    family = env_id.partition(":")[0] if ":" in env_id else ""
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "lit_rl").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        if path.parent.name == "envs" and path.stem in FAMILY_MODULES and path.stem != family:
+            continue
+        digest.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def packages() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def lit_rl_command() -> list[str]:
+    return [str(Path(sys.executable).parent / "lit-rl"), "fit"]
+
+
+def resolved_config(run: Run) -> str:
+    """The run's whole resolved config, as ``--print_config`` gives it (output paths are not in it: they are
+    added only when the run trains)."""
+    proc = subprocess.run([*lit_rl_command(), "--config", str(run.config), *run.overrides, "--print_config"],
+                          cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    if proc.returncode != 0:
+        raise RuntimeError(f"{run.folder}: lit-rl could not resolve the config:\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def key_of(run: Run, config_text: str) -> dict[str, object]:
+    return {"config": config_text, "code": code_hash(run.env_id), "packages": packages()}
+
+
+def finished(run: Run, key: Optional[dict[str, object]] = None) -> Optional[dict]:
+    """The run's record when it finished with ``key`` (computed when not given), else None."""
+    if not (run.record.exists() and run.metrics.exists()):
+        return None
+    record = json.loads(run.record.read_text())
+    key = key or key_of(run, resolved_config(run))
+    return record if record.get("key") == key else None
+
+
+def train(run: Run, verbose: bool = True) -> dict:
+    """The run's record: reused when a finished run has its key, otherwise trained (anew) and recorded."""
+    key = key_of(run, resolved_config(run))
+    record = finished(run, key)
+    if record is not None:
+        if verbose:
+            print(f"reused: {run.folder} (commit {record['commit']})", flush=True)
+        return record
+    shutil.rmtree(run.folder, ignore_errors=True)
+    run.folder.mkdir(parents=True)
+    args = [*lit_rl_command(), "--config", str(run.config), *run.overrides,
+            "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir",
+            str(run.folder.parent), "--trainer.logger.name", "", "--trainer.logger.version", run.folder.name,
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--checkpoint.dirpath", str(run.folder / "checkpoints")]
+    started, at = time.time(), commit()
+    with open(run.folder / "log.txt", "w") as log:
+        log.write(" ".join(args) + "\n\n")
+        log.flush()
+        proc = subprocess.run(args, cwd=run.folder, stdout=log, stderr=subprocess.STDOUT,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    if proc.returncode != 0:
+        tail = (run.folder / "log.txt").read_text()[-3000:]
+        raise RuntimeError(f"{run.folder} failed (exit {proc.returncode}); its log, {run.folder / 'log.txt'}, ends:\n{tail}")
+    record = {"key": key, "commit": at, "wall_s": round(time.time() - started, 1),
+              "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    run.record.write_text(json.dumps(record, indent=1))
+    if verbose:
+        print(f"done: {run.folder} in {record['wall_s'] / 60:.1f} min", flush=True)
+    return record
+
+
+def commits(records: Sequence[dict]) -> str:
+    """The commits a set of runs used, for a results section."""
+    return ", ".join(sorted({r["commit"] for r in records}))
+
+
+def final_return(curve: dict, budget: int) -> float:
+    """The mean training return over the episodes that ended in the last 5% of the budget (at least the last
+    iteration that logged any), from a run of ``scripts.plot_learning_curves.load_runs``."""
+    steps, returns = curve["steps"], curve["returns"]
+    return float(returns[steps >= min(0.95 * budget, steps[-1])].mean())
+
+
+def last_sps(metrics: Path) -> float:
+    """The run's last logged ``perf/sps`` (env steps per second since the fit started)."""
+    import csv
+
+    sps = [float(row["perf/sps"]) for row in csv.DictReader(open(metrics)) if row.get("perf/sps")]
+    return sps[-1] if sps else float("nan")
