@@ -12,6 +12,7 @@ from lit_rl.data.collector import Collector
 from lit_rl.data.store import RolloutStore
 from lit_rl.errors import ConfigError
 from lit_rl.nets import ActorCritic, DictEncoder, FlatEncoder, ImpalaCNN, MinAtarCNN, NatureCNN, make_encoder
+from lit_rl.nets.encoders import image_layout
 from lit_rl.wrappers import PackedDict
 from tests.helpers import fit, grads_of, make
 
@@ -227,3 +228,68 @@ def test_a_dict_observation_env_trains_with_its_frames_kept_as_bytes(tmp_path):
     # Hiding components is for flat vectors: of a Dict it would hide bytes of the packed keys.
     with pytest.raises(ConfigError, match=r"data\.hide_observation: needs a 1-D Box .*Dict"):
         make({}, {**QUADRANT, "env_kwargs": {"hint": True}, "hide_observation": [0]})[1].setup("fit")
+
+
+@pytest.mark.parametrize("shape, expected", [
+    ((64, 64, 3), ((3, 64, 64), True)),     # Procgen
+    ((4, 84, 84), ((4, 84, 84), False)),    # stacked Atari frames
+    ((10, 10, 4), ((4, 10, 10), True)),     # MinAtar Breakout
+    ((7, 7, 12), ((12, 7, 7), True)),       # MiniGrid 7x7x3 stacked 4 times (once read as C=7, H=7, W=12)
+    ((20, 11, 11), ((20, 11, 11), False)),  # Griddly's one-hot grid (once read as channels last)
+    ((210, 160, 3), ((3, 210, 160), True)),  # a raw Atari frame
+    ((3, 210, 160), ((3, 210, 160), False)),
+    ((16, 16), ((1, 16, 16), False)),       # gray
+])
+def test_auto_layout_reads_the_channels_where_the_shape_leaves_no_doubt(shape, expected):
+    assert image_layout(gym.spaces.Box(0, 255, shape, np.uint8), "k") == expected
+
+
+@pytest.mark.parametrize("shape", [(10, 10, 10), (7, 9, 12), (8, 64, 8), (12, 30, 40)])
+def test_auto_layout_refuses_what_it_cannot_tell_and_the_setting_decides(shape):
+    """MinAtar Seaquest's 10x10x10 cube, a 7x9x12 grid, equal ends, no end of at most 4: refused by auto, naming
+    model.image_layout and both readings; each explicit setting reads the shape its way."""
+    space = gym.spaces.Box(0, 255, shape, np.uint8)
+    a, b, c = shape
+    with pytest.raises(ConfigError, match=rf"model\.image_layout: auto cannot tell which side of k's {a}x{b}x{c} "
+                                          rf"frames .* channels_last \({a}x{b} frames of {c} channels\) or "
+                                          rf"channels_first \({b}x{c} frames of {a}\)"):
+        image_layout(space, "k")
+    assert image_layout(space, "k", "channels_last") == ((c, a, b), True)
+    assert image_layout(space, "k", "channels_first") == ((a, b, c), False)
+
+
+def test_the_layout_setting_reaches_the_networks_and_bad_values_are_refused_early():
+    """model.image_layout builds the CNN for the channels it names (in both networks of separate), and overrides
+    auto even where auto could read the shape; a value that is not a layout fails when the module is configured."""
+    square = gym.spaces.Box(0, 1, (10, 10, 4), np.uint8)
+    agent = ActorCritic(square, gym.spaces.Discrete(6), hidden_sizes=[8], image_layout="channels_first")
+    for encoder in (agent.policy_encoder, agent.value_encoder):
+        assert (encoder.channels, encoder.height, encoder.width, encoder.channels_last) == (10, 10, 4, False)
+    auto = ActorCritic(square, gym.spaces.Discrete(6), hidden_sizes=[8])
+    assert (auto.policy_encoder.channels, auto.policy_encoder.channels_last) == (4, True)
+    with pytest.raises(ConfigError, match=r"model\.image_layout: 'nhwc' is not one of"):
+        PPG(image_layout="nhwc")
+    with pytest.raises(ConfigError, match=r"model\.image_layout: 'nhwc' is not one of"):
+        make_encoder(square, layout="nhwc")
+
+
+def test_auto_gives_small_frames_the_minatar_network_and_scales_frames_by_their_bounds():
+    """Frames under 32 pixels a side get MinAtar's network (one 3x3 convolution, 16 channels, no padding: 8x8x16
+    features for 10x10), larger ones IMPALA's; 0/1 frames (MinAtar's) reach it unscaled, 0-255 ones divided by 255.
+    Guards: a small task given two IMPALA CNNs (57 env steps/s on a 24x24 frame), MinAtar's 0/1 frames
+    divided by 255 (features 255 times too small)."""
+    minatar = gym.spaces.Box(0, 1, (10, 10, 4), np.uint8)
+    encoder = make_encoder(minatar)
+    assert isinstance(encoder, MinAtarCNN) and encoder.out_dim == 8 * 8 * 16
+    convs = [m for m in encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 1 and convs[0].kernel_size == (3, 3) and convs[0].out_channels == 16
+    assert convs[0].padding == (0, 0) and convs[0].stride == (1, 1)
+    x = torch.randint(0, 2, (5, 10, 10, 4), dtype=torch.uint8)
+    torch.testing.assert_close(encoder(x), encoder.body(x.permute(0, 3, 1, 2).float()).flatten(1))
+    assert isinstance(make_encoder(gym.spaces.Box(0, 255, (31, 31, 3), np.uint8)), MinAtarCNN)
+    assert isinstance(make_encoder(gym.spaces.Box(0, 255, (32, 32, 3), np.uint8)), ImpalaCNN)
+    assert isinstance(make_encoder(gym.spaces.Box(0, 255, (24, 64, 3), np.uint8)), MinAtarCNN)  # the shorter side
+    assert isinstance(make_encoder(CHW), ImpalaCNN) and isinstance(make_encoder(CHW, "minatar"), MinAtarCNN)
+    frames_255 = make_encoder(gym.spaces.Box(0, 255, (12, 12, 3), np.uint8))
+    y = torch.randint(0, 256, (5, 12, 12, 3), dtype=torch.uint8)
+    torch.testing.assert_close(frames_255(y), frames_255.body(y.permute(0, 3, 1, 2).float() / 255).flatten(1))
