@@ -13,6 +13,7 @@ threshold of their own (``benchmark_ppg.py`` and ``benchmark_procgen.py`` measur
 """
 
 import argparse
+import functools
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -51,6 +52,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--results", type=Path, default=REPO / "results" / "benchmark_claims.md")
     parser.add_argument("--out", type=Path, help="where the runs go (default: claims_runs/ next to the results file)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="report the finished runs of these configs, whatever lit_rl code they ran; train nothing")
     args = parser.parse_args()
     out = args.out or args.results.parent / "claims_runs"
 
@@ -64,7 +67,7 @@ def main() -> None:
             runs[(name, seed)] = Run(out / name.replace("/", "_") / f"seed{seed}", config,
                                      ("--data.seed", str(seed), "--torch_threads", "1"), env_id)
     with ThreadPoolExecutor(args.jobs) as pool:
-        records = dict(zip(runs, pool.map(train, runs.values())))
+        records = dict(zip(runs, pool.map(functools.partial(train, report_only=args.report_only), runs.values())))
 
     rows, verdicts = [], []
     for name in args.only:
@@ -79,7 +82,7 @@ def main() -> None:
                      met(ok), where))
     body = (f"Seeds {args.seeds}; each config as shipped, at its own budget. Final return: the mean training return "
             "over the episodes that ended in the last 5% of the budget; greedy: the evaluation at the end (10 "
-            f"episodes). A claim holds when the median of both is on its side. Runs used commits: "
+            f"episodes). A claim holds when the median of both is on its side. Runs used commits "
             f"{commits(list(records.values()))}.\n\n"
             + markdown_table(("config", "budget", "claim", "final return per seed", "median", "greedy per seed",
                               "median", "holds", "claimed in"), rows)

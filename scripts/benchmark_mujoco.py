@@ -17,6 +17,7 @@ mean. Learning curves go next to the results file (``mujoco.png``).
 """
 
 import argparse
+import functools
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -49,6 +50,8 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=1_000_000, help="env steps per run")
     parser.add_argument("--results", type=Path, default=REPO / "results" / "benchmark_mujoco.md")
     parser.add_argument("--out", type=Path, help="where the runs go (default: mujoco_runs/ next to the results file)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="report the finished runs of these configs, whatever lit_rl code they ran; train nothing")
     args = parser.parse_args()
     out = args.out or args.results.parent / "mujoco_runs"
 
@@ -58,7 +61,7 @@ def main() -> None:
                                str(args.budget), "--torch_threads", "1"), task)
             for task in args.tasks for seed in args.seeds}
     with ThreadPoolExecutor(args.jobs) as pool:
-        records = dict(zip(runs, pool.map(train, runs.values())))
+        records = dict(zip(runs, pool.map(functools.partial(train, report_only=args.report_only), runs.values())))
 
     rows, curves, verdicts = [], {}, []
     for task in args.tasks:
@@ -84,7 +87,7 @@ def main() -> None:
             f"run, seeds {args.seeds}. Final return: the mean training return over the episodes that ended in the "
             "last 5% of the budget; greedy evaluation: 10 episodes with the mean action at the end; both mean +- "
             "std over seeds. SPS: env steps per second of the whole run (collection and update, 1 torch thread, "
-            f"{args.jobs} runs at a time on this machine). Runs used commits: {commits(list(records.values()))}.\n\n"
+            f"{args.jobs} runs at a time on this machine). Runs used commits {commits(list(records.values()))}.\n\n"
             + markdown_table(("task", "seeds", "final return", "per seed", "greedy eval", "SPS", "wall (min)",
                               "CleanRL (3 seeds)", "rl-zoo (tuned, 1 run)", "at least CleanRL's mean"), rows)
             + f"\n**Target (the mean final return at least CleanRL's published mean on every task): {met(ok)}** "

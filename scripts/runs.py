@@ -3,10 +3,16 @@
 A run is ``lit-rl fit`` with a config and overrides, in a folder of its own. When it finishes, ``run.json``
 records its key: the whole resolved config (``lit-rl fit ... --print_config``, without the output paths), a
 hash of the lit_rl code it ran (every ``lit_rl/**/*.py``, but the env families' modules of other families:
-``procgen``, ``atari``, ``minatar``) and the versions of the packages that shape its numbers. A later call with
-the same key reuses the run, whatever commit the checkout is at; any other key trains it anew. So a benchmark of
-several hours can be finished over several sessions, and each results section names the commits its runs used
-(``run.json`` has the commit, and whether the checkout had uncommitted changes).
+``procgen``, ``atari``, ``minatar``), the versions of the packages that shape its numbers and the device its
+networks ran on (``cpu``, or the GPU's name, which ``trainer.accelerator: auto`` picks). A later call with the
+same key reuses the run, whatever commit the checkout is at; any other key trains it anew, and a finished run
+it replaces is moved aside (``<folder>.replaced-<when it finished>``), never deleted. So a benchmark of several
+hours can be finished over several sessions, and each results section names the commits its runs used
+(``run.json`` has the commit, and whether the checkout had uncommitted changes) and the machines they ran on.
+
+``report_only`` (the benchmarks' ``--report-only``) builds a report from finished runs whose config, packages
+and device match, whatever lit_rl code they ran, training nothing: for a report written anew after a change
+that cannot have moved the runs' numbers (the report's own text). The section still names the runs' commits.
 
 The log of a run (stdout and stderr) is ``log.txt`` in its folder, written as it trains.
 """
@@ -26,7 +32,7 @@ from typing import Optional, Sequence
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from scripts.results import commit  # noqa: E402
+from scripts.results import commit, machine  # noqa: E402
 
 FAMILY_MODULES = {"procgen", "atari", "minatar"}  # lit_rl/envs/<family>.py: hashed only for runs of that family
 PACKAGES = ("torch", "numpy", "gymnasium", "lightning", "mujoco", "minatar")
@@ -87,28 +93,47 @@ def resolved_config(run: Run) -> str:
     return proc.stdout
 
 
+def device() -> str:
+    """Where ``trainer.accelerator: auto`` puts a run's networks on this machine."""
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
 def key_of(run: Run, config_text: str) -> dict[str, object]:
-    return {"config": config_text, "code": code_hash(run.env_id), "packages": packages()}
+    return {"config": config_text, "code": code_hash(run.env_id), "packages": packages(), "device": device()}
 
 
-def finished(run: Run, key: Optional[dict[str, object]] = None) -> Optional[dict]:
-    """The run's record when it finished with ``key`` (computed when not given), else None."""
+def finished(run: Run, key: Optional[dict[str, object]] = None, any_code: bool = False) -> Optional[dict]:
+    """The run's record when it finished with ``key`` (computed when not given; ``any_code``: whatever lit_rl
+    code it ran), else None. Records written before the key held the device ran on this project's CPU-only
+    development machine: their device is ``cpu``."""
     if not (run.record.exists() and run.metrics.exists()):
         return None
     record = json.loads(run.record.read_text())
-    key = key or key_of(run, resolved_config(run))
-    return record if record.get("key") == key else None
+    key = dict(key or key_of(run, resolved_config(run)))
+    saved = {"device": "cpu", **record.get("key", {})}
+    if any_code:
+        key.pop("code"), saved.pop("code", None)
+    return record if saved == key else None
 
 
-def train(run: Run, verbose: bool = True) -> dict:
-    """The run's record: reused when a finished run has its key, otherwise trained (anew) and recorded."""
+def train(run: Run, verbose: bool = True, report_only: bool = False) -> dict:
+    """The run's record: reused when a finished run has its key, otherwise trained (anew) and recorded.
+    ``report_only``: the record of a finished run of this config whatever code it ran, or a RuntimeError."""
     key = key_of(run, resolved_config(run))
-    record = finished(run, key)
+    record = finished(run, key, any_code=report_only)
     if record is not None:
         if verbose:
             print(f"reused: {run.folder} (commit {record['commit']})", flush=True)
         return record
-    shutil.rmtree(run.folder, ignore_errors=True)
+    if report_only:
+        raise RuntimeError(f"{run.folder}: no finished run of this config, packages and device to report; run the "
+                           "benchmark without --report-only to train it.")
+    if run.record.exists():  # a finished run of another key: kept beside, never deleted
+        old = json.loads(run.record.read_text()).get("finished", "unknown").replace(" ", "_").replace(":", "")
+        run.folder.rename(run.folder.with_name(f"{run.folder.name}.replaced-{old}"))
+    shutil.rmtree(run.folder, ignore_errors=True)  # a run that never finished
     run.folder.mkdir(parents=True)
     args = [*lit_rl_command(), "--config", str(run.config), *run.overrides,
             "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir",
@@ -125,7 +150,8 @@ def train(run: Run, verbose: bool = True) -> dict:
         tail = (run.folder / "log.txt").read_text()[-3000:]
         raise RuntimeError(f"{run.folder} failed (exit {proc.returncode}); its log, {run.folder / 'log.txt'}, ends:\n{tail}")
     record = {"key": key, "commit": at, "wall_s": round(time.time() - started, 1),
-              "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+              "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "machine": machine().rsplit(", ", 1)[0]}  # without the driver's thread count
     run.record.write_text(json.dumps(record, indent=1))
     if verbose:
         print(f"done: {run.folder} in {record['wall_s'] / 60:.1f} min", flush=True)
@@ -133,13 +159,16 @@ def train(run: Run, verbose: bool = True) -> dict:
 
 
 def commits(records: Sequence[dict]) -> str:
-    """The commits a set of runs used, for a results section."""
-    return ", ".join(sorted({r["commit"] for r in records}))
+    """The commits a set of runs used and the machines they ran on, for a results section (a record from
+    before machines were recorded ran on this project's 2-core AMD EPYC development machine)."""
+    machines = sorted({r.get("machine", "AMD EPYC, 2 cores, no GPU (not recorded)") for r in records})
+    return f"{', '.join(sorted({r['commit'] for r in records}))}; on {' and '.join(machines)}"
 
 
 def final_return(curve: dict, budget: int) -> float:
-    """The mean training return over the episodes that ended in the last 5% of the budget (at least the last
-    iteration that logged any), from a run of ``scripts.plot_learning_curves.load_runs``."""
+    """The final training return: the mean, over the iterations in the last 5% of the budget that logged one (at
+    least the last that did), of each iteration's mean return of the episodes that ended in it, from a run of
+    ``scripts.plot_learning_curves.load_runs`` (as ``tests/test_learning.py`` computes it)."""
     steps, returns = curve["steps"], curve["returns"]
     return float(returns[steps >= min(0.95 * budget, steps[-1])].mean())
 
