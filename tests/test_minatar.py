@@ -83,6 +83,20 @@ def test_it_plays_the_minatar_games_exactly_seeding_env_i_with_seed_plus_i():
             ended = bool(expected_term)
 
 
+def test_a_reset_starts_afresh_with_no_sticky_action_left_over():
+    """Reset with the seed again, the same batch plays the same episodes as the first time: nothing of the
+    previous episodes (the last action, which sticky actions would repeat) carries over. With sticky actions
+    always on, the games repeat the last action forever, so one carried over shows in every frame."""
+    envs = make("breakout", 3, sticky_action_prob=1.0)
+    actions = np.random.default_rng(6).integers(0, 6, (200, 3))
+    first = play(envs, 21, actions)
+    for game in envs.unwrapped.games:
+        game.last_action = 1  # left: a last action (as sticky 0.1 play leaves one) the next reset must forget
+    again = play(envs, 21, actions)
+    for a, b in zip(first, again):
+        assert np.array_equal(a, b)
+
+
 def test_seeding_is_reproducible_and_a_split_batch_sees_the_same_episodes():
     """Guards: an unseeded stream (two seeded runs differ), or env i not seeded with seed + i (a batch split over
     processes, each seeding its envs from its first env's index, would play other episodes)."""
@@ -164,6 +178,8 @@ def test_options_and_refusals_name_the_key():
     minimal = make("breakout", 2, minimal_action_set=True)
     assert minimal.single_action_space == gym.spaces.Discrete(3)
     assert list(minimal.unwrapped.actions) == Environment("breakout").minimal_action_set()
+    assert all(g.env.ramping is False for g in make("asterix", 2, difficulty_ramping=False).unwrapped.games)
+    assert all(g.env.ramping is True for g in make("asterix", 2).unwrapped.games)
     # Sticky actions 0 play each action as given: two envs of one seed, one with 0.1, part ways.
     actions = np.random.default_rng(5).integers(0, 6, (300, 1))
     plain = play(make("breakout", 1, sticky_action_prob=0.0), 9, actions)
@@ -191,6 +207,7 @@ def test_the_minatar_configs_train_in_process_and_seaquest_needs_its_layout(tmp_
     assert refused.returncode != 0
     assert "model.image_layout: auto cannot tell which side of data.env_id's 10x10x10 frames" in refused.stderr
     assert "channels_last" in refused.stderr
+    assert not list((tmp_path / "seaquest").rglob("config.yaml"))  # refused before the run wrote anything
     seaquest = ["--config", str(REPO / "configs/ppo/minatar.yaml"), *QUIET, *small, "--data.env_id", "minatar:seaquest"]
     cli("fit", *seaquest, "--model.init_args.image_layout", "channels_last", cwd=tmp_path / "seaquest_last")
     # The layout shapes the networks: resuming with another is refused, naming the key and the saved value.

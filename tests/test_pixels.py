@@ -244,7 +244,7 @@ def test_auto_layout_reads_the_channels_where_the_shape_leaves_no_doubt(shape, e
     assert image_layout(gym.spaces.Box(0, 255, shape, np.uint8), "k") == expected
 
 
-@pytest.mark.parametrize("shape", [(10, 10, 10), (7, 9, 12), (8, 64, 8), (12, 30, 40)])
+@pytest.mark.parametrize("shape", [(10, 10, 10), (7, 9, 12), (8, 64, 8), (12, 30, 40), (40, 30, 12)])
 def test_auto_layout_refuses_what_it_cannot_tell_and_the_setting_decides(shape):
     """MinAtar Seaquest's 10x10x10 cube, a 7x9x12 grid, equal ends, no end of at most 4: refused by auto, naming
     model.image_layout and both readings; each explicit setting reads the shape its way."""
@@ -293,3 +293,62 @@ def test_auto_gives_small_frames_the_minatar_network_and_scales_frames_by_their_
     frames_255 = make_encoder(gym.spaces.Box(0, 255, (12, 12, 3), np.uint8))
     y = torch.randint(0, 256, (5, 12, 12, 3), dtype=torch.uint8)
     torch.testing.assert_close(frames_255(y), frames_255.body(y.permute(0, 3, 1, 2).float() / 255).flatten(1))
+
+
+def test_frames_of_mixed_bounds_are_scaled_per_element_and_a_layout_no_cnn_reads_is_refused():
+    """A uint8 frame whose channels have other upper bounds (two 0/1 masks and a 0-255 image) is scaled per
+    element, each channel to [0, 1]; an explicit model.image_layout where no CNN reads the observations (a flat
+    encoder, a vector) cannot take effect, and is refused, naming the key. Dict keys follow the layout set."""
+    high = np.stack([np.ones((10, 12)), np.ones((10, 12)), np.full((10, 12), 255)], -1).astype(np.uint8)
+    mixed = gym.spaces.Box(np.zeros_like(high), high, dtype=np.uint8)
+    encoder = make_encoder(mixed)
+    x = torch.randint(0, 256, (3, 10, 12, 3), dtype=torch.uint8)
+    x[..., :2] = x[..., :2] % 2
+    scaled = x.permute(0, 3, 1, 2).float() * torch.tensor([1.0, 1.0, 1 / 255]).reshape(1, 3, 1, 1)
+    torch.testing.assert_close(encoder(x), encoder.body(scaled).flatten(1))
+    assert "scales" not in encoder.state_dict()  # derived from the space, not saved
+    with pytest.raises(ConfigError, match=r"model\.image_layout: 'channels_last' tells a CNN .* set model\.image_layout to auto"):
+        make_encoder(mixed, "flat", layout="channels_last")
+    with pytest.raises(ConfigError, match=r"model\.image_layout: 'channels_first'"):
+        ActorCritic(gym.spaces.Box(-1.0, 1.0, (4,), np.float32), gym.spaces.Discrete(2), image_layout="channels_first")
+    cube = gym.spaces.Box(0, 1, (10, 10, 10), np.uint8)
+    both = gym.spaces.Dict({"grid": cube, "vector": gym.spaces.Box(-1.0, 1.0, (3,), np.float32)})
+    with pytest.raises(ConfigError, match=r"model\.image_layout: auto cannot tell .* data\.env_id\['grid'\]"):
+        make_encoder(both)
+    grid = make_encoder(both, layout="channels_first").encoders["grid"]
+    assert (grid.channels, grid.channels_last) == (10, False)
+
+
+def test_ppg_s_memory_check_reads_frames_by_the_layout_set():
+    """PPG estimates its auxiliary phase's memory from the encoder it will build: with Seaquest's 10x10x10 frames
+    that is only possible with the layout the run sets."""
+    cube = gym.spaces.Box(0, 1, (10, 10, 10), np.uint8)
+    with pytest.raises(ConfigError, match=r"model\.image_layout: auto cannot tell"):
+        PPG(n_pi=2).check_memory(4, 16, cube, gym.spaces.Discrete(6))
+    assert PPG(n_pi=2, image_layout="channels_last").check_memory(4, 16, cube, gym.spaces.Discrete(6)) > 0
+
+
+def test_resume_takes_another_name_for_the_same_networks_and_refuses_other_networks(tmp_path):
+    """A checkpoint from before auto chose by frame size (encoder auto, no image_layout: IMPALA on any image)
+    resumes with encoder impala, the networks it has; with auto, now MinAtar's network on 16x16 frames, it is
+    refused. A layout that reads the frames as the checkpoint's auto did resumes; the other one is refused."""
+    module, dm = make({"encoder": "impala", "hidden_sizes": [16]}, QUADRANT)
+    fit(module, dm, tmp_path / "a")
+    saved = torch.load(tmp_path / "a" / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    saved["hyper_parameters"]["encoder"] = "auto"
+    del saved["hyper_parameters"]["image_layout"]
+    old = tmp_path / "old.ckpt"
+    torch.save(saved, old)
+    more = dict(QUADRANT, total_timesteps=192)
+    module2, dm2 = make({"encoder": "impala", "hidden_sizes": [16]}, more)
+    fit(module2, dm2, tmp_path / "b", ckpt_path=str(old))
+    assert module2.resume.env_steps == 128
+    module3, dm3 = make({"hidden_sizes": [16]}, more)
+    with pytest.raises(ConfigError, match=r"ckpt_path: the checkpoint's networks do not match"):
+        fit(module3, dm3, tmp_path / "c", ckpt_path=str(old))
+    new = str(tmp_path / "a" / "ckpt" / "last.ckpt")  # encoder impala, image_layout auto: 16x16x3 channels last
+    module4, dm4 = make({"encoder": "impala", "hidden_sizes": [16], "image_layout": "channels_last"}, more)
+    fit(module4, dm4, tmp_path / "d", ckpt_path=new)
+    module5, dm5 = make({"encoder": "impala", "hidden_sizes": [16], "image_layout": "channels_first"}, more)
+    with pytest.raises(ConfigError, match=r"model\.image_layout: the checkpoint .* image_layout='auto'"):
+        fit(module5, dm5, tmp_path / "e", ckpt_path=new)

@@ -118,6 +118,8 @@ class Resume:
                               f"resume it with model.class_path of {saved_class}, or start without --ckpt_path.")
         for key in self.network_hparams:
             if key in hparams and hparams[key] != module.hparams.get(key):
+                if key in ("encoder", "image_layout") and same_networks(module, checkpoint, key, hparams[key]):
+                    continue  # another spelling of the networks the checkpoint has (``same_networks``)
                 raise ConfigError(
                     f"model.{key}: {source} was trained with {key}={hparams[key]!r}, this run asks for "
                     f"{module.hparams.get(key)!r}; that cannot apply to the saved networks. Resume with "
@@ -166,6 +168,32 @@ class Resume:
         if notes:
             rank_zero_info(f"Resuming from {trainer.ckpt_path} with this run's config, which differs from the "
                            "checkpoint's in:\n  " + "\n  ".join(notes))
+
+
+def same_networks(module: "PPO", checkpoint: dict[str, Any], key: str, saved: str) -> bool:
+    """Whether this run's ``model.encoder`` / ``model.image_layout``, other than the checkpoint's ``saved``,
+    names the networks the checkpoint has.
+
+    - ``encoder``: one of the two is ``auto`` and this run's networks have the checkpoint's parameters, names and
+      shapes (``auto`` picks by frame size since the MinAtar network came; a checkpoint from before, when it
+      gave every image the IMPALA CNN, resumes with ``encoder: impala``).
+    - ``image_layout``: every CNN of this run reads its frames as ``saved`` would read them (``auto`` and the
+      layout it reads a shape as are the same networks; ``channels_last`` and ``channels_first`` never are).
+    """
+    from lit_rl.nets.encoders import ImageEncoder, image_layout
+
+    if module.agent is None:
+        return False
+    if key == "encoder":
+        own = {k: tuple(v.shape) for k, v in module.state_dict().items() if k.startswith("agent.")}
+        theirs = {k: tuple(v.shape) for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("agent.")}
+        return "auto" in (saved, module.hparams.get(key)) and own == theirs
+    encoders = [m for m in module.agent.modules() if isinstance(m, ImageEncoder)]
+    try:
+        return all(image_layout(m.space, "data.env_id", saved) == ((m.channels, m.height, m.width), m.channels_last)
+                   for m in encoders)
+    except ConfigError:
+        return False
 
 
 def check_compatible(module: torch.nn.Module, saved: dict[str, Tensor]) -> None:

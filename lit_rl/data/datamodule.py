@@ -291,12 +291,19 @@ class RolloutDataModule(L.LightningDataModule):
                                            env_offset=self.first_env, noise_seed=self.seed)
             envs = self.training_envs
             assert envs is not None
-            check_spaces(envs.single_observation_space, envs.single_action_space)
+            check_spaces(envs.single_observation_space, envs.single_action_space, *self._model_encoder())
         if self.eval_collector is None:
             self.eval_collector = Collector(self.make_envs(min(self.hparams.eval_envs, self.hparams.eval_episodes), training=False,
                                                            video_folder=self._video_folder()))
             check_spaces(self.eval_collector.envs.single_observation_space,
-                         self.eval_collector.envs.single_action_space)
+                         self.eval_collector.envs.single_action_space, *self._model_encoder())
+
+    def _model_encoder(self) -> tuple[str, str]:
+        """The attached model's ``encoder`` and ``image_layout``, so that ``setup`` refuses frames the model's
+        networks cannot read before anything of the run is written; ``flat`` and ``auto`` without a model."""
+        hparams = getattr(getattr(self.trainer, "lightning_module", None), "hparams", None) if self.trainer else None
+        hparams = hparams or {}
+        return hparams.get("encoder", "flat"), hparams.get("image_layout", "auto")
 
     def _video_folder(self) -> Optional[str]:
         if not self.hparams.record_video:

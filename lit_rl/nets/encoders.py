@@ -87,13 +87,16 @@ def image_layout(space: gym.spaces.Box, key: str, layout: str = "auto") -> tuple
     return (a, b, c), False
 
 
-def frame_scale(space: gym.spaces.Box) -> float:
-    """What a ``uint8`` image is multiplied by to lie in ``[0, 1]``: ``1 / high`` when every pixel's upper bound
-    is the same (255, or MinAtar's 1), ``1 / 255`` otherwise; float images are taken as already scaled (1)."""
+def frame_scale(space: gym.spaces.Box) -> "float | np.ndarray":
+    """What a ``uint8`` image is multiplied by to lie in ``[0, 1]``: ``1 / high``, one number when every pixel's
+    upper bound is the same (255, or MinAtar's 1), else per element (an upper bound of 0 leaves its element
+    as it is); float images are taken as already scaled (1)."""
     if space.dtype != np.uint8:
         return 1.0
-    high = np.unique(space.high)
-    return 1.0 / float(high[0]) if high.size == 1 and high[0] > 0 else 1 / 255
+    high = np.asarray(space.high, np.float64)
+    if (high == high.flat[0]).all():
+        return 1.0 / float(high.flat[0]) if high.flat[0] > 0 else 1.0
+    return np.where(high > 0, 1.0 / np.maximum(high, 1.0), 1.0).astype(np.float32)
 
 
 class FlatEncoder(nn.Module):
@@ -131,15 +134,24 @@ class ImageEncoder(nn.Module):
 
     def __init__(self, space: gym.spaces.Box, key: str, layout: str = "auto") -> None:
         super().__init__()
+        self.space = space  # the frames as the env gives them (what resume compares layouts on)
         (self.channels, self.height, self.width), self.channels_last = image_layout(space, key, layout)
-        self.scale = frame_scale(space)
+        scale = frame_scale(space)
+        self.scale: float = scale if isinstance(scale, float) else 1.0
+        scales = None
+        if not isinstance(scale, float):  # per element, laid out as the frames reach the body (C x H x W)
+            scales = scale.reshape(self.height, self.width, self.channels).transpose(2, 0, 1) if self.channels_last \
+                else scale.reshape(self.channels, self.height, self.width)
+            scales = torch.as_tensor(np.ascontiguousarray(scales))[None]
+        self.register_buffer("scales", scales, persistent=False)  # derived from the space: not in checkpoints
         self.body = self.make_body(self.channels)
         try:
             with torch.no_grad():
                 self.out_dim = int(self.body(torch.zeros(1, self.channels, self.height, self.width)).numel())
         except RuntimeError as err:
             raise ConfigError(f"model.encoder: {type(self).__name__} cannot take {key}'s {self.height}x{self.width} "
-                              f"frames ({err}); use larger frames, or model.encoder=minatar (or auto).") from None
+                              f"frames ({err}); use larger frames, or model.encoder="
+                              f"{'flat' if min(self.height, self.width) < 3 else 'minatar (or auto), or flat'}.") from None
 
     def make_body(self, channels: int) -> nn.Module:
         raise NotImplementedError
@@ -149,7 +161,7 @@ class ImageEncoder(nn.Module):
                                         else (self.channels, self.height, self.width)))
         if self.channels_last:
             x = x.permute(0, 3, 1, 2)
-        x = x.float() * self.scale
+        x = x.float() * (self.scales if self.scales is not None else self.scale)
         return self.body(x).flatten(1)
 
 
@@ -242,8 +254,15 @@ def make_encoder(space: gym.Space, encoder: str = "auto", key: str = "data.env_i
     if encoder not in ENCODERS:
         raise ConfigError(f"model.encoder: {encoder!r} is not one of {list(ENCODERS)}.")
     if isinstance(space, (gym.spaces.Dict, PackedDict)):
-        return DictEncoder(space, encoder, key, layout)
-    return _leaf_encoder(space, encoder, key, strict=True, layout=layout)
+        built: nn.Module = DictEncoder(space, encoder, key, layout)
+    else:
+        built = _leaf_encoder(space, encoder, key, strict=True, layout=layout)
+    if layout != "auto" and not any(isinstance(m, ImageEncoder) for m in built.modules()):
+        shown = f"a Dict of {list(space.spaces)}" if isinstance(space, gym.spaces.Dict) else (
+            f"a {type(space).__name__} of shape {space.shape} and dtype {space.dtype}")
+        raise ConfigError(f"model.image_layout: {layout!r} tells a CNN how to read image frames, and no CNN reads "
+                          f"{key}'s observations ({shown}, model.encoder={encoder!r}); set model.image_layout to auto.")
+    return built
 
 
 def auto_cnn(space: gym.spaces.Box, key: str, layout: str = "auto") -> str:

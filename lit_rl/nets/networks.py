@@ -229,8 +229,8 @@ class ActorCritic(nn.Module):
 
 def check_spaces(observation_space: gym.Space, action_space: gym.Space, encoder: str = "flat",
                  image_layout: str = "auto") -> None:
-    """Raises a ConfigError naming the fix when the networks cannot handle a space. The default checks only that
-    the spaces are ones the networks take (the datamodule's check, which knows no ``model.encoder``); the
-    model's encoder and image layout are checked when it builds its networks."""
+    """Raises a ConfigError naming the fix when the networks cannot handle a space: with ``encoder`` and
+    ``image_layout`` (the model's, which the datamodule passes when one is attached), or, by default, only
+    whether the networks take the spaces at all."""
     check_encoder(observation_space, encoder, layout=image_layout)
     PolicyHead(1, action_space)
