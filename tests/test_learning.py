@@ -60,8 +60,8 @@ def test_a_cnn_learns_the_small_image_task_to_7_of_8_within_12k_steps(tmp_path, 
 @pytest.mark.slow
 def test_ppo_on_minatar_breakout_learns_within_150k_steps(tmp_path):
     """configs/ppo/minatar.yaml as shipped on a 150k-step budget (MinAtar's network on 10x10x4 uint8 frames,
-    sticky actions). A random policy scores 0.47; measured on an AMD 2-core machine, seeds 1, 2, 3: training
-    return (last 5%) 3.28, 3.26, THR3 and greedy 5, 3, THR3E."""
+    sticky actions). A random policy scores about 0.5; measured on an AMD 2-core machine, seeds 1, 2, 3: training
+    return (last 5%) 3.28, 3.26, 3.09 and greedy 5, 3, 3."""
     pytest.importorskip("minatar", reason="the minatar extra is not installed (pip install 'lit-rl[minatar]')")
     train_return, eval_return = train("configs/ppo/minatar.yaml", tmp_path, "--data.total_timesteps", "151552",
                                       "--torch_threads", "1")
@@ -69,14 +69,14 @@ def test_ppo_on_minatar_breakout_learns_within_150k_steps(tmp_path):
 
 
 @pytest.mark.slow
-def test_ppo_on_mujoco_halfcheetah_learns_within_60k_steps(tmp_path):
-    """configs/ppo/mujoco.yaml (CleanRL's continuous settings) on HalfCheetah-v4 with a 61,440-step budget: the
-    first rollouts return about -450; measured on an AMD 2-core machine, seeds 1, 2, 3: training return (last
-    5%) -201, -149, THR and greedy 379, -54, THRE."""
+def test_ppo_on_mujoco_hopper_learns_within_60k_steps(tmp_path):
+    """configs/ppo/mujoco.yaml (CleanRL's continuous settings) on Hopper-v4 with a 61,440-step budget (30
+    iterations). A random policy returns about 18 (the first rollout: 17); measured on an AMD 2-core machine,
+    seeds 1, 2, 3: training return (last 5%) 386, 454, 347 and greedy 416, 727, 428."""
     pytest.importorskip("mujoco", reason="the mujoco extra is not installed (pip install 'lit-rl[mujoco]')")
-    train_return, eval_return = train("configs/ppo/mujoco.yaml", tmp_path, "--data.env_id", "HalfCheetah-v4",
+    train_return, eval_return = train("configs/ppo/mujoco.yaml", tmp_path, "--data.env_id", "Hopper-v4",
                                       "--data.total_timesteps", "61440", "--torch_threads", "1")
-    assert train_return >= -260 and eval_return >= -200
+    assert train_return >= 200 and eval_return >= 200
 
 
 # Overlapped collection (data.collection=overlapped, policy lag 1: each rollout collected with the weights from
