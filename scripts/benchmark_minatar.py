@@ -79,6 +79,8 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=1_000_000, help="env steps per run")
     parser.add_argument("--results", type=Path, default=REPO / "results" / "benchmark_minatar.md")
     parser.add_argument("--out", type=Path, help="where the runs go (default: minatar_runs/ next to the results file)")
+    parser.add_argument("--conditions", default="", help="what else shared the machine while the runs trained, "
+                        "for the section (their SPS and wall times depend on it)")
     parser.add_argument("--report-only", action="store_true",
                         help="report the finished runs of these configs, whatever lit_rl code they ran; train nothing")
     args = parser.parse_args()
@@ -141,7 +143,7 @@ def main() -> None:
             "(score - random) / (gymnax-blines' PPO - random); gymnax plays by other rules (no sticky actions, minimal "
             "action sets, Breakout cut at 1,000 steps), so 1.0 is not gymnax's PPO under these rules: the "
             "normalization puts the games on one scale for the IQM, PPG and PPO alike. SPS: env steps per second of the whole run (1 torch "
-            f"thread, {args.jobs} runs at a time). Runs used commits {commits(list(records.values()))}.\n\n"
+            f"thread, {args.jobs} runs at a time). {args.conditions + ' ' if args.conditions else ''}Runs used commits {commits(list(records.values()))}.\n\n"
             + markdown_table(("game", "algo", "score", "per seed", "greedy eval", "normalized (mean)", "SPS",
                               "wall (min)"), rows)
             + "\nRandom policy (10 envs x their first 10 episodes) and reference (gymnax-blines' PPO): "

@@ -39,6 +39,8 @@ CONFIG = REPO / "configs" / "ppo" / "mujoco.yaml"
 
 
 def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f} (one seed)"
     return f"{np.mean(values):.1f} +- {np.std(values):.1f}" if values else "n/a"
 
 
@@ -50,6 +52,8 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=1_000_000, help="env steps per run")
     parser.add_argument("--results", type=Path, default=REPO / "results" / "benchmark_mujoco.md")
     parser.add_argument("--out", type=Path, help="where the runs go (default: mujoco_runs/ next to the results file)")
+    parser.add_argument("--conditions", default="", help="what else shared the machine while the runs trained, "
+                        "for the section (their SPS and wall times depend on it)")
     parser.add_argument("--report-only", action="store_true",
                         help="report the finished runs of these configs, whatever lit_rl code they ran; train nothing")
     args = parser.parse_args()
@@ -87,7 +91,7 @@ def main() -> None:
             f"run, seeds {args.seeds}. Final return: the mean training return over the episodes that ended in the "
             "last 5% of the budget; greedy evaluation: 10 episodes with the mean action at the end; both mean +- "
             "std over seeds. SPS: env steps per second of the whole run (collection and update, 1 torch thread, "
-            f"{args.jobs} runs at a time on this machine). Runs used commits {commits(list(records.values()))}.\n\n"
+            f"{args.jobs} runs at a time on this machine). {args.conditions + ' ' if args.conditions else ''}Runs used commits {commits(list(records.values()))}.\n\n"
             + markdown_table(("task", "seeds", "final return", "per seed", "greedy eval", "SPS", "wall (min)",
                               "CleanRL (3 seeds)", "rl-zoo (tuned, 1 run)", "at least CleanRL's mean"), rows)
             + f"\n**Target (the mean final return at least CleanRL's published mean on every task): {met(ok)}** "
