@@ -142,8 +142,8 @@ def main() -> None:
             "the most likely action at the end (sticky actions still apply); mean +- std over seeds. Normalized: "
             "(score - random) / (gymnax-blines' PPO - random); gymnax plays by other rules (no sticky actions, minimal "
             "action sets, Breakout cut at 1,000 steps), so 1.0 is not gymnax's PPO under these rules: the "
-            "normalization puts the games on one scale for the IQM, PPG and PPO alike. SPS: env steps per second of the whole run (1 torch "
-            f"thread, {args.jobs} runs at a time). {args.conditions + ' ' if args.conditions else ''}Runs used commits {commits(list(records.values()))}.\n\n"
+            "normalization puts the games on one scale for the IQM, PPG and PPO alike. SPS: env steps per second of "
+            f"the whole run (1 torch thread{'' if args.report_only else f', {args.jobs} runs at a time'}). {args.conditions + ' ' if args.conditions else ''}Runs used commits {commits(list(records.values()))}.\n\n"
             + markdown_table(("game", "algo", "score", "per seed", "greedy eval", "normalized (mean)", "SPS",
                               "wall (min)"), rows)
             + "\nRandom policy (10 envs x their first 10 episodes) and reference (gymnax-blines' PPO): "
@@ -157,10 +157,13 @@ def main() -> None:
             f"[{float(np.ravel(improvement_iv['PPG,PPO'])[0]):.2f}, {float(np.ravel(improvement_iv['PPG,PPO'])[1]):.2f}].\n\n"
             + "Per game, mean normalized score with its 95% bootstrap interval:\n\n"
             + markdown_table(("game", "PPO", "PPG", "verdict"), per_game)
-            + f"\n**Verdict (PPG above PPO only where the IQM intervals separate): {overall}.**\n\n"
+            + f"\n**Verdict (PPG above PPO only where the IQM intervals separate): {overall}** (PPG's interval "
+            f"[{ppg_iv[0]:.3f}, {ppg_iv[1]:.3f}], PPO's [{ppo_iv[0]:.3f}, {ppo_iv[1]:.3f}]; from {len(args.seeds)} "
+            "seeds a game, intervals this close are rough, and the probability of improvement above says how "
+            "often a PPG run beats a PPO run).\n\n"
             f"Learning curves: ![MinAtar]({png.name}) (mean and min-max band over seeds, smoothed training return).")
     text = section(started, f"PPG vs PPO on MinAtar, {args.budget // 1000}k steps, seeds {args.seeds}", body,
-                   f" (driver); each run has 1 torch thread, {args.jobs} runs at a time")
+                   " (driver); each run has 1 torch thread" + ("" if args.report_only else f", {args.jobs} at a time"))
     print(text)
     write_section(args.results, "PPG vs PPO on MinAtar, with interval estimates", "scripts/benchmark_minatar.py",
                   text)

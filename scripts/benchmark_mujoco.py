@@ -90,16 +90,17 @@ def main() -> None:
     body = (f"configs/ppo/mujoco.yaml (CleanRL's `ppo_continuous_action.py` settings), {args.budget:,} env steps per "
             f"run, seeds {args.seeds}. Final return: the mean training return over the episodes that ended in the "
             "last 5% of the budget; greedy evaluation: 10 episodes with the mean action at the end; both mean +- "
-            "std over seeds. SPS: env steps per second of the whole run (collection and update, 1 torch thread, "
-            f"{args.jobs} runs at a time on this machine). {args.conditions + ' ' if args.conditions else ''}Runs used commits {commits(list(records.values()))}.\n\n"
+            "std over seeds. SPS: env steps per second of the whole run (collection and update, 1 torch thread"
+            f"{'' if args.report_only else f', {args.jobs} runs at a time'}). {args.conditions + ' ' if args.conditions else ''}Runs used commits {commits(list(records.values()))}.\n\n"
             + markdown_table(("task", "seeds", "final return", "per seed", "greedy eval", "SPS", "wall (min)",
-                              "CleanRL (3 seeds)", "rl-zoo (tuned, 1 run)", "at least CleanRL's mean"), rows)
+                              "CleanRL (3 seeds)", "rl-zoo (tuned, 1 run, its table's v3 tasks)", "at least CleanRL's mean"), rows)
             + f"\n**Target (the mean final return at least CleanRL's published mean on every task): {met(ok)}** "
-            f"({sum(v[1] for v in compared)} of {len(args.tasks)} tasks).\n\n"
+            f"({sum(v[1] for v in compared)} of {len(args.tasks)} tasks"
+            f"{', from one seed against CleanRL' + chr(39) + 's mean of 3' if len(args.seeds) == 1 else ''}).\n\n"
             f"Learning curves: ![MuJoCo]({png.name}) (mean and min-max band over seeds, smoothed training return; "
             "the dotted line is CleanRL's published mean).")
     text = section(started, f"PPO on MuJoCo, {args.budget // 1000}k steps, seeds {args.seeds}", body,
-                   f" (driver); each run has 1 torch thread, {args.jobs} runs at a time")
+                   " (driver); each run has 1 torch thread" + ("" if args.report_only else f", {args.jobs} at a time"))
     print(text)
     write_section(args.results, "PPO on MuJoCo against the published numbers", "scripts/benchmark_mujoco.py", text)
 

@@ -5,8 +5,9 @@ records its key: the whole resolved config (``lit-rl fit ... --print_config``, w
 hash of the lit_rl code it ran (every ``lit_rl/**/*.py``, but the env families' modules of other families:
 ``procgen``, ``atari``, ``minatar``), the versions of the packages that shape its numbers and the device its
 networks ran on (``cpu``, or the GPU's name, which ``trainer.accelerator: auto`` picks). A later call with the
-same key reuses the run, whatever commit the checkout is at; any other key trains it anew, and a finished run
-it replaces is moved aside (``<folder>.replaced-<when it finished>``), never deleted. So a benchmark of several
+same key reuses the run, whatever commit the checkout is at; any other key trains it anew, and the folder it
+replaces (a finished run's, or one that never finished) is moved aside (``<folder>.replaced-<when it
+finished>``), never deleted. A lock file beside each run keeps two benchmark processes from training it at once. So a benchmark of several
 hours can be finished over several sessions, and each results section names the commits its runs used
 (``run.json`` has the commit, and whether the checkout had uncommitted changes) and the machines they ran on.
 
@@ -21,7 +22,6 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -106,8 +106,8 @@ def key_of(run: Run, config_text: str) -> dict[str, object]:
 
 def finished(run: Run, key: Optional[dict[str, object]] = None, any_code: bool = False) -> Optional[dict]:
     """The run's record when it finished with ``key`` (computed when not given; ``any_code``: whatever lit_rl
-    code it ran), else None. Records written before the key held the device ran on this project's CPU-only
-    development machine: their device is ``cpu``."""
+    code it ran), else None. A record written before the key held the device is taken as ``cpu``: an assumption
+    (every such record was written on this project's CPU-only development machine, on 2026-12-06)."""
     if not (run.record.exists() and run.metrics.exists()):
         return None
     record = json.loads(run.record.read_text())
@@ -130,10 +130,27 @@ def train(run: Run, verbose: bool = True, report_only: bool = False) -> dict:
     if report_only:
         raise RuntimeError(f"{run.folder}: no finished run of this config, packages and device to report; run the "
                            "benchmark without --report-only to train it.")
-    if run.record.exists():  # a finished run of another key: kept beside, never deleted
-        old = json.loads(run.record.read_text()).get("finished", "unknown").replace(" ", "_").replace(":", "")
-        run.folder.rename(run.folder.with_name(f"{run.folder.name}.replaced-{old}"))
-    shutil.rmtree(run.folder, ignore_errors=True)  # a run that never finished
+    lock = run.folder.with_name(run.folder.name + ".lock")
+    run.folder.parent.mkdir(parents=True, exist_ok=True)
+    try:  # one benchmark process per run: another invocation training it would clobber it
+        os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        raise RuntimeError(f"{run.folder}: another benchmark process is training this run ({lock} exists; delete it "
+                           "if none is)") from None
+    try:
+        return _train(run, key, verbose)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _train(run: Run, key: dict[str, object], verbose: bool) -> dict:
+    if run.folder.exists():  # a finished run of another key, or one that never finished: kept beside, never deleted
+        stamp = json.loads(run.record.read_text()).get("finished", "unknown") if run.record.exists() else "unfinished"
+        aside = run.folder.with_name(f"{run.folder.name}.replaced-{stamp.replace(' ', '_').replace(':', '')}")
+        n = 1
+        while aside.exists():
+            aside, n = aside.with_name(f"{aside.name}-{n}"), n + 1
+        run.folder.rename(aside)
     run.folder.mkdir(parents=True)
     args = [*lit_rl_command(), "--config", str(run.config), *run.overrides,
             "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir",
@@ -159,10 +176,16 @@ def train(run: Run, verbose: bool = True, report_only: bool = False) -> dict:
 
 
 def commits(records: Sequence[dict]) -> str:
-    """The commits a set of runs used and the machines they ran on, for a results section (a record from
-    before machines were recorded ran on this project's 2-core AMD EPYC development machine)."""
-    machines = sorted({r.get("machine", "AMD EPYC, 2 cores, no GPU (not recorded)") for r in records})
-    return f"{', '.join(sorted({r['commit'] for r in records}))}; on {' and '.join(machines)}"
+    """The commits a set of runs used, how many versions of lit_rl's code they ran, and the machines they ran on,
+    for a results section."""
+    machines = sorted({r["machine"] for r in records if "machine" in r})
+    unrecorded = sum("machine" not in r for r in records)
+    if unrecorded:
+        machines.append(f"{unrecorded} run(s) whose record predates the machine field (run.json)")
+    codes = {r["key"]["code"] for r in records}
+    return (f"{', '.join(sorted({r['commit'] for r in records}))} ({len(codes)} version(s) of lit_rl's code"
+            f"{': a report of finished runs, --report-only' if len(codes) > 1 else ''}); machines: "
+            f"{'; '.join(machines)}")
 
 
 def final_return(curve: dict, budget: int) -> float:
