@@ -68,9 +68,10 @@ def lit_rl_in_process(*args: str, cwd: Path, capfd=None, check: bool = True) -> 
     """Runs ``lit-rl`` in this process (``lit_rl.cli.main``), as :func:`lit_rl` runs the console script: the
     same arguments, working folder and result (exit code, stdout, stderr), without a new interpreter's
     start-up and imports. For runs of one process; a run that starts processes of its own (a placement
-    preset's ranks) needs :func:`lit_rl`. The environment variables a run sets (Lightning's seed) are undone.
+    preset's ranks) needs :func:`lit_rl`. The environment variables a run sets (Lightning's seed) and its torch
+    threads are undone.
     ``capfd`` (pytest's fixture) captures the output; without it, stdout and stderr come back empty."""
-    env, here, argv = dict(os.environ), os.getcwd(), sys.argv
+    env, here, argv, threads = dict(os.environ), os.getcwd(), sys.argv, torch.get_num_threads()
     grouped = torch.distributed.is_available() and torch.distributed.is_initialized()
     sys.argv = ["lit-rl"]  # LightningCLI warns when it gets both args and pytest's command line
     if capfd is not None:
@@ -96,6 +97,7 @@ def lit_rl_in_process(*args: str, cwd: Path, capfd=None, check: bool = True) -> 
         for handler, stream in zip(handlers, streams):
             handler.setStream(stream)
         sys.argv = argv
+        torch.set_num_threads(threads)  # a config's torch_threads (the CNN configs set 2) stays with its run
         os.chdir(here)
         os.environ.clear()
         os.environ.update(env)

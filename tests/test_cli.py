@@ -28,7 +28,8 @@ def config_args(config: str) -> list[str]:
 # Configs whose envs come with an extra (pip install 'lit-rl[procgen]' / '[atari]' / '[box2d]'): skipped, with the
 # reason in pytest's summary, where the extra is not installed; `.ci/run` installs them.
 EXTRAS = {"env_id: procgen:": ("procgen", "procgen"), "env_id: atari:": ("ale_py", "atari"),
-          "env_id: LunarLander": ("Box2D", "box2d")}
+          "env_id: LunarLander": ("Box2D", "box2d"), "env_id: minatar:": ("minatar", "minatar"),
+          "env_id: HalfCheetah": ("mujoco", "mujoco")}
 # Configs whose run starts processes: two ranks, or wandb's service. The image configs' CNNs take several
 # seconds each on a CPU.
 PROCESSES = {"configs/placement/critic_device.yaml", "configs/placement/data_parallel.yaml", "configs/loggers/wandb.yaml"}

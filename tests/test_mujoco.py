@@ -30,12 +30,14 @@ def test_the_config_holds_cleanrl_s_continuous_settings():
     assert (data["clip_observation"], data["clip_reward"]) == (10.0, 10.0)
 
 
-@pytest.mark.parametrize("env_id", ["Hopper-v4", "Walker2d-v5"])
-def test_mujoco_tasks_train_under_the_config(tmp_path, cli, env_id):
-    """One iteration (2,048 steps, 320 minibatch updates per network) and the greedy evaluation, in process."""
-    cli("fit", "--config", str(CONFIG), *QUIET, "--data.env_id", env_id, "--data.total_timesteps", "2048",
-        "--data.eval_episodes", "1", "--data.eval_envs", "1", cwd=tmp_path)
+def test_a_v5_task_trains_under_the_config(tmp_path, cli):
+    """The published numbers are v4's; v5 must work too: Walker2d-v5, one short iteration (128 steps, 10 epochs of
+    2 minibatches per network) and a greedy episode, in process. (tests/test_cli.py fits the config as shipped,
+    HalfCheetah-v4; tests/test_learning.py trains Hopper-v4.)"""
+    cli("fit", "--config", str(CONFIG), *QUIET, "--data.env_id", "Walker2d-v5", "--data.num_steps", "128",
+        "--data.total_timesteps", "128", "--model.init_args.num_minibatches", "2", "--data.eval_episodes", "1",
+        "--data.eval_envs", "1", cwd=tmp_path)
     rows = read_metrics(next(tmp_path.rglob("metrics.csv")))
-    assert max(r["env_steps"] for r in rows if "env_steps" in r) == 2048
-    assert any(r.get("train/actor_updates") == 320 for r in rows)
-    assert any("train/episodic_return" in r for r in rows) and any("val/episodic_return_mean" in r for r in rows)
+    assert max(r["env_steps"] for r in rows if "env_steps" in r) == 128
+    assert any(r.get("train/actor_updates") == 20 for r in rows)
+    assert any("val/episodic_return_mean" in r for r in rows)
