@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from scripts.plot_learning_curves import load_runs, plot  # noqa: E402
 from scripts.results import markdown_table, met, section, stamp, write_section  # noqa: E402
-from scripts.runs import Run, commits, final_return, last_sps, train  # noqa: E402
+from scripts.runs import Run, commits, parse_run_arguments, final_return, last_sps, train  # noqa: E402
 
 # Published 1M-step results, v4: (mean, std). CleanRL: docs/benchmark/ppo_continuous_action.md (3 seeds);
 # rl-zoo: benchmark.md (one run, deterministic evaluation).
@@ -47,17 +47,8 @@ def mean_std(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=list(CLEANRL))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--budget", type=int, default=1_000_000, help="env steps per run")
-    parser.add_argument("--results", type=Path, default=REPO / "results" / "benchmark_mujoco.md")
-    parser.add_argument("--out", type=Path, help="where the runs go (default: mujoco_runs/ next to the results file)")
-    parser.add_argument("--conditions", default="", help="what else shared the machine while the runs trained, "
-                        "for the section (their SPS and wall times depend on it)")
-    parser.add_argument("--report-only", action="store_true",
-                        help="report the finished runs of these configs, whatever lit_rl code they ran; train nothing")
-    args = parser.parse_args()
-    out = args.out or args.results.parent / "mujoco_runs"
+    args = parse_run_arguments(parser, "mujoco")
+    out = args.out
 
     started = stamp()
     runs = {(task, seed): Run(out / task / f"seed{seed}", CONFIG,

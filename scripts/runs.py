@@ -18,6 +18,7 @@ that cannot have moved the runs' numbers (the report's own text). The section st
 The log of a run (stdout and stderr) is ``log.txt`` in its folder, written as it trains.
 """
 
+import argparse
 import hashlib
 import importlib.metadata
 import json
@@ -202,3 +203,20 @@ def last_sps(metrics: Path) -> float:
 
     sps = [float(row["perf/sps"]) for row in csv.DictReader(open(metrics)) if row.get("perf/sps")]
     return sps[-1] if sps else float("nan")
+
+
+def parse_run_arguments(parser: argparse.ArgumentParser, name: str) -> argparse.Namespace:
+    """Adds the arguments every benchmark of runs takes (seeds, jobs, budget, results file, runs folder, conditions,
+    report-only) to ``parser`` and parses them; ``out`` defaults to ``<name>_runs/`` next to the results file."""
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--budget", type=int, default=1_000_000, help="env steps per run")
+    parser.add_argument("--results", type=Path, default=REPO / "results" / f"benchmark_{name}.md")
+    parser.add_argument("--out", type=Path, help=f"where the runs go (default: {name}_runs/ next to the results file)")
+    parser.add_argument("--conditions", default="", help="what else shared the machine while the runs trained, "
+                        "for the section (their SPS and wall times depend on it)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="report the finished runs of these configs, whatever lit_rl code they ran; train nothing")
+    args = parser.parse_args()
+    args.out = args.out or args.results.parent / f"{name}_runs"
+    return args
