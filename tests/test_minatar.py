@@ -173,6 +173,8 @@ def test_options_and_refusals_name_the_key():
     for mode in ("sync", "async"):
         with pytest.raises(ConfigError, match=r"data\.vectorization_mode: 'minatar:breakout' runs only as minatar's"):
             check_vectorization("minatar:breakout", mode, False)
+    with pytest.raises(ConfigError, match=r"data\.vectorization_mode: lit_rl's MinAtar envs are vector-only"):
+        gym.make(resolve_env_id("minatar:breakout"))  # gymnasium's single-env entry point
     with pytest.raises(ConfigError, match=r"data\.record_video"):
         check_vectorization("minatar:breakout", "auto", True)
     minimal = make("breakout", 2, minimal_action_set=True)

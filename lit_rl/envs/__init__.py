@@ -7,7 +7,9 @@ with a vector entry point when it is imported, and maps a game's name to its reg
 ``data.env_id`` is a gymnasium id as it stands (``module:Name-v0`` imports ``module`` first).
 """
 
+import functools
 import importlib
+from typing import Any, Callable, NoReturn
 
 from lit_rl.errors import ConfigError
 
@@ -28,6 +30,18 @@ def check_vectorization(env_id: str, vectorization_mode: str, record_video: bool
     if record_video:
         raise ConfigError(f"data.record_video: {env_id!r} runs only as {family}'s own batch of envs, and video "
                           "recording needs single envs; set data.record_video to false.")
+
+
+def _refuse_single_env(name: str, batch: str, **kwargs: Any) -> NoReturn:
+    raise ConfigError(f"data.vectorization_mode: {name} envs are vector-only ({batch}); use vectorization_mode "
+                      f"'auto' or 'vector_entry_point'. Video recording needs a single env and is not supported for "
+                      f"{name}.")
+
+
+def vector_only(name: str, batch: str) -> Callable[..., NoReturn]:
+    """The single-env entry point a vector-only family registers (gymnasium calls it for ``sync`` / ``async`` and
+    video): it refuses, naming the family (``name``) and why its games run only as one batch (``batch``)."""
+    return functools.partial(_refuse_single_env, name, batch)
 
 
 def resolve_env_id(env_id: str) -> str:

@@ -16,12 +16,13 @@ env repeats its previous action), ``difficulty_ramping`` (default true, the pape
 terminated; MinAtar itself ends only Freeway, at 2,500 steps, which counts as a termination, as in the paper).
 """
 
-from typing import Any, NoReturn, Optional
+from typing import Any, Optional
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector.utils import batch_space
 
+from lit_rl.envs import vector_only
 from lit_rl.errors import ConfigError
 
 GAMES = ("asterix", "breakout", "freeway", "seaquest", "space_invaders")
@@ -36,13 +37,6 @@ def gym_id(game: str) -> str:
     if name is None:
         raise ConfigError(f"data.env_id: 'minatar:{game}' names no MinAtar game; the games are {', '.join(GAMES)}.")
     return f"lit_rl/minatar-{name}-v0"
-
-
-def vector_only(**kwargs: Any) -> NoReturn:
-    """The single-env entry point: lit_rl runs MinAtar only as its own batch, so this refuses ``sync`` / ``async``."""
-    raise ConfigError("data.vectorization_mode: lit_rl's MinAtar envs are vector-only (one process steps the whole "
-                      "batch); use vectorization_mode 'auto' or 'vector_entry_point'. Video recording needs a single "
-                      "env and is not supported for MinAtar.")
 
 
 class MinAtarVectorEnv(gym.vector.VectorEnv):
@@ -132,4 +126,5 @@ class MinAtarVectorEnv(gym.vector.VectorEnv):
 
 
 for _game in GAMES:
-    gym.register(gym_id(_game), entry_point=vector_only, vector_entry_point=MinAtarVectorEnv, kwargs={"game": _game})
+    gym.register(gym_id(_game), entry_point=vector_only("lit_rl's MinAtar", "one process steps the whole batch"),
+                 vector_entry_point=MinAtarVectorEnv, kwargs={"game": _game})

@@ -8,12 +8,13 @@ only: procgen steps its envs as one batch in C++ (:class:`ProcgenVectorEnv`), so
 
 import contextlib
 import io
-from typing import Any, NoReturn, Optional
+from typing import Any, Optional
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector.utils import batch_space
 
+from lit_rl.envs import vector_only
 from lit_rl.errors import ConfigError
 
 GAMES = ("bigfish", "bossfight", "caveflyer", "chaser", "climber", "coinrun", "dodgeball", "fruitbot", "heist",
@@ -29,13 +30,6 @@ def gym_id(game: str) -> str:
     if game not in GAMES:
         raise ConfigError(f"data.env_id: 'procgen:{game}' names no Procgen game; the games are {', '.join(GAMES)}.")
     return f"lit_rl/procgen-{game}-v0"
-
-
-def vector_only(**kwargs: Any) -> NoReturn:
-    """The single-env entry point: Procgen runs only as a batch, so this refuses ``sync`` / ``async``."""
-    raise ConfigError("data.vectorization_mode: Procgen envs are vector-only (procgen steps its envs as one batch); "
-                      "use vectorization_mode 'auto' or 'vector_entry_point'. Video recording needs a single env "
-                      "and is not supported for Procgen.")
 
 
 class ProcgenVectorEnv(gym.vector.VectorEnv):
@@ -120,4 +114,5 @@ class ProcgenVectorEnv(gym.vector.VectorEnv):
 
 
 for _game in GAMES:
-    gym.register(gym_id(_game), entry_point=vector_only, vector_entry_point=ProcgenVectorEnv, kwargs={"game": _game})
+    gym.register(gym_id(_game), entry_point=vector_only("Procgen", "procgen steps its envs as one batch"),
+                 vector_entry_point=ProcgenVectorEnv, kwargs={"game": _game})
