@@ -1,5 +1,8 @@
 """lit_rl: actor-critic reinforcement learning on PyTorch Lightning and gymnasium."""
 
+import importlib.abc
+import sys
+
 import gymnasium
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
@@ -31,3 +34,37 @@ def check_gymnasium(version: str) -> None:
 
 
 check_gymnasium(gymnasium.__version__)
+
+
+# Modules that moved when the package was regrouped (the algorithms' math into objectives, the run's machinery
+# into run/, the wrappers beside the envs). Importing an old name, as an old config's class_path or a script
+# does, fails with the new name in the message instead of a bare "No module named".
+MOVED = {
+    "lit_rl.losses": "lit_rl.objectives",
+    "lit_rl.returns": "lit_rl.objectives",
+    "lit_rl.gradients": "lit_rl.objectives",
+    "lit_rl.wrappers": "lit_rl.envs.wrappers",
+    **{f"lit_rl.{name}": f"lit_rl.run.{name}" for name in ("cli", "callbacks", "checkpoints", "loggers", "sweep")},
+}
+
+
+def _moved(fullname: str) -> str:
+    return (f"{fullname} is now {MOVED[fullname]}: change the import, or the class_path in your config "
+            f"({fullname}.<name> -> {MOVED[fullname]}.<name>).")
+
+
+class _MovedModules(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname: str, path: object, target: object = None) -> None:
+        if fullname in MOVED:
+            raise ModuleNotFoundError(_moved(fullname), name=fullname)
+        return None
+
+
+sys.meta_path.insert(0, _MovedModules())
+
+
+def __getattr__(name: str) -> object:
+    # jsonargparse resolves a class_path through attributes of the package: the same message there.
+    if f"lit_rl.{name}" in MOVED:
+        raise AttributeError(_moved(f"lit_rl.{name}"))
+    raise AttributeError(f"module 'lit_rl' has no attribute {name!r}")

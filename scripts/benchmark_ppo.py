@@ -25,7 +25,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lit_rl.cli import LitRLCLI  # noqa: E402
+from lit_rl.run.cli import LitRLCLI  # noqa: E402
 from lit_rl.data.collector import Collector  # noqa: E402
 from scripts.results import markdown_table, met, section, stamp, write_section  # noqa: E402
 

@@ -17,8 +17,8 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 
 from lit_rl.algos.ppo import PPO
-from lit_rl.callbacks import EnvStepCheckpoint
-from lit_rl.cli import main
+from lit_rl.run.callbacks import EnvStepCheckpoint
+from lit_rl.run.cli import main
 from lit_rl.data.datamodule import RolloutDataModule
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,7 +65,7 @@ def lit_rl(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedPro
 
 
 def lit_rl_in_process(*args: str, cwd: Path, capfd=None, check: bool = True) -> subprocess.CompletedProcess:
-    """Runs ``lit-rl`` in this process (``lit_rl.cli.main``), as :func:`lit_rl` runs the console script: the
+    """Runs ``lit-rl`` in this process (``lit_rl.run.cli.main``), as :func:`lit_rl` runs the console script: the
     same arguments, working folder and result (exit code, stdout, stderr), without a new interpreter's
     start-up and imports. For runs of one process; a run that starts processes of its own (a placement
     preset's ranks) needs :func:`lit_rl`. The environment variables a run sets (Lightning's seed) and its torch

@@ -13,8 +13,8 @@ import pytest
 import torch
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
-from lit_rl.checkpoints import AtomicCheckpointIO
-from lit_rl.cli import LitRLCLI
+from lit_rl.run.checkpoints import AtomicCheckpointIO
+from lit_rl.run.cli import LitRLCLI
 from lit_rl.distributed import ActorCriticPlacement
 from tests.helpers import REPO, QUIET, lit_rl_in_process, read_metrics
 
@@ -83,7 +83,7 @@ def test_the_cli_saves_through_the_atomic_writer_with_every_strategy(tmp_path, m
 
 WRITER = """
 import sys, torch
-from lit_rl.checkpoints import AtomicCheckpointIO
+from lit_rl.run.checkpoints import AtomicCheckpointIO
 io, path = AtomicCheckpointIO(), sys.argv[1]
 io.save_checkpoint({"version": 1, "w": torch.zeros(16)}, path)
 print("saved", flush=True)

@@ -1,6 +1,6 @@
 """The `lit-rl` command: every config runs, bad input gets one clear message, resume, determinism, NaN.
 
-Runs of one process go through ``cli`` (lit_rl.cli.main in the test's process, tests/conftest.py); those that
+Runs of one process go through ``cli`` (lit_rl.run.cli.main in the test's process, tests/conftest.py); those that
 start processes of their own (placement presets on two ranks, wandb's service, video encoding) run the
 console script and carry the integration marker."""
 

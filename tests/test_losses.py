@@ -1,4 +1,4 @@
-"""Unit tests of lit_rl.losses on small hand-built tensors, each checked against numbers worked out by hand
+"""Unit tests of lit_rl.objectives on small hand-built tensors, each checked against numbers worked out by hand
 or by an independent formula written out here (never by the function under test)."""
 
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from lit_rl.losses import actor_objective, aux_value_loss, clone_kl, normalize_advantages, policy_loss, value_loss
+from lit_rl.objectives import actor_objective, aux_value_loss, clone_kl, normalize_advantages, policy_loss, value_loss
 from lit_rl.nets.distributions import CategoricalDist, DiagGaussianDist
 
 F64 = torch.float64

@@ -9,7 +9,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.wrappers import TimeLimit
 
-from lit_rl.wrappers import DeferredRunningMeanStd, NormalizeObservation, NormalizeReward
+from lit_rl.envs.wrappers import DeferredRunningMeanStd, NormalizeObservation, NormalizeReward
 
 LIMIT, GAMMA = 50, 0.98
 

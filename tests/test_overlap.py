@@ -22,7 +22,7 @@ from lit_rl.algos.ppo import PPO
 from lit_rl.algos.updater import share_of
 from lit_rl.data.datamodule import RolloutDataModule
 from lit_rl.errors import CollectorError, ConfigError
-from lit_rl.losses import normalize_advantages
+from lit_rl.objectives import normalize_advantages
 from lit_rl.nets import History
 from tests.helpers import REPO, QUIET, fit, lit_rl, make, read_metrics
 

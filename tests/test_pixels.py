@@ -13,7 +13,7 @@ from lit_rl.data.store import RolloutStore
 from lit_rl.errors import ConfigError
 from lit_rl.nets import ActorCritic, DictEncoder, FlatEncoder, ImpalaCNN, MinAtarCNN, NatureCNN, make_encoder
 from lit_rl.nets.encoders import image_layout
-from lit_rl.wrappers import PackedDict
+from lit_rl.envs.wrappers import PackedDict
 from tests.helpers import fit, grads_of, make
 
 HWC = gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)  # Procgen's frames

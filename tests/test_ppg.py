@@ -14,7 +14,7 @@ from lit_rl.algos.updater import RoleUpdater, share_of
 from lit_rl.data.store import RolloutStore
 from lit_rl.distributed.placement import Placement
 from lit_rl.errors import ConfigError
-from lit_rl.gradients import pcgrad
+from lit_rl.objectives import pcgrad
 from tests.helpers import OBS, fit, grads_of, make, random_batch, read_metrics
 
 CARTPOLE = dict(env_id="CartPole-v1", num_envs=4, num_steps=32, seed=3)

@@ -7,7 +7,7 @@ import torch
 
 from lit_rl.algos.ppo import PPO
 from lit_rl.algos.updater import share_of
-from lit_rl.losses import policy_loss, value_loss
+from lit_rl.objectives import policy_loss, value_loss
 from tests.helpers import OBS, fit, grads_of, make, random_batch, read_metrics
 
 

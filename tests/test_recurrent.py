@@ -14,7 +14,7 @@ from lit_rl.data.collector import Collector
 from lit_rl.data.datamodule import RolloutDataModule
 from lit_rl.errors import ConfigError
 from lit_rl.nets import History
-from lit_rl.wrappers import MaskObservation
+from lit_rl.envs.wrappers import MaskObservation
 from tests.helpers import fit, make, read_metrics
 
 POMDP = {"CartPole-v1": [1, 3], "Pendulum-v1": [2]}  # velocities hidden

@@ -1,6 +1,6 @@
 import torch
 
-from lit_rl.returns import gae
+from lit_rl.objectives import gae
 
 
 def reference_gae(rewards, values, next_values, terminated, truncated, gamma, lam):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_rl.sweep import read_trials
+from lit_rl.run.sweep import read_trials
 from tests.helpers import QUIET, REPO, read_metrics
 from tests.slurm_cluster import LocalSlurm, install_reason
 

@@ -27,7 +27,7 @@ def test_offline_run_reads_back_with_config_metrics_and_video(tmp_path):
     assert model["gamma"] == 0.98 and model["hidden_sizes"] == [64, 64]
     assert run.config["data"]["env_id"] == "CartPole-v1" and run.config["data"]["total_timesteps"] == 1024
     assert run.config["data"]["gamma"] == model["gamma"]  # linked to model.gamma
-    assert run.config["trainer"]["logger"]["class_path"] == "lit_rl.loggers.WandbLogger"
+    assert run.config["trainer"]["logger"]["class_path"] == "lit_rl.run.loggers.WandbLogger"
 
     # Metrics against env steps: one row per iteration, 256 env steps apart.
     train_rows = [row for row in run.history if "train/policy_loss" in row]

@@ -45,9 +45,8 @@ from lit_rl.algos.updater import Share, Stats, interleaved_epochs
 from lit_rl.data.rollout import Rollout, flatten_valid, pad_time, to_sequences
 from lit_rl.data.store import RolloutStore, available_memory, format_bytes, in_chunks
 from lit_rl.errors import ConfigError
-from lit_rl.losses import aux_value_loss, clone_kl
+from lit_rl.objectives import aux_value_loss, clone_kl, gae
 from lit_rl.nets import History
-from lit_rl.returns import gae
 
 PPGArch = Literal["separate", "shared", "detach", "dual"]  # dual: the old name of separate
 AuxMinibatch = Literal["sequences", "samples"]

@@ -14,7 +14,7 @@ step minimizes ``policy loss - ent_coef * entropy + vf_coef * value loss`` with 
 the value loss reaches the trunk through the actor optimizer; the critic step minimizes the value loss
 with the trunk frozen, so the critic optimizer trains the value head alone. Where the two losses pull the
 trunk in opposite directions, ``gradient_surgery: pcgrad`` removes the conflicting components
-(:func:`lit_rl.gradients.pcgrad`) instead of only weighting them. In ``detach`` the value head reads
+(:func:`lit_rl.objectives.pcgrad`) instead of only weighting them. In ``detach`` the value head reads
 detached trunk features: the value loss never reaches the trunk.
 """
 
@@ -39,9 +39,8 @@ from lit_rl.data.rollout import Rollout, flatten_valid, pad_time, to_sequences
 from lit_rl.data.store import chunk_rows, in_chunks
 from lit_rl.distributed.placement import ROLES, Placement
 from lit_rl.errors import ConfigError
-from lit_rl.losses import actor_objective, normalize_advantages, value_loss
+from lit_rl.objectives import actor_objective, gae, normalize_advantages, value_loss
 from lit_rl.nets import ActorCritic, Arch, Encoder, History, ImageLayout, Recurrent
-from lit_rl.returns import gae
 
 UpdateOrder = Literal["critic_first", "actor_first"]
 GradientSurgery = Literal["none", "pcgrad"]

@@ -24,7 +24,7 @@ from torch.optim import Optimizer
 
 from lit_rl.distributed.placement import Placement
 from lit_rl.errors import NonFiniteLossError
-from lit_rl.gradients import pcgrad
+from lit_rl.objectives import pcgrad
 from lit_rl.nets import History
 
 Stats = dict[str, list[Tensor]]

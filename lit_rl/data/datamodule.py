@@ -15,7 +15,7 @@ from lit_rl.data.overlap import CollectorSpec, OverlappedCollection, Schedule, m
 from lit_rl.data.rollout import NoRollout, Rollout
 from lit_rl.errors import ConfigError
 from lit_rl.envs import check_vectorization, resolve_env_id
-from lit_rl.wrappers import NormalizeObservation, NormalizeReward, mask_vector_observation, pack_dict_observation
+from lit_rl.envs.wrappers import NormalizeObservation, NormalizeReward, mask_vector_observation, pack_dict_observation
 
 VectorizationMode = Literal["auto", "sync", "async", "vector_entry_point"]
 Collection = Literal["sync", "overlapped"]
@@ -47,7 +47,7 @@ class RolloutDataModule(L.LightningDataModule):
 
     Normalization statistics (``normalize_observation``, ``normalize_reward``) stay fixed while a rollout is
     collected and are updated once at its end, from the moments of the whole rollout's raw observations and
-    discounted returns, merged over all processes (:class:`lit_rl.wrappers.DeferredRunningMeanStd`). So
+    discounted returns, merged over all processes (:class:`lit_rl.envs.wrappers.DeferredRunningMeanStd`). So
     every layout normalizes alike and checkpoints hold the run's statistics. The first rollout runs with the
     initial statistics (mean 0, variance 1); the first observation of each later rollout was normalized when
     the previous rollout ended. Evaluation envs take the training statistics and never update them.
@@ -64,10 +64,10 @@ class RolloutDataModule(L.LightningDataModule):
         vectorization_mode: ``sync``, ``async`` (one process per env), ``vector_entry_point`` (the env's
             native vectorized implementation) or ``auto`` (native where the env registers one, else sync).
         hide_observation: Indices of observation components to remove (a 1-D Box), making the task
-            partially observable, e.g. ``[1, 3]``: CartPole without velocities (:class:`lit_rl.wrappers.MaskObservation`).
+            partially observable, e.g. ``[1, 3]``: CartPole without velocities (:class:`lit_rl.envs.wrappers.MaskObservation`).
         normalize_observation: Running mean/std normalization of observations (gymnasium's wrapper).
         normalize_reward: Scale rewards by the running std of the discounted return (gymnasium's wrapper,
-            with the return reset at every episode end, truncation included: :class:`lit_rl.wrappers.NormalizeReward`).
+            with the return reset at every episode end, truncation included: :class:`lit_rl.envs.wrappers.NormalizeReward`).
         clip_observation: Clip (normalized) observations to ``[-c, c]``.
         clip_reward: Clip (normalized) rewards to ``[-c, c]``.
         gamma: Discount of the return whose std scales rewards; keep it equal to ``model.gamma``.
@@ -310,7 +310,7 @@ class RolloutDataModule(L.LightningDataModule):
             return None
         if self.hparams.video_dir:
             return self.hparams.video_dir
-        from lit_rl.loggers import run_dir
+        from lit_rl.run.loggers import run_dir
 
         log_dir = run_dir(self.trainer) if self.trainer is not None else None
         return f"{log_dir or '.'}/videos"

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from lit_rl.data.rollout import TIME, Rollout
-from lit_rl.wrappers import PackedDict
+from lit_rl.envs.wrappers import PackedDict
 
 # Observations per forward pass without gradients over a whole rollout or store: PPG's auxiliary phase recomputing
 # values and pi_old, PPO revaluing a stale rollout (overlapped collection).
@@ -115,7 +115,7 @@ def _obs_elements(space: gym.Space) -> int:
 
 
 def _obs_bytes(space: gym.Space) -> int:
-    """Bytes of one stored observation; a Dict is stored packed (:class:`~lit_rl.wrappers.PackedDict`, its keys
+    """Bytes of one stored observation; a Dict is stored packed (:class:`~lit_rl.envs.wrappers.PackedDict`, its keys
     aligned), so its bytes are the packed vector's."""
     if isinstance(space, gym.spaces.Dict):
         space = PackedDict(space)

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_rl.errors import ConfigError
-from lit_rl.wrappers import PackedDict
+from lit_rl.envs.wrappers import PackedDict
 
 Encoder = Literal["auto", "flat", "minatar", "nature", "impala"]
 ENCODERS = ("auto", "flat", "minatar", "nature", "impala")
@@ -222,7 +222,7 @@ IMAGE_ENCODERS: dict[str, type[ImageEncoder]] = {"minatar": MinAtarCNN, "nature"
 
 class DictEncoder(nn.Module):
     """One encoder per key of a Dict observation (see :func:`make_encoder`), features concatenated in the keys'
-    order. Takes a dict of batched tensors, or the packed bytes of :class:`lit_rl.wrappers.PackedDict` (what the
+    order. Takes a dict of batched tensors, or the packed bytes of :class:`lit_rl.envs.wrappers.PackedDict` (what the
     rollouts carry), which it unpacks on its device."""
 
     def __init__(self, space: "gym.spaces.Dict | PackedDict", encoder: str, key: str, layout: str = "auto") -> None:
@@ -247,7 +247,7 @@ def make_encoder(space: gym.Space, encoder: str = "auto", key: str = "data.env_i
 
     ``auto`` gives images (:func:`is_image`: ``uint8``) a CNN by their size (:func:`auto_cnn`) and everything else
     :class:`FlatEncoder`; ``minatar``/``nature``/``impala`` name the CNN for every Box of rank 2 or 3 (a ``float`` one is taken as already scaled);
-    ``flat`` flattens everything. A Dict (or its :class:`~lit_rl.wrappers.PackedDict`, as the datamodule gives it)
+    ``flat`` flattens everything. A Dict (or its :class:`~lit_rl.envs.wrappers.PackedDict`, as the datamodule gives it)
     gets one encoder per key by the same rule, the keys that are not images flat; outside a Dict a CNN asked for
     a space that is not an image is refused.
     """

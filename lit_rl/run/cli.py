@@ -18,13 +18,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 from jsonargparse import lazy_instance, set_parsing_settings
 
 from lit_rl.algos.ppo import PPO
-from lit_rl.callbacks import (EnvStepCheckpoint, EnvStepProgressBar, LogEvaluationVideos, SlurmRequeueAtIterationEnd,
+from lit_rl.run.callbacks import (EnvStepCheckpoint, EnvStepProgressBar, LogEvaluationVideos, SlurmRequeueAtIterationEnd,
                               note_requeue_signal_early)
-from lit_rl.checkpoints import AtomicCheckpointIO, newest_readable, unreadable
+from lit_rl.run.checkpoints import AtomicCheckpointIO, newest_readable, unreadable
 from lit_rl.data.datamodule import RolloutDataModule
 from lit_rl.errors import ConfigError, user_error
-from lit_rl.loggers import run_dir
-from lit_rl.sweep import SUMMARY_ENV
+from lit_rl.run.loggers import run_dir
+from lit_rl.run.sweep import SUMMARY_ENV
 
 _SPECIAL_CKPT = {"best", "hpc", "registry"}
 
@@ -38,7 +38,7 @@ def _ignore_known_warnings() -> None:
 
 
 class SaveConfig(SaveConfigCallback):
-    """Writes config.yaml to the run's own folder (:func:`lit_rl.loggers.run_dir`: with wandb, beside the
+    """Writes config.yaml to the run's own folder (:func:`lit_rl.run.loggers.run_dir`: with wandb, beside the
     run's checkpoints rather than in the shared save_dir) and gives the whole resolved config to the
     loggers that take one (``log_config``: the wandb preset makes it the run config)."""
 
@@ -105,7 +105,7 @@ class LitRLCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """Adds the env-step progress bar unless the progress bar is off or another one is configured, the
         callbacks that make SLURM requeues checkpoint at an iteration's end and hand evaluation videos to the
-        loggers, and the atomic checkpoint writer (:class:`lit_rl.checkpoints.AtomicCheckpointIO`) unless the
+        loggers, and the atomic checkpoint writer (:class:`lit_rl.run.checkpoints.AtomicCheckpointIO`) unless the
         plugins or the strategy bring their own CheckpointIO. Every strategy saves through it: the
         ModelCheckpoint files, ``last.ckpt`` and SLURM's ``hpc_ckpt_N.ckpt``."""
         config = self._get(self.config_init, "trainer", default={})
@@ -256,7 +256,7 @@ def main(args: Any = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     try:
         if argv and argv[0] == "sweep":
-            from lit_rl.sweep import main as sweep_main
+            from lit_rl.run.sweep import main as sweep_main
 
             sweep_main(argv[1:])
             return

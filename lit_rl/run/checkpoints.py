@@ -23,7 +23,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     checkpoints' (a node's local ``/tmp``, a shared checkpoint folder), the final move is a copy into the
     destination, and a job killed during it leaves a truncated file. A failed write removes its temporary
     file; one killed mid-write leaves a ``.lit-rl-partial-*.tmp`` file, which nothing reads. Remote paths
-    (``s3://`` and the like) keep Lightning's writer. :class:`lit_rl.cli.LitRLCLI` installs this plugin.
+    (``s3://`` and the like) keep Lightning's writer. :class:`lit_rl.run.cli.LitRLCLI` installs this plugin.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Optional[Any] = None) -> None:

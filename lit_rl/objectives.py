@@ -1,10 +1,45 @@
-"""The losses, as pure functions: PPO's clipped surrogate, value loss, advantage normalization and actor terms, and
-PPG's auxiliary value loss and clone KL. Stats are detached diagnostics."""
+"""The algorithms' math, as pure tensor functions: advantages and value targets (GAE), PPO's and PPG's losses,
+and gradient surgery for losses that share a trunk. Losses return ``(loss, stats)``; stats are detached
+diagnostics."""
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor
+
+
+def gae(
+    rewards: Tensor,
+    values: Tensor,
+    next_values: Tensor,
+    terminated: Tensor,
+    truncated: Tensor,
+    gamma: float,
+    lam: float,
+) -> tuple[Tensor, Tensor]:
+    """Generalized advantage estimation (Schulman et al. 2016, eq. 16).
+
+    All inputs are ``[T, N]``. ``next_values[t]`` is the value of the true next observation of step ``t``:
+    on a step that ended an episode it is the value of that episode's final observation, not of the
+    observation the environment was reset to.
+
+    - ``terminated[t]``: the episode ended in a terminal state, so nothing is bootstrapped.
+    - ``truncated[t]``: the episode was cut (time limit), so the step bootstraps from ``next_values[t]``.
+
+    Either flag cuts the advantage trace, since the next step belongs to another episode.
+    Returns ``(advantages, returns)`` with ``returns = advantages + values`` (the value targets).
+    """
+    not_terminated = 1.0 - terminated.to(values.dtype)
+    not_done = 1.0 - (terminated | truncated).to(values.dtype)
+    # TD residual: delta_t = r_t + gamma * V(s_{t+1}) - V(s_t), no bootstrap past a terminal state.
+    deltas = rewards + gamma * next_values * not_terminated - values
+    advantages = torch.zeros_like(values)
+    running = torch.zeros_like(values[0])
+    for t in range(values.shape[0] - 1, -1, -1):
+        # A_t = delta_t + gamma * lambda * A_{t+1}, cut at episode ends.
+        running = deltas[t] + gamma * lam * not_done[t] * running
+        advantages[t] = running
+    return advantages, advantages + values
 
 
 def policy_loss(
@@ -76,3 +111,33 @@ def aux_value_loss(aux_values: Tensor, returns: Tensor) -> Tensor:
 def clone_kl(pi_old: Any, pi: Any) -> Tensor:
     """PPG's behaviour-cloning term ``KL(pi_old || pi)``, averaged over the samples."""
     return pi_old.kl(pi).mean()
+
+
+def pcgrad(grads: Sequence[Tensor], eps: float = 1e-12) -> tuple[Tensor, dict[str, Tensor]]:
+    """Projecting Conflicting Gradients (Yu et al. 2020, "Gradient Surgery for Multi-Task Learning", Alg. 1).
+
+    ``grads`` are the flat gradients of each loss over the same parameters. Where two of them conflict
+    (negative dot product), each is projected onto the normal plane of the other,
+    ``g_i <- g_i - (g_i . g_j) / |g_j|^2 * g_j``, which removes exactly the component that opposes
+    ``g_j``. The projected gradients are summed. Without a conflict the result is the plain sum.
+
+    Returns the combined gradient and ``{"grad_conflict": 1.0 if any pair conflicted else 0.0,
+    "grad_cosine": cosine of the first two gradients before surgery}``.
+    """
+    originals = [g.detach() for g in grads]
+    projected = []
+    conflict = originals[0].new_zeros(())
+    for i, g in enumerate(originals):
+        g = g.clone()
+        for j, other in enumerate(originals):
+            if i == j:
+                continue
+            dot = torch.dot(g, other)
+            if dot < 0:
+                g = g - dot / other.pow(2).sum().clamp_min(eps) * other
+                conflict = originals[0].new_ones(())
+        projected.append(g)
+    cosine = originals[0].new_zeros(())
+    if len(originals) > 1:
+        cosine = torch.nn.functional.cosine_similarity(originals[0], originals[1], dim=0, eps=eps)
+    return torch.stack(projected).sum(0), {"grad_conflict": conflict, "grad_cosine": cosine}

@@ -1,0 +1,1 @@
+"""The run's machinery: the ``lit-rl`` command, its callbacks, checkpoint writing, loggers and sweeps."""
