@@ -4,7 +4,9 @@ Runs of one process go through ``cli`` (lit_rl.run.cli.main in the test's proces
 start processes of their own (placement presets on two ranks, wandb's service, video encoding) run the
 console script and carry the integration marker."""
 
+import importlib
 import importlib.util
+import re
 
 import pytest
 import torch
@@ -191,3 +193,36 @@ def test_ppg_store_that_cannot_fit_is_refused_before_training(tmp_path, cli):
     assert proc.returncode == 2
     assert "lit-rl: error: model.n_pi" in proc.stderr and "Lower model.n_pi" in proc.stderr
     assert not list(tmp_path.rglob("metrics.csv")) or "train/" not in next(tmp_path.rglob("metrics.csv")).read_text()
+
+
+def test_fit_ends_with_one_summary_and_prints_each_progress_update_once(tmp_path, cli):
+    # The progress bar on, writing to a pipe (not a terminal), as a SLURM job's log gets it.
+    proc = cli("fit", "--config", str(REPO / "configs/ppo/cartpole.yaml"), "--data.total_timesteps", "2048",
+               "--data.eval_episodes", "3", "--trainer.accelerator", "cpu", "--torch_threads", "1", cwd=tmp_path)
+    updates = re.findall(r"Training: +\d+%\S* +\S* (\d+)/2048", proc.stdout.replace("\r", "\n") + proc.stderr.replace("\r", "\n"))
+    assert updates and len(updates) == len(set(updates)), updates  # every env-step count shown once
+    summary = proc.stdout[proc.stdout.index("lit-rl fit: done"):]
+    assert summary.startswith("lit-rl fit: done after 2,048 env steps in ")
+    rows = read_metrics(next(tmp_path.rglob("metrics.csv")))
+    val = next(r for r in rows if "val/episodic_return_mean" in r)
+    train = [r["train/episodic_return"] for r in rows if "train/episodic_return" in r][-1]
+    assert f"training return  {train:.2f}" in summary
+    assert (f"greedy eval      {val['val/episodic_return_mean']:.2f} +- {val['val/episodic_return_std']:.2f} "
+            f"over 3 episodes") in summary
+    where = dict(re.findall(r"^  (logs|config|checkpoints) +(\S+)", summary, re.M))
+    assert (tmp_path / where["config"]).is_file() and (tmp_path / where["config"]).parent == tmp_path / where["logs"]
+    assert (tmp_path / where["checkpoints"] / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize("old, new", [("lit_rl.loggers", "lit_rl.run.loggers"), ("lit_rl.losses", "lit_rl.objectives"),
+                                      ("lit_rl.wrappers", "lit_rl.envs.wrappers")])
+def test_a_moved_module_is_refused_naming_its_new_path(old, new):
+    with pytest.raises(ModuleNotFoundError, match=f"{old} is now {new}"):
+        importlib.import_module(old)
+
+
+def test_an_old_class_path_in_a_config_is_refused_naming_the_new_one(tmp_path, capsys):
+    old = tmp_path / "old_logger.yaml"
+    old.write_text("trainer:\n  logger:\n    class_path: lit_rl.loggers.WandbLogger\n")
+    code, err = run_main(["fit", "--config", str(REPO / "configs/ppo/cartpole.yaml"), "--config", str(old), *QUIET], capsys)
+    assert code == 2 and "lit_rl.loggers is now lit_rl.run.loggers" in err

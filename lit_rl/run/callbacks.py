@@ -77,7 +77,9 @@ class EnvStepProgressBar(TQDMProgressBar):
                            batch_idx: int) -> None:
         if not self.train_progress_bar.disable:
             self.train_progress_bar.n = getattr(pl_module, "env_steps", batch_idx + 1)
-            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+            # One refresh per iteration: set_postfix refreshes by default, and where the output is not a terminal
+            # (a log file, a SLURM job) every refresh is written out.
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
             self.train_progress_bar.refresh()
 
 

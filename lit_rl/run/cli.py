@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import sys
+import time
 import warnings
 from typing import Any, Optional
 
@@ -205,19 +206,27 @@ class LitRLCLI(LightningCLI):
             self.model.check_data(self.datamodule)
         if isinstance(self.datamodule, RolloutDataModule):
             self.datamodule.check_processes(self.trainer)
+        self._fit_start = time.perf_counter()
 
     def after_fit(self) -> None:
-        """Under ``lit-rl sweep`` (``LIT_RL_SUMMARY_FILE`` set): the run's summary for the sweep, from rank 0."""
-        path = os.environ.get(SUMMARY_ENV)
-        if not path or not self.trainer.is_global_zero:
+        """Prints the run's summary (rank 0); under ``lit-rl sweep`` (``LIT_RL_SUMMARY_FILE`` set) also writes it
+        for the sweep."""
+        if not self.trainer.is_global_zero:
             return
         saver = next((c for c in self.trainer.callbacks if isinstance(c, SaveConfig)), None)
+        config = os.path.abspath(saver.config_path) if getattr(saver, "config_path", None) else None
         requeued = any(getattr(c, "requeued", False) for c in self.trainer.callbacks)
-        summary = {"preempted": requeued, "metrics": dict(self.model.metrics.last_logged) if isinstance(self.model, PPO) else {},
-                   "env_steps": int(getattr(self.model, "env_steps", 0)),
-                   "config": os.path.abspath(saver.config_path) if getattr(saver, "config_path", None) else None}
-        with open(path, "w") as f:
-            json.dump(summary, f, indent=1)
+        metrics = dict(self.model.metrics.last_logged) if isinstance(self.model, PPO) else {}
+        env_steps = int(getattr(self.model, "env_steps", 0))
+        checkpoint = self.trainer.checkpoint_callback
+        print(fit_summary(env_steps, time.perf_counter() - self._fit_start, metrics, config,
+                          getattr(checkpoint, "dirpath", None), getattr(checkpoint, "last_model_path", "") or None,
+                          requeued), flush=True)
+        path = os.environ.get(SUMMARY_ENV)
+        if path:
+            with open(path, "w") as f:
+                json.dump({"preempted": requeued, "metrics": metrics, "env_steps": env_steps, "config": config}, f,
+                          indent=1)
 
     def after_test(self) -> None:
         self._print_evaluation("test")
@@ -231,6 +240,31 @@ class LitRLCLI(LightningCLI):
         if key in metrics and self.trainer.is_global_zero:
             print(f"{stage}: episodic return {float(metrics[key]):.2f} +- {float(metrics[f'{stage}/episodic_return_std']):.2f} "
                   f"over {int(metrics[f'{stage}/episodes'])} episodes (greedy actions)")
+
+
+def fit_summary(env_steps: int, seconds: float, metrics: dict[str, float], config: Optional[str],
+                checkpoints: Optional[str], last: Optional[str], requeued: bool) -> str:
+    """The block ``lit-rl fit`` prints at its end: env steps and wall time, the last training return, the greedy
+    evaluation, and where the run's files are."""
+    def show(path: Optional[str]) -> str:
+        return os.path.relpath(path) if path and not os.path.relpath(path).startswith("..") else str(path)
+
+    lines = [f"lit-rl fit: {'stopped for a SLURM requeue' if requeued else 'done'} after {env_steps:,} env steps in "
+             f"{seconds:.1f} s ({env_steps / max(seconds, 1e-9):,.0f} env steps/s)"]
+    if "train/episodic_return" in metrics:
+        lines.append(f"  training return  {metrics['train/episodic_return']:.2f} (mean of the episodes that ended in "
+                     "the last iteration with any)")
+    if "val/episodic_return_mean" in metrics:
+        lines.append(f"  greedy eval      {metrics['val/episodic_return_mean']:.2f} +- "
+                     f"{metrics['val/episodic_return_std']:.2f} over {int(metrics['val/episodes'])} episodes")
+    else:
+        lines.append("  greedy eval      not run")
+    if config:
+        lines.append(f"  logs             {show(os.path.dirname(config))}")
+        lines.append(f"  config           {show(config)}")
+    if checkpoints:
+        lines.append(f"  checkpoints      {show(checkpoints)}" + (f" (last: {os.path.basename(last)})" if last else ""))
+    return "\n".join(lines)
 
 
 def _log_root(cfg: Any) -> Optional[str]:
