@@ -1,10 +1,10 @@
-"""Errors that the command line turns into one clear message instead of a traceback."""
+"""Defines the errors that the command line turns into one clear message instead of a traceback."""
 
 from typing import Optional
 
 
 class ConfigError(ValueError):
-    """A setting, file or checkpoint that cannot work. The message names the key and the fix."""
+    """Reports a setting, file or checkpoint that cannot work. The message names the key and the fix."""
 
     last: Optional["ConfigError"] = None
 
@@ -28,7 +28,8 @@ class PeerLostError(RuntimeError):
 
 
 def user_error(err: BaseException) -> Optional[Exception]:
-    """The ConfigError, NonFiniteLossError, PeerLostError or CollectorError behind ``err``, if there is one."""
+    """Returns the ConfigError, NonFiniteLossError, PeerLostError or CollectorError behind ``err``, if there is one."""
+
     seen = err
     while seen is not None:
         if isinstance(seen, (ConfigError, NonFiniteLossError, PeerLostError, CollectorError)):

@@ -1,5 +1,5 @@
-"""The algorithms' math, as pure tensor functions: advantages and value targets (GAE), PPO's and PPG's losses,
-and gradient surgery for losses that share a trunk. Losses return ``(loss, stats)``; stats are detached
+"""Implements the algorithms' math as pure tensor functions: advantages and value targets (GAE), PPO's and PPG's
+losses, and gradient surgery for losses that share a trunk. Losses return ``(loss, stats)``; stats are detached
 diagnostics."""
 
 from typing import Any, Optional, Sequence
@@ -17,7 +17,7 @@ def gae(
     gamma: float,
     lam: float,
 ) -> tuple[Tensor, Tensor]:
-    """Generalized advantage estimation (Schulman et al. 2016, eq. 16).
+    """Computes advantages by generalized advantage estimation (Schulman et al. 2016, eq. 16).
 
     All inputs are ``[T, N]``. ``next_values[t]`` is the value of the true next observation of step ``t``:
     on a step that ended an episode it is the value of that episode's final observation, not of the
@@ -45,7 +45,7 @@ def gae(
 def policy_loss(
     logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, clip_coef: float
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Clipped surrogate objective (Schulman et al. 2017, eq. 7), as a loss to minimize.
+    """Computes the clipped surrogate objective (Schulman et al. 2017, eq. 7) as a loss to minimize.
 
     ``advantages`` are used as given: normalize them before the call if you want them normalized.
     """
@@ -64,9 +64,9 @@ def policy_loss(
 def value_loss(
     values: Tensor, old_values: Tensor, returns: Tensor, clip_coef: Optional[float]
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Squared error of the value prediction, ``0.5 * (V - R)^2``.
+    """Computes the squared error of the value prediction, ``0.5 * (V - R)^2``.
 
-    With ``clip_coef`` set, the PPO2 clipped form: the larger of the plain error and the error of the
+    With ``clip_coef`` set, it takes the PPO2 clipped form: the larger of the plain error and the error of the
     prediction clipped to ``old_values +- clip_coef``.
     """
     error = (values - returns).pow(2)
@@ -78,8 +78,8 @@ def value_loss(
 
 
 def normalize_advantages(advantages: Tensor, over: Tensor) -> Tensor:
-    """``advantages`` standardized with the mean and std of ``over`` (the whole minibatch's advantages, when
-    ``advantages`` is one rank's share of it); as given where ``over`` has fewer than two samples."""
+    """Standardizes ``advantages`` with the mean and std of ``over`` (the whole minibatch's advantages, when
+    ``advantages`` is one rank's share of it); returns them as given where ``over`` has fewer than two samples."""
     if over.numel() < 2:
         return advantages
     return (advantages - over.mean()) / (over.std() + 1e-8)
@@ -89,10 +89,10 @@ def actor_objective(dist: Any, actions: Tensor, old_logprobs: Tensor, advantages
                     values: Optional[Tensor] = None, old_values: Optional[Tensor] = None,
                     returns: Optional[Tensor] = None, value_clip: Optional[float] = None
                     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """The actor's terms, by name, for the caller to weight: ``policy`` (the clipped-surrogate loss),
+    """Returns the actor's terms, by name, for the caller to weight: ``policy`` (the clipped-surrogate loss),
     ``entropy`` (the policy's mean entropy, a bonus) and, where the actor's trunk also feeds a value head
-    (``values`` given), ``value`` (:func:`value_loss` of it). Also the stats: each term, detached, with the
-    approx KL and clip fraction."""
+    (``values`` given), ``value`` (:func:`value_loss` of it). Also returns the stats: each term, detached, with
+    the approx KL and clip fraction."""
     loss_policy, stats = policy_loss(dist.log_prob(actions), old_logprobs, advantages, clip_coef)
     entropy = dist.entropy().mean()
     terms = {"policy": loss_policy, "entropy": entropy}
@@ -103,18 +103,20 @@ def actor_objective(dist: Any, actions: Tensor, old_logprobs: Tensor, advantages
 
 
 def aux_value_loss(aux_values: Tensor, returns: Tensor) -> Tensor:
-    """PPG's auxiliary value loss (and its phase's value loss): ``0.5 * MSE``, unclipped, as the reference's
-    ``vf_aux`` and ``vf_true``."""
+    """Computes PPG's auxiliary value loss (and its phase's value loss): ``0.5 * MSE``, unclipped, as the
+    reference's ``vf_aux`` and ``vf_true``."""
     return 0.5 * (aux_values - returns).pow(2).mean()
 
 
 def clone_kl(pi_old: Any, pi: Any) -> Tensor:
-    """PPG's behaviour-cloning term ``KL(pi_old || pi)``, averaged over the samples."""
+    """Computes PPG's behaviour-cloning term ``KL(pi_old || pi)``, averaged over the samples."""
     return pi_old.kl(pi).mean()
 
 
 def pcgrad(grads: Sequence[Tensor], eps: float = 1e-12) -> tuple[Tensor, dict[str, Tensor]]:
-    """Projecting Conflicting Gradients (Yu et al. 2020, "Gradient Surgery for Multi-Task Learning", Alg. 1).
+    """Combines gradients by Projecting Conflicting Gradients (Yu et al. 2020, "Gradient Surgery for Multi-Task
+    Learning", Alg. 1).
+
 
     ``grads`` are the flat gradients of each loss over the same parameters. Where two of them conflict
     (negative dot product), each is projected onto the normal plane of the other,

@@ -1,10 +1,11 @@
-"""PPG's rollout store: what the auxiliary phase needs from the last ``N_pi`` rollouts, and no more.
+"""Implements PPG's rollout store, which keeps what the auxiliary phase needs from the last ``N_pi`` rollouts, and
+no more.
 
 Per rollout it keeps the fields :class:`~lit_rl.data.rollout.Rollout` (or a subclass) declares ``stored``, and the
-auxiliary phase's sequences carry every stored time-major one: the observations,
-rewards, termination/truncation flags, the valid mask, the episode-start flags, the observation after the
-last step and (recurrent policies) the state at the rollout's start: enough to recompute value targets with the current critic and the policy's distribution
-at the phase start. Actions, log-probs, advantages and the old values are not kept.
+auxiliary phase's sequences carry every stored time-major one: the observations, rewards, termination/truncation
+flags, the valid mask, the episode-start flags, the observation after the last step and (recurrent policies) the
+state at the rollout's start: enough to recompute value targets with the current critic and the policy's
+distribution at the phase start. Actions, log-probs, advantages and the old values are not kept.
 
 Memory (bytes), with ``B = num_envs * num_steps`` samples per rollout and ``o`` bytes per observation:
 
@@ -36,25 +37,26 @@ from torch import Tensor
 from lit_rl.data.rollout import TIME, Rollout
 from lit_rl.envs.wrappers import PackedDict
 
-# Observations per forward pass without gradients over a whole rollout or store: PPG's auxiliary phase recomputing
-# values and pi_old, PPO revaluing a stale rollout (overlapped collection).
+# Observations per forward pass without gradients over a whole rollout or store (PPG's auxiliary phase recomputing
+# values and pi_old, PPO revaluing a stale rollout in overlapped collection), so that such a pass holds one chunk's
+# activations, not the whole batch's.
 FORWARD_CHUNK = 16384
 
 
 def chunk_rows(samples_per_row: int = 1) -> int:
-    """Rows per forward chunk: as many rows of ``samples_per_row`` samples each (a recurrent pass: one step of
-    every env) as :data:`FORWARD_CHUNK` holds, and at least one."""
+    """Returns the rows per forward chunk: as many rows of ``samples_per_row`` samples each (a recurrent pass: one
+    step of every env) as :data:`FORWARD_CHUNK` holds, and at least one."""
     return max(1, FORWARD_CHUNK // samples_per_row)
 
 
 def in_chunks(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    """``fn`` over ``x``'s rows, at most :data:`FORWARD_CHUNK` at a time, the results concatenated: a forward pass
-    without gradients whose activations are one chunk's, not the whole batch's."""
+    """Applies ``fn`` to ``x``'s rows, at most :data:`FORWARD_CHUNK` at a time, and concatenates the results: a
+    forward pass without gradients whose activations are one chunk's, not the whole batch's."""
     return torch.cat([fn(part) for part in x.split(chunk_rows())])
 
 
 class RolloutStore:
-    """The rollouts of the current policy phase, in the order they were collected."""
+    """Holds the rollouts of the current policy phase, in the order they were collected."""
 
     def __init__(self) -> None:
         self.rollouts: list[dict[str, Tensor]] = []
@@ -68,7 +70,7 @@ class RolloutStore:
         self.layout = type(rollout).layout()
 
     def time_fields(self) -> tuple[str, ...]:
-        """The stored time-major fields (``[T, N, ...]``): what the auxiliary phase's sequences carry."""
+        """Names the stored time-major fields (``[T, N, ...]``), which the auxiliary phase's sequences carry."""
         names = self.rollouts[0] if self.rollouts else ()
         return tuple(name for name in names if self.layout.get(name) == TIME)
 
@@ -87,7 +89,7 @@ class RolloutStore:
 
     @staticmethod
     def store_bytes(n_pi: int, num_envs: int, num_steps: int, observation_space: gym.Space, state_size: int = 0) -> int:
-        """Bytes of ``n_pi`` stored rollouts (see the module docstring)."""
+        """Computes the bytes of ``n_pi`` stored rollouts (see the module docstring)."""
         obs = _obs_bytes(observation_space)
         return n_pi * (num_envs * num_steps * (obs + 4 + 4) + num_envs * (obs + 1 + 4 * state_size))
 
@@ -95,8 +97,8 @@ class RolloutStore:
     def estimate_bytes(cls, n_pi: int, num_envs: int, num_steps: int, observation_space: gym.Space,
                        dist_params: int, aux_minibatches: int, state_size: int = 0,
                        activations: tuple[int, int] = (0, 0)) -> int:
-        """Peak bytes of the store and its auxiliary phase (see the module docstring); ``activations`` is
-        ``(a, m)``: the encoders' activation elements per sample, in all and in the largest layer."""
+        """Estimates the peak bytes of the store and its auxiliary phase (see the module docstring); ``activations``
+        is ``(a, m)``: the encoders' activation elements per sample, in all and in the largest layer."""
         samples = n_pi * num_envs * num_steps
         elements = _obs_elements(observation_space)
         a, m = activations
@@ -107,7 +109,7 @@ class RolloutStore:
 
 
 def _obs_elements(space: gym.Space) -> int:
-    """Elements of one observation as the networks see it (a packed Dict: its keys')."""
+    """Counts the elements of one observation as the networks see it (a packed Dict: its keys')."""
     space = getattr(space, "dict_space", space)
     if isinstance(space, gym.spaces.Dict):
         return sum(_obs_elements(sub) for sub in space.spaces.values())
@@ -115,15 +117,16 @@ def _obs_elements(space: gym.Space) -> int:
 
 
 def _obs_bytes(space: gym.Space) -> int:
-    """Bytes of one stored observation; a Dict is stored packed (:class:`~lit_rl.envs.wrappers.PackedDict`, its keys
-    aligned), so its bytes are the packed vector's."""
+    """Returns the bytes of one stored observation; a Dict is stored packed (:class:`~lit_rl.envs.wrappers.PackedDict`,
+    its keys aligned), so its bytes are the packed vector's."""
     if isinstance(space, gym.spaces.Dict):
         space = PackedDict(space)
     return int(np.prod(space.shape or (1,))) * np.dtype(space.dtype or np.int64).itemsize
 
 
 def available_memory(device: torch.device) -> int:
-    """Free bytes on ``device``: free GPU memory, or the host's available RAM."""
+    """Returns the free bytes on ``device``: free GPU memory, or the host's available RAM."""
+
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)

@@ -1,4 +1,5 @@
-"""Atari games with the usual PPO preprocessing: ``atari:Breakout`` in ``data.env_id`` (extra ``lit-rl[atari]``).
+"""Provides Atari games with the usual PPO preprocessing: ``atari:Breakout`` in ``data.env_id`` (extra
+``lit-rl[atari]``).
 
 Importing this module registers ``lit_rl/atari-<Game>-v0`` for each single-player ROM that ale-py ships, named as
 in ``ALE/<Game>-v5`` (:data:`GAMES`). A step plays ``frame_skip`` emulator frames and max-pools the last two;
@@ -52,7 +53,7 @@ _BY_KEY = {name.lower(): name for name in GAMES}
 
 
 def gym_id(game: str) -> str:
-    """The gymnasium id registered for ``game`` (``Breakout``; ``breakout`` and ``ms_pacman`` work too)."""
+    """Returns the gymnasium id registered for ``game`` (``Breakout``; ``breakout`` and ``ms_pacman`` work too)."""
     name = _BY_KEY.get(game.replace("_", "").lower())
     if name is None:
         close = difflib.get_close_matches(game, GAMES, n=3, cutoff=0.6)
@@ -63,7 +64,7 @@ def gym_id(game: str) -> str:
 
 
 def _options(backend: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``DEFAULTS`` updated with ``kwargs``, or a ConfigError naming an unknown backend or option."""
+    """Returns ``DEFAULTS`` updated with ``kwargs``, or raises a ConfigError naming an unknown backend or option."""
     if backend not in BACKENDS:
         raise ConfigError(f"data.env_kwargs.backend: {backend!r} is not one of {', '.join(BACKENDS)}.")
     unknown = sorted(set(kwargs) - set(DEFAULTS))
@@ -78,7 +79,8 @@ def _max_steps(options: dict[str, Any]) -> int:
 
 
 def make_env(game: str, backend: str = "gymnasium", render_mode: Optional[str] = None, **kwargs: Any) -> gym.Env:
-    """One env of the per-env pipeline (the ``gymnasium`` backend; ``sync`` / ``async`` use it for any backend)."""
+    """Builds one env of the per-env pipeline (the ``gymnasium`` backend; ``sync`` / ``async`` use it for any
+    backend)."""
     o = _options(backend, kwargs)
     env = AtariEnv(game, frameskip=1, repeat_action_probability=o["repeat_action_probability"],
                    full_action_space=o["full_action_space"], render_mode=render_mode)
@@ -88,8 +90,8 @@ def make_env(game: str, backend: str = "gymnasium", render_mode: Optional[str] =
 
 
 def make_vector(num_envs: int, game: str, backend: Optional[str] = None, **kwargs: Any) -> gym.vector.VectorEnv:
-    """``num_envs`` envs of ``game`` on ``backend`` (the vector entry point; default ``ale_vector`` where this
-    ale-py build has it, else ``gymnasium``)."""
+    """Builds ``num_envs`` envs of ``game`` on ``backend`` (the vector entry point; default ``ale_vector`` where
+    this ale-py build has it, else ``gymnasium``)."""
     backend = backend or ("ale_vector" if NATIVE else "gymnasium")
     o = _options(backend, kwargs)
     if backend == "gymnasium":
@@ -109,8 +111,8 @@ def make_vector(num_envs: int, game: str, backend: Optional[str] = None, **kwarg
 
 
 class RepeatFirstFrame(gym.vector.VectorWrapper):
-    """ale-py's vector env as the other backends step: the stack of a new episode repeats its first frame
-    (ale-py pads it with zeros), rewards are float64."""
+    """Makes ale-py's vector env step as the other backends do: the stack of a new episode repeats its first
+    frame (ale-py pads it with zeros), and rewards are float64."""
 
     def __init__(self, env: gym.vector.VectorEnv) -> None:
         super().__init__(env)
@@ -138,7 +140,7 @@ class RepeatFirstFrame(gym.vector.VectorWrapper):
 
 
 class EnvPoolVectorEnv(gym.vector.VectorEnv):
-    """envpool's batched Atari envs with this module's preprocessing, as a gymnasium VectorEnv (next-step
+    """Wraps envpool's batched Atari envs, with this module's preprocessing, as a gymnasium VectorEnv (next-step
     autoreset, as envpool's own). envpool seeds only when it builds its envs, so ``reset(seed=s)`` rebuilds
     them; an unseeded first reset draws ``s`` from ``np_random``. ``infos`` hold ``lives``."""
 
@@ -177,7 +179,7 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
         self.pool: Any = None
 
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict[str, Any]] = None) -> tuple[np.ndarray, dict]:
-        """New episodes in every env; ``seed`` rebuilds the envs with env ``i`` seeded ``seed + i``."""
+        """Starts new episodes in every env; ``seed`` rebuilds the envs with env ``i`` seeded ``seed + i``."""
         super().reset(seed=seed)
         if seed is not None or self.pool is None:
             first = int(seed) if seed is not None else int(self.np_random.integers(2**31 - self.num_envs))
@@ -188,7 +190,8 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
         return obs, {"lives": info["lives"]}
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
-        """One step of every env; one whose episode ended last step starts its next episode instead."""
+        """Steps every env once; one whose episode ended last step starts its next episode instead."""
+
         obs, reward, terminated, truncated, info = self.pool.step(np.asarray(actions, np.int32))
         return obs, reward.astype(np.float64), terminated, truncated, {"lives": info["lives"]}
 

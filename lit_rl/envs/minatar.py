@@ -1,4 +1,5 @@
-"""MinAtar games as one native gymnasium vector env: ``minatar:breakout`` in ``data.env_id`` (extra ``lit-rl[minatar]``).
+"""Provides MinAtar games as one native gymnasium vector env: ``minatar:breakout`` in ``data.env_id`` (extra
+``lit-rl[minatar]``).
 
 MinAtar (Young & Tian 2019) plays five miniature Atari games on a 10x10 grid: ``asterix``, ``breakout``,
 ``freeway``, ``seaquest`` and ``space_invaders``. Importing this module registers ``lit_rl/minatar-<game>-v0`` for
@@ -31,7 +32,7 @@ DEFAULTS: dict[str, Any] = {"sticky_action_prob": 0.1, "difficulty_ramping": Tru
 
 
 def gym_id(game: str) -> str:
-    """The gymnasium id registered for ``game`` (``space_invaders``; ``SpaceInvaders`` works too)."""
+    """Returns the gymnasium id registered for ``game`` (``space_invaders``; ``SpaceInvaders`` works too)."""
     by_key = {g.replace("_", ""): g for g in GAMES}
     name = by_key.get(game.replace("_", "").replace("-", "").lower())
     if name is None:
@@ -40,7 +41,7 @@ def gym_id(game: str) -> str:
 
 
 class MinAtarVectorEnv(gym.vector.VectorEnv):
-    """``num_envs`` games of one MinAtar game, stepped one after another in this process.
+    """Runs ``num_envs`` games of one MinAtar game, stepped one after another in this process.
 
     gymnasium's next-step autoreset: the step after an env's episode ends resets that env (its action is not
     played, its reward is 0 and neither flag is set). ``reset(seed=s)`` seeds env ``i`` with ``s + i`` (the game
@@ -101,7 +102,8 @@ class MinAtarVectorEnv(gym.vector.VectorEnv):
         return self._obs.copy(), {}
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
-        """One step of every env; an env whose episode ended on the previous step resets instead."""
+        """Steps every env once; an env whose episode ended on the previous step resets instead."""
+
         actions = np.asarray(actions)
         n = len(self.actions)
         if (actions.shape != (self.num_envs,) or not np.issubdtype(actions.dtype, np.integer)

@@ -1,4 +1,5 @@
-"""Procgen games as native gymnasium vector envs: ``procgen:starpilot`` in ``data.env_id`` (extra ``lit-rl[procgen]``).
+"""Provides Procgen games as native gymnasium vector envs: ``procgen:starpilot`` in ``data.env_id`` (extra
+``lit-rl[procgen]``).
 
 Importing this module registers ``lit_rl/procgen-<game>-v0`` for each of the 16 games, with a vector entry point
 only: procgen steps its envs as one batch in C++ (:class:`ProcgenVectorEnv`), so ``vectorization_mode`` must be
@@ -26,14 +27,14 @@ MODES = ("easy", "hard", "extreme", "memory", "exploration")
 
 
 def gym_id(game: str) -> str:
-    """The gymnasium id registered for ``game``, or a ConfigError listing the games."""
+    """Returns the gymnasium id registered for ``game``, or raises a ConfigError listing the games."""
     if game not in GAMES:
         raise ConfigError(f"data.env_id: 'procgen:{game}' names no Procgen game; the games are {', '.join(GAMES)}.")
     return f"lit_rl/procgen-{game}-v0"
 
 
 class ProcgenVectorEnv(gym.vector.VectorEnv):
-    """``num_envs`` envs of one Procgen game, stepped as one ``procgen.ProcgenGym3Env`` batch.
+    """Runs ``num_envs`` envs of one Procgen game, stepped as one ``procgen.ProcgenGym3Env`` batch.
 
     Procgen resets an env in the step its episode ends and never shows the episode's last frame, so the env
     uses same-step autoreset: for such an env ``step`` returns the last step's reward, ``terminated=True`` and
@@ -96,7 +97,8 @@ class ProcgenVectorEnv(gym.vector.VectorEnv):
         return obs["rgb"], {}
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
-        """One step of every env; an env whose episode ended returns its next episode's first observation."""
+        """Steps every env once; an env whose episode ended returns its next episode's first observation."""
+
         actions = np.asarray(actions)
         if (actions.shape != (self.num_envs,) or not np.issubdtype(actions.dtype, np.integer)
                 or actions.min() < 0 or actions.max() >= 15):

@@ -1,5 +1,7 @@
-"""Plain nn.Modules: action distributions and the policy head (:mod:`.distributions`), observation encoders
-(:mod:`.encoders`), recurrent state (:mod:`.recurrence`), and the trunks and :class:`ActorCritic` that put them together (:mod:`.networks`)."""
+"""Gathers the networks, all plain nn.Modules: action distributions and the policy head (:mod:`.distributions`),
+observation encoders (:mod:`.encoders`), recurrent state (:mod:`.recurrence`), and the trunks and
+:class:`ActorCritic` that put them together (:mod:`.networks`)."""
+
 
 from lit_rl.nets.distributions import (
     ActionDist,

@@ -1,5 +1,6 @@
-"""Action distributions: :class:`ActionDist` and its Categorical, MultiCategorical and diagonal Gaussian
-kinds, the :class:`PolicyHead` that maps features to one, and :func:`noise_dim` for noise-driven sampling."""
+"""Defines the action distributions: :class:`ActionDist` and its Categorical, MultiCategorical and diagonal
+Gaussian kinds, the :class:`PolicyHead` that maps features to one, and :func:`noise_dim` for noise-driven
+sampling."""
 
 from typing import Sequence
 
@@ -14,15 +15,16 @@ from lit_rl.nets.layers import layer
 
 
 class ActionDist:
-    """The policy's distribution over a batch of actions, with the four things PPO needs."""
+    """Holds the policy's distribution over a batch of actions and gives the four things PPO needs: a sample,
+    log-probs, the entropy and the mode."""
 
     def sample(self) -> Tensor:
         raise NotImplementedError
 
     def sample_from(self, noise: Tensor) -> Tensor:
-        """A sample drawn with the given uniform noise in [0, 1) (``[B, noise_dim(space)]``, see
-        :func:`noise_dim`): the same noise gives the same actions, whichever process or batch layout draws
-        them."""
+        """Draws a sample with the given uniform noise in [0, 1) (``[B, noise_dim(space)]``, see
+        :func:`noise_dim`), so that the same noise gives the same actions, whichever process or batch layout
+        draws them."""
         raise NotImplementedError
 
     def log_prob(self, actions: Tensor) -> Tensor:
@@ -35,11 +37,12 @@ class ActionDist:
         raise NotImplementedError
 
     def params(self) -> Tensor:
-        """The distribution's parameters as one ``[B, P]`` tensor; ``PolicyHead.from_params`` rebuilds it."""
+        """Returns the distribution's parameters as one ``[B, P]`` tensor; ``PolicyHead.from_params`` rebuilds
+        the distribution from it."""
         raise NotImplementedError
 
     def kl(self, other: "ActionDist") -> Tensor:
-        """``KL(self || other)`` per sample, exact (``[B]``)."""
+        """Computes ``KL(self || other)`` exactly, per sample (``[B]``)."""
         raise NotImplementedError
 
 
@@ -71,7 +74,8 @@ class CategoricalDist(ActionDist):
 
 
 class MultiCategoricalDist(ActionDist):
-    """Independent categoricals, one per MultiDiscrete component; log-probs and entropies add up."""
+    """Samples each MultiDiscrete component from its own independent categorical; their log-probs and
+    entropies add up."""
 
     def __init__(self, logits: Tensor, nvec: Sequence[int]) -> None:
         self.dists = [Categorical(logits=part, validate_args=False) for part in logits.split(list(nvec), -1)]
@@ -100,8 +104,8 @@ class MultiCategoricalDist(ActionDist):
 
 
 class DiagGaussianDist(ActionDist):
-    """Diagonal Gaussian over unbounded actions. Clipping to the env's bounds happens in the env wrapper,
-    so log-probs are of the sampled (unclipped) action."""
+    """Models unbounded actions with a diagonal Gaussian. Clipping to the env's bounds happens in the env
+    wrapper, so log-probs are of the sampled (unclipped) action."""
 
     def __init__(self, mean: Tensor, log_std: Tensor) -> None:
         self.dist = Normal(mean, log_std.exp().expand_as(mean), validate_args=False)
@@ -163,7 +167,8 @@ class PolicyHead(nn.Module):
         return self.from_params(out)
 
     def from_params(self, params: Tensor) -> ActionDist:
-        """The distribution whose ``params()`` are ``params`` (e.g. a frozen copy of an earlier policy)."""
+        """Rebuilds the distribution whose ``params()`` are ``params`` (e.g. a frozen copy of an earlier
+        policy)."""
         if self.continuous:
             mean, log_std = params.chunk(2, -1)
             return DiagGaussianDist(mean, log_std)
@@ -173,7 +178,7 @@ class PolicyHead(nn.Module):
 
 
 def noise_dim(space: gym.Space) -> int:
-    """Uniform numbers :meth:`ActionDist.sample_from` needs per action in ``space``."""
+    """Returns how many uniform numbers :meth:`ActionDist.sample_from` needs per action in ``space``."""
     if isinstance(space, gym.spaces.MultiDiscrete):
         return len(space.nvec)
     if isinstance(space, gym.spaces.Box):
@@ -182,6 +187,7 @@ def noise_dim(space: gym.Space) -> int:
 
 
 def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
-    """The category whose cumulative probability first reaches ``u``."""
+    """Returns the category whose cumulative probability first reaches ``u``."""
+
     cdf = probs.cumsum(-1)
     return (cdf < u.unsqueeze(-1)).sum(-1).clamp(max=probs.shape[-1] - 1)

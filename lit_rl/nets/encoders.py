@@ -44,18 +44,20 @@ Obs = Union[Tensor, dict[str, Tensor]]  # a batch of observations: a tensor, or 
 
 
 def map_obs(obs: Obs, fn: Callable[[Tensor], Tensor]) -> Obs:
-    """``fn`` applied to a batch of observations, or to each key's of a Dict observation."""
+    """Applies ``fn`` to a batch of observations, or to each key's batch of a Dict observation."""
     return {key: fn(value) for key, value in obs.items()} if isinstance(obs, dict) else fn(obs)
 
 
 def is_image(space: gym.Space) -> bool:
-    """Whether ``auto`` picks a CNN for ``space``: a ``uint8`` Box of rank 2 (gray) or 3."""
+    """Returns whether ``auto`` picks a CNN for ``space``, that is whether it is a ``uint8`` Box of rank 2 (gray)
+    or 3."""
     return isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) in (2, 3)
 
 
 def image_layout(space: gym.spaces.Box, key: str, layout: str = "auto") -> tuple[tuple[int, int, int], bool]:
-    """``((C, H, W), channels_last)`` of an image space, by ``layout`` (``model.image_layout``); a ConfigError
-    naming ``key`` when it is not an image, or naming ``model.image_layout`` when ``auto`` cannot tell.
+    """Returns ``((C, H, W), channels_last)`` of an image space, read by ``layout`` (``model.image_layout``);
+    raises a ConfigError naming ``key`` when it is not an image, or naming ``model.image_layout`` when ``auto``
+    cannot tell.
 
     ``auto`` reads a rank-3 shape ``(a, b, c)`` only where it leaves no doubt: two equal sides are the frame and
     the third the channels (``64x64x3``, ``7x7x12``: channels last; ``4x84x84``, ``20x11x11``: first); with three
@@ -88,8 +90,8 @@ def image_layout(space: gym.spaces.Box, key: str, layout: str = "auto") -> tuple
 
 
 def frame_scale(space: gym.spaces.Box) -> "float | np.ndarray":
-    """What a ``uint8`` image is multiplied by to lie in ``[0, 1]``: ``1 / high``, one number when every pixel's
-    upper bound is the same (255, or MinAtar's 1), else per element (an upper bound of 0 leaves its element
+    """Returns what a ``uint8`` image is multiplied by to lie in ``[0, 1]``: ``1 / high``, one number when every
+    pixel's upper bound is the same (255, or MinAtar's 1), else per element (an upper bound of 0 leaves its element
     as it is); float images are taken as already scaled (1)."""
     if space.dtype != np.uint8:
         return 1.0
@@ -100,8 +102,8 @@ def frame_scale(space: gym.spaces.Box) -> "float | np.ndarray":
 
 
 class FlatEncoder(nn.Module):
-    """A Box flattened to floats (frames, ``uint8`` images of bounds 0 to 255, scaled to ``[0, 1]`` as the CNNs scale
-    them; other ``uint8`` Boxes, such as counts or RAM, as they are), a Discrete one-hot."""
+    """Flattens a Box to floats (frames, ``uint8`` images of bounds 0 to 255, scaled to ``[0, 1]`` as the CNNs
+    scale them; other ``uint8`` Boxes, such as counts or RAM, as they are) and one-hot encodes a Discrete."""
 
     def __init__(self, space: gym.Space, key: str = "data.env_id") -> None:
         super().__init__()
@@ -129,8 +131,8 @@ class FlatEncoder(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """A CNN over image observations: puts channels first, scales ``uint8`` to ``[0, 1]``, runs :attr:`body`
-    and flattens. Subclasses build ``body`` from the channel count."""
+    """Encodes image observations with a CNN: puts channels first, scales ``uint8`` to ``[0, 1]``, runs
+    :attr:`body` and flattens. Subclasses build ``body`` from the channel count."""
 
     def __init__(self, space: gym.spaces.Box, key: str, layout: str = "auto") -> None:
         super().__init__()
@@ -166,9 +168,9 @@ class ImageEncoder(nn.Module):
 
 
 class MinAtarCNN(ImageEncoder):
-    """Young & Tian (2019), MinAtar's network: one 3x3 convolution of stride 1, no padding, 16 channels, and a ReLU
-    (a 10x10 frame gives 8x8x16 = 1024 features; the paper's 128-unit layer is ``model.hidden_sizes: [128]``).
-    Orthogonal init, gain sqrt(2), as the other CNNs of CleanRL's PPO."""
+    """Implements MinAtar's network (Young & Tian 2019): one 3x3 convolution of stride 1, no padding, 16 channels,
+    and a ReLU (a 10x10 frame gives 8x8x16 = 1024 features; the paper's 128-unit layer is
+    ``model.hidden_sizes: [128]``). Orthogonal init, gain sqrt(2), as the other CNNs of CleanRL's PPO."""
 
     def make_body(self, channels: int) -> nn.Module:
         conv = nn.Conv2d(channels, 16, 3, stride=1)
@@ -178,8 +180,8 @@ class MinAtarCNN(ImageEncoder):
 
 
 class NatureCNN(ImageEncoder):
-    """Mnih et al. (2015): 32 8x8/4, 64 4x4/2, 64 3x3/1, ReLU after each; orthogonal init, gain sqrt(2), as
-    CleanRL's ``ppo_atari.py``."""
+    """Implements the Nature DQN convolutions (Mnih et al. 2015): 32 8x8/4, 64 4x4/2, 64 3x3/1, ReLU after each;
+    orthogonal init, gain sqrt(2), as CleanRL's ``ppo_atari.py``."""
 
     def make_body(self, channels: int) -> nn.Module:
         convs = [nn.Conv2d(channels, 32, 8, stride=4), nn.Conv2d(32, 64, 4, stride=2), nn.Conv2d(64, 64, 3, stride=1)]
@@ -190,7 +192,7 @@ class NatureCNN(ImageEncoder):
 
 
 class ResidualBlock(nn.Module):
-    """``x + conv(relu(conv(relu(x))))``, 3x3 convolutions keeping the channel count."""
+    """Computes ``x + conv(relu(conv(relu(x))))`` with 3x3 convolutions that keep the channel count."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -202,9 +204,9 @@ class ResidualBlock(nn.Module):
 
 
 class ImpalaCNN(ImageEncoder):
-    """Espeholt et al. (2018), as the PPG paper uses it: per stack (16, 32, 32 channels) a 3x3 convolution, a 3x3
-    max-pool of stride 2 and two residual blocks; a ReLU on the flattened output. PyTorch's default init, as
-    CleanRL's ``ppg_procgen.py``."""
+    """Implements the IMPALA CNN (Espeholt et al. 2018) as the PPG paper uses it: per stack (16, 32, 32 channels)
+    a 3x3 convolution, a 3x3 max-pool of stride 2 and two residual blocks; a ReLU on the flattened output.
+    PyTorch's default init, as CleanRL's ``ppg_procgen.py``."""
 
     channels_per_stack = (16, 32, 32)
 
@@ -221,9 +223,9 @@ IMAGE_ENCODERS: dict[str, type[ImageEncoder]] = {"minatar": MinAtarCNN, "nature"
 
 
 class DictEncoder(nn.Module):
-    """One encoder per key of a Dict observation (see :func:`make_encoder`), features concatenated in the keys'
-    order. Takes a dict of batched tensors, or the packed bytes of :class:`lit_rl.envs.wrappers.PackedDict` (what the
-    rollouts carry), which it unpacks on its device."""
+    """Encodes each key of a Dict observation with its own encoder (see :func:`make_encoder`) and concatenates
+    the features in the keys' order. Takes a dict of batched tensors, or the packed bytes of
+    :class:`lit_rl.envs.wrappers.PackedDict` (what the rollouts carry), which it unpacks on its device."""
 
     def __init__(self, space: "gym.spaces.Dict | PackedDict", encoder: str, key: str, layout: str = "auto") -> None:
         super().__init__()
@@ -242,14 +244,15 @@ class DictEncoder(nn.Module):
 
 
 def make_encoder(space: gym.Space, encoder: str = "auto", key: str = "data.env_id", layout: str = "auto") -> nn.Module:
-    """The encoder of ``space`` (its ``out_dim`` is its feature width), reading images by ``layout``
+    """Builds the encoder of ``space`` (its ``out_dim`` is its feature width), reading images by ``layout``
     (``model.image_layout``, :func:`image_layout`).
 
     ``auto`` gives images (:func:`is_image`: ``uint8``) a CNN by their size (:func:`auto_cnn`) and everything else
-    :class:`FlatEncoder`; ``minatar``/``nature``/``impala`` name the CNN for every Box of rank 2 or 3 (a ``float`` one is taken as already scaled);
-    ``flat`` flattens everything. A Dict (or its :class:`~lit_rl.envs.wrappers.PackedDict`, as the datamodule gives it)
-    gets one encoder per key by the same rule, the keys that are not images flat; outside a Dict a CNN asked for
-    a space that is not an image is refused.
+    :class:`FlatEncoder`; ``minatar``/``nature``/``impala`` name the CNN for every Box of rank 2 or 3 (a ``float``
+    one is taken as already scaled); ``flat`` flattens everything. A Dict (or its
+    :class:`~lit_rl.envs.wrappers.PackedDict`, as the datamodule gives it) gets one encoder per key by the same rule,
+    the keys that are not images flat; outside a Dict a CNN asked for a space that is not an image is refused.
+
     """
     if encoder not in ENCODERS:
         raise ConfigError(f"model.encoder: {encoder!r} is not one of {list(ENCODERS)}.")
@@ -266,8 +269,8 @@ def make_encoder(space: gym.Space, encoder: str = "auto", key: str = "data.env_i
 
 
 def auto_cnn(space: gym.spaces.Box, key: str, layout: str = "auto") -> str:
-    """The CNN ``auto`` gives an image: ``minatar`` for frames under :data:`SMALL_FRAME` pixels on their shorter
-    side, ``impala`` otherwise."""
+    """Names the CNN ``auto`` gives an image: ``minatar`` for frames under :data:`SMALL_FRAME` pixels on their
+    shorter side, ``impala`` otherwise."""
     _, height, width = image_layout(space, key, layout)[0]
     return "minatar" if min(height, width) < SMALL_FRAME else "impala"
 
@@ -288,8 +291,8 @@ def _leaf_encoder(space: gym.Space, encoder: str, key: str, strict: bool, layout
 
 
 def activation_elements(encoder: nn.Module, space: gym.Space) -> tuple[int, int]:
-    """``(sum, largest)`` of the elements one observation's activations take in ``encoder``'s layers: what a
-    training pass keeps for the backward pass, and the most an inference pass holds at once (besides its input)."""
+    """Returns ``(sum, largest)`` of the elements one observation's activations take in ``encoder``'s layers: what
+    a training pass keeps for the backward pass, and the most an inference pass holds at once (besides its input)."""
     sizes: list[int] = []
     hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out[0].numel()))
              for m in encoder.modules() if isinstance(m, ResidualBlock) or not list(m.children())]
@@ -303,7 +306,8 @@ def activation_elements(encoder: nn.Module, space: gym.Space) -> tuple[int, int]
 
 
 def batch_of_one(space: gym.Space) -> Obs:
-    """A batch of one zero observation of ``space``, as the collector hands them to the networks."""
+    """Builds a batch of one zero observation of ``space``, in the form the collector hands observations to the
+    networks."""
     if isinstance(space, gym.spaces.Dict):
         return {name: batch_of_one(sub) for name, sub in space.spaces.items()}  # type: ignore[misc]
     dtype = torch.from_numpy(np.zeros(0, dtype=space.dtype or np.int64)).dtype
@@ -311,7 +315,8 @@ def batch_of_one(space: gym.Space) -> Obs:
 
 
 def check_encoder(space: gym.Space, encoder: str, key: str = "data.env_id", layout: str = "auto") -> nn.Module:
-    """A ConfigError naming the key when ``encoder`` cannot encode ``space``; the encoder otherwise (built under a
-    forked RNG, so checking draws nothing from the global one)."""
+    """Raises a ConfigError naming the key when ``encoder`` cannot encode ``space``, and returns the encoder
+    otherwise (built under a forked RNG, so checking draws nothing from the global one)."""
+
     with torch.random.fork_rng(devices=[]):
         return make_encoder(space, encoder, key, layout)

@@ -1,4 +1,4 @@
-"""The networks: MLP trunks, the observation encoder and :class:`ActorCritic`, an actor that returns an
+"""Defines the networks: MLP trunks, the observation encoder and :class:`ActorCritic`, an actor that returns an
 action distribution and a critic that returns a value, plus :func:`check_spaces`.
 
 Three architectures:
@@ -45,7 +45,7 @@ ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
 
 
 def mlp(in_dim: int, hidden_sizes: Sequence[int], activation: str) -> nn.Sequential:
-    """Hidden layers only; the output width is ``hidden_sizes[-1]``."""
+    """Builds the hidden layers only, with no output layer; the output width is ``hidden_sizes[-1]``."""
     layers: list[nn.Module] = []
     for size in hidden_sizes:
         layers += [layer(in_dim, size), ACTIVATIONS[activation]()]
@@ -54,7 +54,7 @@ def mlp(in_dim: int, hidden_sizes: Sequence[int], activation: str) -> nn.Sequent
 
 
 class ActorCritic(nn.Module):
-    """A policy and a value function over one observation space, in one of :data:`ARCHS`.
+    """Holds a policy and a value function over one observation space, in one of :data:`ARCHS`.
 
     ``aux_head`` adds PPG's auxiliary value head on the policy trunk (an actor parameter).
     """
@@ -62,8 +62,8 @@ class ActorCritic(nn.Module):
     @staticmethod
     def check_config(arch: str, hidden_sizes: Sequence[int], activation: str, recurrent: Optional[str],
                      recurrent_size: int, encoder: str = "auto", image_layout: str = "auto") -> None:
-        """A ConfigError naming the key, unless these settings make a network; the algorithms call it when they
-        are configured, so a bad setting fails before any environment starts."""
+        """Raises a ConfigError naming the key unless these settings make a network; the algorithms call it when
+        they are configured, so a bad setting fails before any environment starts."""
         if encoder not in ENCODERS:
             raise ConfigError(f"model.encoder: {encoder!r} is not one of {list(ENCODERS)}.")
         if image_layout not in IMAGE_LAYOUTS:
@@ -116,25 +116,25 @@ class ActorCritic(nn.Module):
         return self.policy_memory is not None
 
     def initial_state(self, batch: int, device: Optional[torch.device] = None) -> Tensor:
-        """The state before any step: zeros, ``[batch, state_size]``."""
+        """Returns the state before any step: zeros, ``[batch, state_size]``."""
         return torch.zeros(batch, self.state_size, device=device)
 
     @property
     def shares_trunk(self) -> bool:
-        """Whether the value loss reaches the policy trunk (only in ``shared``)."""
+        """Tells whether the value loss reaches the policy trunk (only in ``shared``)."""
         return self.arch == "shared"
 
     def actor_parameters(self) -> list[nn.Parameter]:
-        """What the actor optimizer owns: policy encoder, summarizer, trunk and head, aux value head (in ``shared``
-        and ``detach``, the one encoder, summarizer and trunk too)."""
+        """Returns what the actor optimizer owns: policy encoder, summarizer, trunk and head, aux value head (in
+        ``shared`` and ``detach``, the one encoder, summarizer and trunk too)."""
         memory = list(self.policy_memory.parameters()) if self.policy_memory is not None else []
         aux = list(self.aux_value_head.parameters()) if self.aux_value_head is not None else []
         return [*self.policy_encoder.parameters(), *memory, *self.policy_trunk.parameters(),
                 *self.policy_head.parameters(), *aux]
 
     def critic_parameters(self) -> list[nn.Parameter]:
-        """What the critic optimizer owns: value encoder, summarizer, trunk and head (in ``shared``/``detach``,
-        the value head alone)."""
+        """Returns what the critic optimizer owns: value encoder, summarizer, trunk and head (in
+        ``shared``/``detach``, the value head alone)."""
         encoder = list(self.value_encoder.parameters()) if self.value_encoder is not None else []
         memory = list(self.value_memory.parameters()) if self.value_memory is not None else []
         trunk = list(self.value_trunk.parameters()) if self.value_trunk is not None else []
@@ -142,7 +142,7 @@ class ActorCritic(nn.Module):
 
     # ------------------------------------------------------------------ passes
     def _samples(self, obs: Obs, history: Optional[History]) -> Obs:
-        """The observations as one batch of samples (a history's ``[L, B, ...]`` flattened)."""
+        """Returns the observations as one batch of samples (a history's ``[L, B, ...]`` flattened)."""
         if self.recurrent and history is None:
             raise RuntimeError("a recurrent ActorCritic needs a History with every pass")
         return obs if history is None else map_obs(obs, lambda x: x.flatten(0, 1))
@@ -158,7 +158,7 @@ class ActorCritic(nn.Module):
 
     def _features(self, obs: Obs, history: Optional[History], policy: bool, value: bool
                   ) -> tuple[Optional[Tensor], Optional[Tensor]]:
-        """Policy and value features (each only when asked for), for the valid samples; the final state
+        """Computes policy and value features (each only when asked for) for the valid samples; the final state
         goes to ``history.final_state`` when both summarizers ran."""
         obs = self._samples(obs, history)
         states: list[Tensor] = []
@@ -201,8 +201,8 @@ class ActorCritic(nn.Module):
     @torch.inference_mode()
     def act(self, obs: Obs, deterministic: bool = False, noise: Optional[Tensor] = None,
             history: Optional[History] = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Actions, their log-probs and the state values for a batch of observations, without gradients.
-        Actions are the mode, or drawn with ``noise`` (uniform, a row per observation), or sampled. With a
+        """Returns actions, their log-probs and the state values for a batch of observations, computed without
+        gradients. Actions are the mode, or drawn with ``noise`` (uniform, a row per observation), or sampled. With a
         ``history`` (recurrent) the batch is one step, and the new state is left in ``history.final_state``."""
         dist, value = self(map_obs(obs, lambda x: x.unsqueeze(0)) if history is not None else obs, history)
         if deterministic:
@@ -213,12 +213,15 @@ class ActorCritic(nn.Module):
 
     @torch.inference_mode()
     def act_value(self, obs: Obs, history: Optional[History] = None) -> Tensor:
-        """The state values of a batch of observations (one step of ``history``), without gradients."""
+        """Returns the state values of a batch of observations (one step of ``history``), computed without
+        gradients."""
         return self.value(map_obs(obs, lambda x: x.unsqueeze(0)) if history is not None else obs, history)
 
     def forward_aux(self, obs: Obs, with_value: bool = True, history: Optional[History] = None
                     ) -> tuple[ActionDist, Tensor, Optional[Tensor]]:
-        """``(policy, aux value, value or None)`` in one pass: what PPG's auxiliary phase reads."""
+        """Returns ``(policy, aux value, value or None)`` from one pass, which is what PPG's auxiliary phase
+        reads."""
+
         if self.aux_value_head is None:
             raise RuntimeError("this ActorCritic was built without aux_head")
         policy_features, value_features = self._features(obs, history, policy=True, value=with_value)

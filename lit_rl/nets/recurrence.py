@@ -1,4 +1,5 @@
-"""Recurrent state: the :class:`History` a recurrent pass takes, and the LSTM/GRU :class:`Summarizer`."""
+"""Defines the recurrent state: the :class:`History` a recurrent pass takes, and the LSTM/GRU
+:class:`Summarizer`."""
 
 from dataclasses import dataclass
 from typing import Literal, Optional
@@ -12,7 +13,7 @@ RECURRENT = ("lstm", "gru")
 
 @dataclass
 class History:
-    """What a recurrent forward pass needs besides the observations ``[L, B, ...]``.
+    """Holds what a recurrent forward pass needs besides the observations ``[L, B, ...]``.
 
     ``starts[t, b]`` marks the first step of an episode (the state is zeroed before it), ``state`` is each
     sequence's state before its first step (``[B, state_size]``). With ``valid`` (``[L * B]``, time-major)
@@ -26,7 +27,7 @@ class History:
 
 
 class Summarizer(nn.Module):
-    """An LSTM or GRU over a history of features; the state restarts from zero where an episode starts.
+    """Runs an LSTM or GRU over a history of features; the state restarts from zero where an episode starts.
 
     The state travels as one ``[B, state_size]`` tensor (an LSTM's ``h`` and ``c`` side by side). A sequence
     is run in as few calls as its episode starts allow: one call per span between steps where some env
@@ -46,7 +47,9 @@ class Summarizer(nn.Module):
         self.state_size = 2 * hidden if kind == "lstm" else hidden
 
     def forward(self, x: Tensor, starts: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        """``x [L, B, F]``, ``starts [L, B]``, ``state [B, state_size]`` -> ``(outputs [L, B, H], final state)``."""
+        """Maps ``x [L, B, F]``, ``starts [L, B]`` and ``state [B, state_size]`` to
+        ``(outputs [L, B, H], final state)``."""
+
         L = x.shape[0]
         cuts = [0, *(starts[1:].any(1).nonzero().flatten() + 1).tolist(), L]
         outputs = []

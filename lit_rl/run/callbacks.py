@@ -1,4 +1,4 @@
-"""Callbacks that count time in env steps, not in optimizer steps, and one that makes SLURM preemption
+"""Provides callbacks that count time in env steps, not in optimizer steps, and one that makes SLURM preemption
 land on an iteration boundary."""
 
 import glob
@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 
 class EnvStepCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint that also saves every ``every_n_env_steps`` env steps (and ``last.ckpt``).
+    """Extends ModelCheckpoint to save also every ``every_n_env_steps`` env steps (and ``last.ckpt``).
 
     ``trainer.global_step`` counts the steps of both optimizers and so says little about progress;
     this callback triggers on the env-step count that the module keeps.
@@ -61,7 +61,7 @@ class EnvStepCheckpoint(ModelCheckpoint):
 
 
 class EnvStepProgressBar(TQDMProgressBar):
-    """Progress in env steps of the budget, with SPS and the mean episodic return."""
+    """Shows progress in env steps of the budget, with SPS and the mean episodic return."""
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)
@@ -97,7 +97,7 @@ def note_requeue_signal_early() -> None:
 
 
 class SlurmRequeueAtIterationEnd(Callback):
-    """Lightning's SLURM auto-requeue, moved to the end of an iteration.
+    """Moves Lightning's SLURM auto-requeue to the end of an iteration.
 
     With ``SLURMEnvironment(auto_requeue=True)`` (Lightning's default under SLURM), the requeue signal
     (``#SBATCH --signal=USR1@90``) makes Lightning save ``hpc_ckpt_N.ckpt`` in ``trainer.default_root_dir``
@@ -158,7 +158,7 @@ class SlurmRequeueAtIterationEnd(Callback):
 
 
 def _cluster_environment(trainer: L.Trainer) -> Any:
-    """The trainer's cluster environment (SLURMEnvironment under SLURM), with whatever strategy.
+    """Returns the trainer's cluster environment (SLURMEnvironment under SLURM), with whatever strategy.
 
     Private: only parallel strategies expose ``strategy.cluster_environment``; Lightning's own signal
     handling reads this same attribute.
@@ -175,8 +175,8 @@ def _skip_end_of_fit_validation(trainer: L.Trainer) -> None:
 
 
 def hpc_save_path(folder: str) -> str:
-    """``folder/hpc_ckpt_{N+1}.ckpt``, N the highest number among the ``hpc_ckpt_*`` files there (0 if none):
-    the next name Lightning's SLURM resume picks up (it resumes from the highest N in
+    """Returns ``folder/hpc_ckpt_{N+1}.ckpt``, N the highest number among the ``hpc_ckpt_*`` files there (0 if
+    none): the next name Lightning's SLURM resume picks up (it resumes from the highest N in
     ``trainer.default_root_dir``). Lightning's own helper sits on a private class; this reads the number
     the way it does."""
     fs, uri = url_to_fs(str(folder))
@@ -190,9 +190,10 @@ def hpc_save_path(folder: str) -> str:
 
 
 def checkpoint_and_requeue(trainer: L.Trainer, signum: int) -> None:
-    """What Lightning does on SLURM's requeue signal (``SLURMEnvironment(auto_requeue=True)``), with public
-    calls: finalize the loggers, save ``hpc_ckpt_N.ckpt`` in ``trainer.default_root_dir`` (all ranks), and
-    on rank 0 ``scontrol requeue`` the job (``ARRAYJOB_TASK`` for an array task)."""
+    """Does what Lightning does on SLURM's requeue signal (``SLURMEnvironment(auto_requeue=True)``), with public
+    calls: finalizes the loggers, saves ``hpc_ckpt_N.ckpt`` in ``trainer.default_root_dir`` (all ranks), and on
+    rank 0 runs ``scontrol requeue`` on the job (``ARRAYJOB_TASK`` for an array task)."""
+
     rank_zero_info(f"Handling auto-requeue signal: {signum}")
     for logger in trainer.loggers:
         logger.finalize("finished")  # all metrics written before the checkpoint

@@ -1,5 +1,5 @@
-"""Checkpoint files that are whole or absent: an atomic writer for Lightning, and a reader that tells which
-files torch.load cannot read (a save cut short by a killed job) and which is the newest one it can."""
+"""Keeps checkpoint files whole or absent: an atomic writer for Lightning, and a reader that tells which files
+torch.load cannot read (a save cut short by a killed job) and which is the newest one it can."""
 
 import os
 import secrets
@@ -14,7 +14,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's ``torch.save`` checkpoint writer, atomic on the checkpoint's own filesystem.
+    """Writes checkpoints with ``torch.save`` as Lightning's writer does, but atomically on the checkpoint's own
+    filesystem.
 
     The checkpoint is written to a hidden temporary file beside its destination, flushed to disk (``fsync``),
     and renamed over the destination (``os.replace``); then the folder's entry is flushed too. Whenever the
@@ -65,8 +66,8 @@ def _fsync_folder(folder: str) -> None:
 
 
 def unreadable(path: _PATH) -> Optional[str]:
-    """Why ``torch.load`` cannot read the checkpoint at ``path`` (as LightningCLI loads it first: on the CPU,
-    ``weights_only``), or None if it can. Tensors of a zip-format checkpoint (every ``torch.save`` since
+    """Tells why ``torch.load`` cannot read the checkpoint at ``path`` (as LightningCLI loads it first: on the CPU,
+    ``weights_only``), or returns None if it can. Tensors of a zip-format checkpoint (every ``torch.save`` since
     torch 1.6) are memory-mapped, not read, so this costs about the unpickling of its small index."""
     try:
         if os.path.getsize(path) == 0:
@@ -79,8 +80,9 @@ def unreadable(path: _PATH) -> Optional[str]:
 
 
 def newest_readable(paths: Iterable[str]) -> tuple[Optional[str], list[tuple[str, str]]]:
-    """The newest (by modification time) of ``paths`` that torch.load can read, and the newer ones it cannot,
-    each with the reason. At equal times a ``last*.ckpt`` file comes first."""
+    """Finds the newest (by modification time) of ``paths`` that torch.load can read, and the newer ones it
+    cannot, each with the reason. At equal times a ``last*.ckpt`` file comes first."""
+
 
     def when(path: str) -> float:
         try:

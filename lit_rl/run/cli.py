@@ -1,4 +1,5 @@
-"""The ``lit-rl`` command: LightningCLI with omegaconf interpolation, env-step checkpoints and clear errors."""
+"""Implements the ``lit-rl`` command: LightningCLI with omegaconf interpolation, env-step checkpoints and clear
+errors."""
 
 import glob
 import json
@@ -66,7 +67,7 @@ class SaveConfig(SaveConfigCallback):
 
 
 class LitRLCLI(LightningCLI):
-    """``lit-rl fit|validate|test --config configs/....yaml [--key value ...]``.
+    """Runs ``lit-rl fit|validate|test --config configs/....yaml [--key value ...]``.
 
     - ``model`` is any algorithm class (``class_path``), ``data`` the rollout DataModule.
     - ``data.seed`` seeds torch, numpy and python before the networks are built, and the envs.
@@ -135,8 +136,9 @@ class LitRLCLI(LightningCLI):
             self._refuse_data_gamma(self.config[sub])
 
     def _refuse_data_gamma(self, cfg: Any) -> None:
-        """``data.gamma`` follows ``model.gamma`` (linked): a config file that sets it to anything else would be
-        ignored. ``${model.init_args.gamma}`` (what configs used to say) and the model's own value are taken."""
+        """Refuses a config file that sets ``data.gamma`` to anything but ``model.gamma``: the two are linked, so
+        such a value would be ignored. ``${model.init_args.gamma}``, ``${model.gamma}`` and the model's own value
+        are taken, since they already give the model's discount."""
         model = cfg.model.init_args if "init_args" in cfg.model else cfg.model
         follows = {"${model.init_args.gamma}", "${model.gamma}", model.get("gamma")}
         for path in cfg.get("config") or []:
@@ -151,9 +153,9 @@ class LitRLCLI(LightningCLI):
                                   "model.gamma (model.init_args.gamma).")
 
     def _parse_ckpt_path(self) -> None:
-        """``fit`` runs this run's config: the module checks it against the checkpoint, refuses what cannot
-        apply and prints what differs (:class:`lit_rl.algos.resume.Resume`). ``validate``/``test`` take
-        the model's settings from the checkpoint, as LightningCLI does."""
+        """Leaves the config as it is for ``fit``, which runs this run's config: the module checks it against the
+        checkpoint, refuses what cannot apply and prints what differs (:class:`lit_rl.algos.resume.Resume`).
+        ``validate``/``test`` take the model's settings from the checkpoint, as LightningCLI does."""
         if self.config.get("subcommand") != "fit":
             super()._parse_ckpt_path()
 
@@ -200,8 +202,8 @@ class LitRLCLI(LightningCLI):
         L.seed_everything(cfg.data.seed, workers=True, verbose=False)
 
     def before_fit(self) -> None:
-        """The module's checks of the data (:meth:`lit_rl.algos.PPO.check_data`) before the trainer writes
-        anything: a run that cannot train leaves no run folder, config copy or logger run."""
+        """Runs the module's checks of the data (:meth:`lit_rl.algos.PPO.check_data`) before the trainer writes
+        anything, so that a run that cannot train leaves no run folder, config copy or logger run."""
         if isinstance(self.model, PPO) and self.datamodule is not None:
             self.model.check_data(self.datamodule)
         if isinstance(self.datamodule, RolloutDataModule):
@@ -244,8 +246,8 @@ class LitRLCLI(LightningCLI):
 
 def fit_summary(env_steps: int, seconds: float, metrics: dict[str, float], config: Optional[str],
                 checkpoints: Optional[str], last: Optional[str], requeued: bool) -> str:
-    """The block ``lit-rl fit`` prints at its end: env steps and wall time, the last training return, the greedy
-    evaluation, and where the run's files are."""
+    """Formats the block ``lit-rl fit`` prints at its end: env steps and wall time, the last training return, the
+    greedy evaluation, and where the run's files are."""
     def show(path: Optional[str]) -> str:
         return os.path.relpath(path) if path and not os.path.relpath(path).startswith("..") else str(path)
 
@@ -268,7 +270,7 @@ def fit_summary(env_steps: int, seconds: float, metrics: dict[str, float], confi
 
 
 def _log_root(cfg: Any) -> Optional[str]:
-    """Where the configured logger keeps its version folders (and so the checkpoints)."""
+    """Returns where the configured logger keeps its version folders (and so the checkpoints)."""
     logger = cfg.get("trainer", {}).get("logger")
     if isinstance(logger, list):
         logger = logger[0] if logger else None
@@ -284,7 +286,8 @@ def _log_root(cfg: Any) -> Optional[str]:
 
 
 def main(args: Any = None) -> None:
-    """Entry point of the ``lit-rl`` console script."""
+    """Runs the ``lit-rl`` command (the console script's entry point)."""
+
     ConfigError.last = None
     note_requeue_signal_early()
     argv = sys.argv[1:] if args is None else list(args)

@@ -1,4 +1,5 @@
-"""Logger presets: wandb that stays offline unless the user is logged in, with env steps as its x-axis."""
+"""Provides the logger presets: wandb that stays offline unless the user is logged in, with env steps as its
+x-axis."""
 
 import netrc
 import os
@@ -15,14 +16,15 @@ STEP_METRIC = "env_steps"
 
 
 def add_prefix(metrics: Mapping[str, Any], prefix: str, join_char: str) -> Mapping[str, Any]:
-    """``{prefix}{join_char}{key}`` for every key, as Lightning's loggers name metrics; unchanged without a prefix."""
+    """Renames every key to ``{prefix}{join_char}{key}``, as Lightning's loggers name metrics; leaves the metrics
+    unchanged without a prefix."""
     if not prefix:
         return metrics
     return {f"{prefix}{join_char}{k}": v for k, v in metrics.items()}
 
 
 def wandb_logged_in() -> bool:
-    """True when wandb has credentials: WANDB_API_KEY, or a netrc entry written by `wandb login`."""
+    """Returns True when wandb has credentials: WANDB_API_KEY, or a netrc entry written by `wandb login`."""
     if os.environ.get("WANDB_API_KEY"):
         return True
     host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or ""
@@ -33,7 +35,8 @@ def wandb_logged_in() -> bool:
 
 
 class WandbLogger(_LightningWandbLogger):
-    """Lightning's WandbLogger, offline by default: online only when logged in (or ``offline: false``).
+    """Extends Lightning's WandbLogger to run offline by default: online only when logged in (or
+    ``offline: false``).
 
     - ``WANDB_MODE`` set in the environment still wins, as wandb documents.
     - Metrics are plotted against ``env_steps`` (the module logs it with every metric), not Lightning's
@@ -77,7 +80,7 @@ class WandbLogger(_LightningWandbLogger):
 
     @rank_zero_only
     def log_video(self, key: str, videos: list[Any], step: Optional[int] = None, **kwargs: Any) -> None:
-        """Video files (or arrays) under ``key``, at env step ``step``."""
+        """Logs video files (or arrays) under ``key``, at env step ``step``."""
         import wandb
 
         items = [wandb.Video(video, **{k: v[i] for k, v in kwargs.items()}) for i, video in enumerate(videos)]
@@ -90,8 +93,9 @@ class WandbLogger(_LightningWandbLogger):
 
 
 def run_dir(trainer: L.Trainer) -> str:
-    """The run's own folder: the CSV/TensorBoard version folder, or, for other loggers (wandb), the one
+    """Returns the run's own folder: the CSV/TensorBoard version folder, or, for other loggers (wandb), the one
     Lightning's checkpoints go to (``save_dir/name/version``), not the logger's shared ``save_dir``.
+
     Call it on every rank (rank 0 decides)."""
     shared = trainer.log_dir  # broadcast from rank 0
     logger = trainer.loggers[0] if trainer.loggers else None

@@ -1,4 +1,4 @@
-"""``lit-rl sweep FILE --count N``: a wandb sweep file run locally, without a wandb server.
+"""Runs a wandb sweep file locally, without a wandb server: ``lit-rl sweep FILE --count N``.
 
 The file is wandb's own sweep format (``method``, ``metric``, ``parameters``, ``command``), the same one
 ``wandb sweep FILE`` + ``wandb agent`` take. Here the next trial's values come from wandb's own search
@@ -52,7 +52,7 @@ def _sweeps() -> Any:
 
 
 def load_sweep(path: str) -> dict[str, Any]:
-    """The sweep file, checked against wandb's sweep schema; errors name the key and the fix."""
+    """Loads the sweep file and checks it against wandb's sweep schema; errors name the key and the fix."""
     if not os.path.isfile(path):
         raise ConfigError(f"lit-rl sweep: no sweep file at {path!r}; give a wandb sweep YAML such as "
                           "configs/sweeps/ppo_cartpole.yaml.")
@@ -77,7 +77,8 @@ def load_sweep(path: str) -> dict[str, Any]:
 
 
 def _yaml_problem(err: yaml.YAMLError) -> str:
-    """yaml's own account of a syntax error on one line: where, what, and in what construct."""
+    """Formats yaml's own account of a syntax error as one line: where, what, and in what construct."""
+
     if not isinstance(err, yaml.MarkedYAMLError) or err.problem_mark is None:
         return " ".join(str(err).split())
     mark = err.problem_mark
@@ -132,7 +133,7 @@ def _as_sweep_runs(trials: list[dict[str, Any]], metric: str) -> list[Any]:
 
 
 def _slurm_task() -> Optional[str]:
-    """The SLURM job (array task) this process runs in, which keeps its id when SLURM requeues it."""
+    """Returns the SLURM job (array task) this process runs in, which keeps its id when SLURM requeues it."""
     job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     return f"{job}_{task}" if job and task else os.environ.get("SLURM_JOB_ID")
 
@@ -168,7 +169,7 @@ def propose(config: dict[str, Any], folder: Path) -> Optional[dict[str, Any]]:
 
 
 def command_for(config: dict[str, Any], params: dict[str, Any]) -> list[str]:
-    """The trial's command line, built from the file's ``command`` as the wandb agent builds it."""
+    """Builds the trial's command line from the file's ``command``, as the wandb agent builds it."""
     from wandb.sdk.launch.sweeps import utils as sweep_utils
 
     values = sweep_utils.create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
@@ -190,7 +191,8 @@ def command_for(config: dict[str, Any], params: dict[str, Any]) -> list[str]:
 def run_trial(config: dict[str, Any], folder: Path, trial: dict[str, Any], extra: list[str]) -> dict[str, Any]:
     """Runs one trial to the end (offline wandb) and records its state and metric."""
     command = command_for(config, trial["params"])
-    # `lit-rl` (or any program) from this environment when it is not on PATH (e.g. a venv not activated).
+    # Also looks beside this interpreter, so that `lit-rl` (or any program) of this environment runs when it is not
+    # on PATH (e.g. a venv not activated).
     here = os.path.dirname(sys.executable)
     found = shutil.which(command[0]) or shutil.which(command[0], path=here)
     if found is None:
@@ -198,7 +200,8 @@ def run_trial(config: dict[str, Any], folder: Path, trial: dict[str, Any], extra
                           "fix `command` in the sweep file or activate the environment that has it.")
     command[0] = found
     if os.path.basename(found) == "lit-rl":
-        # The trial's own folder for Lightning's files (SLURM requeue checkpoints), apart from other trials.
+        # Gives the trial its own folder for Lightning's files (SLURM requeue checkpoints), so that a requeued trial
+        # resumes from its own checkpoint, not another trial's.
         command += ["--trainer.default_root_dir", str(folder / trial["name"])]
     command += extra
     summary_file = folder / f"{trial['name']}.summary.json"
@@ -230,7 +233,9 @@ def run_trial(config: dict[str, Any], folder: Path, trial: dict[str, Any], extra
 
 
 def table(config: dict[str, Any], trials: list[dict[str, Any]]) -> str:
-    """The trials, best first by the metric (failed and running ones last), with their parameters."""
+    """Formats the trials as a table, best first by the metric (failed and running ones last), with their
+    parameters."""
+
     metric, goal = config["metric"]["name"], config["metric"].get("goal", "minimize")
     sign = -1.0 if goal == "maximize" else 1.0
 
