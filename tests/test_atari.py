@@ -9,7 +9,7 @@ import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 from gymnasium.wrappers.vector import RecordEpisodeStatistics  # noqa: E402
 
-from lit_rl.data.datamodule import check_env_id  # noqa: E402
+from lit_rl.envs.make import check_env_id  # noqa: E402
 from lit_rl.envs import atari, resolve_env_id  # noqa: E402
 from lit_rl.errors import ConfigError  # noqa: E402
 

@@ -6,10 +6,12 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 from gymnasium import spaces
 from gymnasium.wrappers import TimeLimit
 
-from lit_rl.envs.wrappers import DeferredRunningMeanStd, NormalizeObservation, NormalizeReward
+from lit_rl.data.normalization import DeferredRunningMeanStd, Normalization
+from lit_rl.envs.wrappers import NormalizeObservation, NormalizeReward
 
 LIMIT, GAMMA = 50, 0.98
 
@@ -34,7 +36,9 @@ def test_reward_scale_stays_steady_when_episodes_end_by_truncation():
     on across episodes towards 1 / (1 - gamma), its variance shrinks and the reward scale drifts (0.09 after
     10 rollouts, 0.40 after 40k steps). Reset at every episode end, the statistics are those of one
     episode's returns, 0.111 throughout."""
-    envs = NormalizeReward(gym.vector.SyncVectorEnv([lambda: TimeLimit(ConstantRewardEnv(), LIMIT)] * 4), gamma=GAMMA)
+    normalization = Normalization()
+    envs = NormalizeReward(gym.vector.SyncVectorEnv([lambda: TimeLimit(ConstantRewardEnv(), LIMIT)] * 4),
+                           normalization.statistics("return_rms"), gamma=GAMMA)
     envs.reset(seed=0)
     episode_returns = np.cumsum(GAMMA ** np.arange(LIMIT))  # 1, 1 + gamma, ...: the return after each step
     steady = 1 / np.sqrt(np.var(episode_returns))
@@ -44,7 +48,7 @@ def test_reward_scale_stays_steady_when_episodes_end_by_truncation():
         for _ in range(32):
             _, reward, *_ = envs.step(np.zeros(4, dtype=np.int64))
             assert set(np.round(reward / scale, 6)) <= {0.0, 1.0}  # the autoreset step's reward is 0
-        envs.return_rms.commit()
+        normalization.commit()
         scales.append(scale)
     envs.close()
     print(f"reward scale after 1, 10, all rollouts: {scales[1]:.3f} {scales[10]:.3f} {scales[-1]:.3f}; "
@@ -53,7 +57,9 @@ def test_reward_scale_stays_steady_when_episodes_end_by_truncation():
 
 
 def test_statistics_stay_fixed_during_a_rollout_and_take_its_moments_at_the_end():
-    envs = NormalizeObservation(gym.make_vec("Pendulum-v1", num_envs=3, vectorization_mode="sync"))
+    normalization = Normalization()
+    envs = NormalizeObservation(gym.make_vec("Pendulum-v1", num_envs=3, vectorization_mode="sync"),
+                                normalization.statistics("obs_rms", (3,), np.float32))
     raw = gym.make_vec("Pendulum-v1", num_envs=3, vectorization_mode="sync")  # the same envs, unwrapped
     rms = envs.obs_rms
     assert isinstance(rms, DeferredRunningMeanStd)
@@ -65,7 +71,7 @@ def test_statistics_stay_fixed_during_a_rollout_and_take_its_moments_at_the_end(
         seen.append(raw.step(a)[0])
         assert np.array_equal(rms.mean, np.zeros(3)) and np.array_equal(rms.var, np.ones(3))
         assert np.allclose(obs, seen[-1])  # normalized with the initial statistics: unchanged
-    rms.commit()
+    normalization.commit()
     seen = np.concatenate(seen)
     assert rms.count == 1e-4 + len(seen)
     # The initial mean 0 / variance 1 weigh as 1e-4 of a sample.
@@ -75,3 +81,57 @@ def test_statistics_stay_fixed_during_a_rollout_and_take_its_moments_at_the_end(
     assert np.allclose(obs, (raw.step(actions[0])[0] - rms.mean) / np.sqrt(rms.var + envs.epsilon), atol=1e-5)
     envs.close()
     raw.close()
+
+
+def test_the_owner_merges_several_collectors_moments_into_the_statistics_one_process_would_have():
+    """Three collectors' moments (one with no steps) fold in as the moments of all their observations would."""
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(3.0, 2.0, (n, 2)) for n in (7, 0, 12)]
+    one = Normalization(("obs_rms",))
+    one.statistics("obs_rms", (2,), np.float32).update(np.concatenate(batches))
+    one.commit()
+    parts = []
+    for batch in batches:  # each collector records into statistics of its own and sends their moments
+        collector = Normalization(("obs_rms",))
+        if len(batch):
+            collector.statistics("obs_rms", (2,), np.float32).update(batch)
+        else:
+            collector.statistics("obs_rms", (2,), np.float32)
+        parts.append(collector.take_pending()["obs_rms"])
+        assert collector.stats["obs_rms"].pending.count == 0
+    learner = Normalization(("obs_rms",))
+    learner.statistics("obs_rms", (2,), np.float32)
+    learner.commit_moments({"obs_rms": parts})
+    merged, single = learner.stats["obs_rms"], one.stats["obs_rms"]
+    assert merged.count == single.count == 1e-4 + 19
+    assert np.allclose(merged.mean, single.mean, rtol=1e-6) and np.allclose(merged.var, single.var, rtol=1e-5)
+    assert merged.pending.count == 0
+
+
+def test_the_owners_state_dict_round_trips_whether_or_not_the_envs_asked_for_the_statistics_yet():
+    """The checkpoint's format ({name: {mean, var, count}}, the observation statistics in their float32) loads
+    into statistics already made, and into those made later; keys the run does not normalize are left out."""
+    saved = Normalization()
+    saved.statistics("obs_rms", (3,), np.float32).update(np.arange(12.0).reshape(4, 3))
+    saved.statistics("return_rms").update(np.array([1.0, -2.0, 0.5]))
+    saved.commit()
+    state = saved.state_dict()
+    assert set(state) == {"obs_rms", "return_rms"} and set(state["obs_rms"]) == {"mean", "var", "count"}
+    assert state["obs_rms"]["mean"].dtype == torch.float32 and state["return_rms"]["mean"].dtype == torch.float64
+    made_first = Normalization()
+    obs_rms = made_first.statistics("obs_rms", (3,), np.float32)
+    made_first.load_state_dict({"env_steps": 64, "iteration": 1, **state})
+    assert made_first.statistics("obs_rms", (3,), np.float32) is obs_rms  # the wrappers' object, updated in place
+    made_later = Normalization()
+    made_later.load_state_dict(state)
+    for loaded in (made_first, made_later):
+        for name, shape, dtype in (("obs_rms", (3,), np.float32), ("return_rms", (), np.float64)):
+            rms = loaded.statistics(name, shape, dtype)
+            assert rms.count == saved.stats[name].count and rms.mean.dtype == dtype
+            assert np.array_equal(rms.mean, saved.stats[name].mean) and np.array_equal(rms.var, saved.stats[name].var)
+        for name, values in loaded.state_dict().items():
+            assert torch.equal(values["mean"], state[name]["mean"]) and torch.equal(values["var"], state[name]["var"])
+            assert values["count"] == state[name]["count"]
+    unused = Normalization(("obs_rms",))
+    unused.load_state_dict(state)
+    assert set(unused.state_dict()) == {"obs_rms"}

@@ -303,7 +303,7 @@ def test_two_collectors_merge_their_statistics_and_a_later_validate_uses_them(tm
     no collector behind, and a validate after it normalizes with the run's statistics."""
     import multiprocessing
 
-    from lit_rl.data.datamodule import _running_stats
+    from lit_rl.envs.wrappers import NormalizeObservation
 
     common = {**NORMALIZED, "vectorization_mode": "sync", "total_timesteps": 512}
     module, sync = make(data=common)
@@ -316,7 +316,10 @@ def test_two_collectors_merge_their_statistics_and_a_later_validate_uses_them(tm
         assert one["count"] == two["count"] > 100, name
         assert torch.allclose(one["mean"], two["mean"], atol=1e-4) and torch.allclose(one["var"], two["var"], rtol=1e-3)
     data.setup("validate")  # as trainer.validate does after the fit
-    assert _running_stats(data.eval_collector.envs)["obs_rms"].count == data.state_dict()["obs_rms"]["count"]
+    envs = data.eval_collector.envs
+    while not isinstance(envs, NormalizeObservation):
+        envs = envs.env
+    assert envs.obs_rms.count == data.state_dict()["obs_rms"]["count"]
 
 
 class Usr1ToCollectors(__import__("lightning").Callback):

@@ -1,56 +1,38 @@
-"""A LightningDataModule that builds gymnasium vector envs and hands the module one rollout per iteration."""
+"""A LightningDataModule that splits the run's envs over the processes that collect, hands the module one rollout
+per iteration (collected in turn with the update, overlapped with it, or none on a process that collects nothing)
+and evaluates the policy."""
 
-import importlib
+import dataclasses
 import math
 from typing import Any, Iterator, Literal, Optional
 
 import gymnasium as gym
 import lightning as L
-import numpy as np
 import torch
-from gymnasium.wrappers import vector as vw
 
 from lit_rl.data.collector import Collector, Policy
-from lit_rl.data.overlap import CollectorSpec, OverlappedCollection, Schedule, merge_moments
-from lit_rl.data.rollout import NoRollout, Rollout
+from lit_rl.data.normalization import Normalization
+from lit_rl.data.overlap import CollectorSpec, OverlappedCollection
+from lit_rl.data.rollout import NoRollout, Rollout, Schedule
+from lit_rl.envs.make import EnvSpec, VectorizationMode, make_envs
 from lit_rl.errors import ConfigError
-from lit_rl.envs import check_vectorization, resolve_env_id
-from lit_rl.envs.wrappers import NormalizeObservation, NormalizeReward, mask_vector_observation, pack_dict_observation
 
-VectorizationMode = Literal["auto", "sync", "async", "vector_entry_point"]
 Collection = Literal["sync", "overlapped"]
 
 
-def check_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
-    """The registered spec of ``env_id`` (``module:Name-v0`` imports ``module`` first; a family's game such as
-    ``procgen:starpilot`` is looked up in :mod:`lit_rl.envs`), or a ConfigError."""
-    module, _, name = resolve_env_id(env_id).rpartition(":")
-    try:
-        if module:
-            importlib.import_module(module)
-        return gym.spec(name)
-    except (gym.error.Error, ImportError) as err:
-        raise ConfigError(
-            f"data.env_id: {env_id!r} is not a registered gymnasium environment ({err}). "
-            "Use a registered id such as 'CartPole-v1', or 'my_package.my_module:MyEnv-v0' to import the "
-            "module that registers it."
-        ) from None
-
-
 class RolloutDataModule(L.LightningDataModule):
-    """Vector envs stepped with the module's current policy, one rollout per training iteration.
+    """Steps vector envs with the module's current policy, one rollout per training iteration, and evaluates it.
 
     ``num_envs`` is the run's: with several processes that collect, each steps ``num_envs / processes`` of
     them (:attr:`envs_per_process`) and the rollouts are gathered, so a placement preset does not change
     the experiment. The processes that collect are the placement's rollout ranks (default: every process);
     one that collects nothing yields a :class:`~lit_rl.data.rollout.NoRollout` per iteration.
 
-    Normalization statistics (``normalize_observation``, ``normalize_reward``) stay fixed while a rollout is
-    collected and are updated once at its end, from the moments of the whole rollout's raw observations and
-    discounted returns, merged over all processes (:class:`lit_rl.envs.wrappers.DeferredRunningMeanStd`). So
+    Normalization statistics stay fixed while a rollout is collected and take the whole rollout's moments at
+    its end, merged over all processes (:class:`lit_rl.data.normalization.Normalization`, their owner), so
     every layout normalizes alike and checkpoints hold the run's statistics. The first rollout runs with the
     initial statistics (mean 0, variance 1); the first observation of each later rollout was normalized when
-    the previous rollout ended. Evaluation envs take the training statistics and never update them.
+    the previous rollout ended. Evaluation envs apply the training statistics and never update them.
 
     Args:
         env_id: A registered gymnasium id; ``module:Name-v0`` imports ``module`` to register it.
@@ -63,11 +45,11 @@ class RolloutDataModule(L.LightningDataModule):
             onwards) is seeded with ``seed + i``, however the envs are split; also the run's torch seed.
         vectorization_mode: ``sync``, ``async`` (one process per env), ``vector_entry_point`` (the env's
             native vectorized implementation) or ``auto`` (native where the env registers one, else sync).
-        hide_observation: Indices of observation components to remove (a 1-D Box), making the task
-            partially observable, e.g. ``[1, 3]``: CartPole without velocities (:class:`lit_rl.envs.wrappers.MaskObservation`).
+        hide_observation: Indices of observation components to remove (a 1-D Box) to make the task partially
+            observable, e.g. ``[1, 3]``: CartPole without velocities (:class:`lit_rl.envs.wrappers.MaskObservation`).
         normalize_observation: Running mean/std normalization of observations (gymnasium's wrapper).
-        normalize_reward: Scale rewards by the running std of the discounted return (gymnasium's wrapper,
-            with the return reset at every episode end, truncation included: :class:`lit_rl.envs.wrappers.NormalizeReward`).
+        normalize_reward: Scale rewards by the running std of the discounted return (gymnasium's wrapper, the
+            return reset at every episode end, truncation included: :class:`lit_rl.envs.wrappers.NormalizeReward`).
         clip_observation: Clip (normalized) observations to ``[-c, c]``.
         clip_reward: Clip (normalized) rewards to ``[-c, c]``.
         gamma: Discount of the return whose std scales rewards; keep it equal to ``model.gamma``.
@@ -113,8 +95,7 @@ class RolloutDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.spec = check_env_id(env_id)
-        check_vectorization(env_id, vectorization_mode, record_video)
+        self.env_spec = EnvSpec(**{f.name: self.hparams[f.name] for f in dataclasses.fields(EnvSpec)})
         for key, value in (("num_envs", num_envs), ("num_steps", num_steps), ("total_timesteps", total_timesteps),
                            ("eval_episodes", eval_episodes), ("eval_envs", eval_envs)):
             if value < 1:
@@ -124,11 +105,6 @@ class RolloutDataModule(L.LightningDataModule):
                 f"data.total_timesteps: {total_timesteps} is not a multiple of data.num_envs={num_envs}, so the "
                 f"run could not stop exactly at the budget; use e.g. {total_timesteps - total_timesteps % num_envs}."
             )
-        if not 0.0 < gamma <= 1.0:
-            raise ConfigError(f"data.gamma: must lie in (0, 1], got {gamma}.")
-        for key, value in (("clip_observation", clip_observation), ("clip_reward", clip_reward)):
-            if value is not None and value <= 0:
-                raise ConfigError(f"data.{key}: must be positive or null, got {value}.")
         overlapped = {"policy_lag": policy_lag, "num_collectors": num_collectors, "collector_timeout": collector_timeout}
         if collection == "sync":
             given = [key for key, value in overlapped.items() if value is not None]
@@ -147,34 +123,26 @@ class RolloutDataModule(L.LightningDataModule):
             raise ConfigError(f"data.num_collectors: data.num_envs={num_envs} envs cannot be split evenly over "
                               f"{self.num_collectors} collector processes; use a divisor of {num_envs}.")
         self.collector_timeout = 300.0 if collector_timeout is None else float(collector_timeout)
-        if record_video:
-            try:
-                import moviepy  # noqa: F401
-            except ImportError:
-                raise ConfigError(
-                    "data.record_video: needs moviepy; install it with `pip install 'lit-rl[video]'`, "
-                    "or set data.record_video=false."
-                ) from None
         self.env_id = env_id
-        self.env_kwargs = dict(env_kwargs or {})
+        self.env_kwargs = self.env_spec.env_kwargs
         self.num_envs = num_envs
         self.num_steps = num_steps
         self.total_timesteps = total_timesteps
         self.seed = seed
         self.env_steps = 0
         self.iteration = 0
+        self.normalization = Normalization(self.env_spec.normalized)
         self.collector: Optional[Collector] = None
         self.eval_collector: Optional[Collector] = None
         # Overlapped collection, or a process that collects nothing: envs built here for their spaces and the
-        # run's normalization statistics, never stepped (the collector processes step theirs), and the
-        # collector processes themselves while a fit runs.
+        # shapes of the run's normalization statistics, never stepped (the collector processes step theirs),
+        # and the collector processes themselves while a fit runs.
         self.reference_envs: Optional[gym.vector.VectorEnv] = None
         self.overlap: Optional[OverlappedCollection] = None
-        self._norm_state: dict[str, Any] = {}
 
     # ----------------------------------------------------------------- environments
     def collector_slot(self, trainer: Optional[L.Trainer] = None) -> tuple[Optional[int], int]:
-        """``(index of this process among those that collect, or None where it collects nothing; how many
+        """Gives ``(index of this process among those that collect, or None where it collects nothing; how many
         collect)``: the placement's rollout ranks (:meth:`lit_rl.distributed.Placement.collector_slot`), else
         every process. ``trainer``: the one this datamodule is not attached to yet (default: its own)."""
         trainer = trainer or self.trainer
@@ -185,19 +153,20 @@ class RolloutDataModule(L.LightningDataModule):
 
     @property
     def envs_per_process(self) -> int:
-        """The envs this process steps: its share of ``num_envs`` (0 where it collects nothing)."""
+        """Counts the envs this process steps: its share of ``num_envs`` (0 where it collects nothing)."""
         index, count = self.collector_slot()
         return 0 if index is None else self.num_envs // count
 
     @property
     def first_env(self) -> int:
-        """The run's index of this process's first env."""
+        """Gives the run's index of this process's first env."""
         index, _ = self.collector_slot()
         return (index or 0) * self.envs_per_process
 
     def check_processes(self, trainer: Optional[L.Trainer] = None) -> None:
-        """A ConfigError unless the run's envs split evenly over the processes that collect (and, overlapped,
-        each process's share over its collectors). The ``lit-rl`` command checks before the trainer starts."""
+        """Raises a ConfigError unless the run's envs split evenly over the processes that collect (and,
+        overlapped, each process's share over its collectors). The ``lit-rl`` command checks before the trainer
+        starts."""
         n, (_, p) = self.num_envs, self.collector_slot(trainer)
         if n % p:
             near = " or ".join(str(k) for k in (n - n % p, n - n % p + p) if k > 0)
@@ -214,49 +183,9 @@ class RolloutDataModule(L.LightningDataModule):
                 f"set data.num_envs to a multiple of {p * c}.")
 
     def make_envs(self, num_envs: int, training: bool, video_folder: Optional[str] = None) -> gym.vector.VectorEnv:
-        """Builds the wrapped vector env. Nothing is reset or stepped here."""
-        hp = self.hparams
-        mode = None if hp.vectorization_mode == "auto" else hp.vectorization_mode
-        kwargs = dict(self.env_kwargs)
-        if video_folder is not None:
-            kwargs["render_mode"] = "rgb_array"
-            mode = "sync"
-        try:
-            envs = gym.make_vec(resolve_env_id(self.env_id), num_envs=num_envs, vectorization_mode=mode, **kwargs)
-        except (gym.error.Error, TypeError, ValueError) as err:
-            raise ConfigError(
-                f"data.env_id / data.env_kwargs / data.vectorization_mode: could not build {num_envs} "
-                f"{self.env_id!r} envs with mode {hp.vectorization_mode!r} and kwargs {kwargs}: {err}"
-            ) from None
-        space = envs.single_observation_space
-        if (hp.normalize_observation or hp.clip_observation is not None) and not (
-                isinstance(space, gym.spaces.Box) and np.issubdtype(space.dtype, np.floating)):
-            key = "normalize_observation" if hp.normalize_observation else "clip_observation"
-            envs.close()
-            raise ConfigError(
-                f"data.{key}: normalizes float Box observations; {self.env_id!r} gives {space}. Images stay uint8 and "
-                f"are scaled to [0, 1] by the CNN encoder; set data.{key} to {'false' if key.startswith('norm') else 'null'}.")
-        if hp.hide_observation is not None:
-            envs = mask_vector_observation(envs, hp.hide_observation)
-        envs = pack_dict_observation(envs)
-        if video_folder is not None:
-            envs = vw.RecordVideo(envs, video_folder, episode_trigger=lambda _: True, name_prefix="eval")
-        envs = vw.RecordEpisodeStatistics(envs)
-        if isinstance(envs.single_action_space, gym.spaces.Box):
-            envs = vw.ClipAction(envs)
-        if hp.normalize_observation:
-            envs = NormalizeObservation(envs)
-            envs.update_running_mean = training
-        if hp.clip_observation is not None:
-            c = float(hp.clip_observation)
-            envs = vw.TransformObservation(envs, lambda obs: np.clip(obs, -c, c))
-        if training and hp.normalize_reward:
-            envs = NormalizeReward(envs, gamma=hp.gamma)
-        if training and hp.clip_reward is not None:
-            c = float(hp.clip_reward)
-            envs = vw.ClipReward(envs, -c, c)
-        self._apply_norm_state(envs)
-        return envs
+        """Builds the run's wrapped vector env with its normalization statistics (:func:`lit_rl.envs.make.make_envs`).
+        Nothing is reset or stepped here."""
+        return make_envs(self.env_spec, num_envs, training, self.normalization.statistics, video_folder)
 
     @property
     def single_observation_space(self) -> gym.Space:
@@ -274,8 +203,7 @@ class RolloutDataModule(L.LightningDataModule):
 
     @property
     def training_envs(self) -> Optional[gym.vector.VectorEnv]:
-        """The training envs whose wrappers hold the run's normalization statistics: the collector's, or in
-        overlapped mode the reference envs (None before setup)."""
+        """Gives the training envs: the collector's, or the reference envs (None before setup)."""
         return self.collector.envs if self.collector is not None else self.reference_envs
 
     def setup(self, stage: str) -> None:
@@ -293,14 +221,14 @@ class RolloutDataModule(L.LightningDataModule):
             assert envs is not None
             check_spaces(envs.single_observation_space, envs.single_action_space, *self._model_encoder())
         if self.eval_collector is None:
-            self.eval_collector = Collector(self.make_envs(min(self.hparams.eval_envs, self.hparams.eval_episodes), training=False,
-                                                           video_folder=self._video_folder()))
+            self.eval_collector = Collector(self.make_envs(min(self.hparams.eval_envs, self.hparams.eval_episodes),
+                                                           training=False, video_folder=self._video_folder()))
             check_spaces(self.eval_collector.envs.single_observation_space,
                          self.eval_collector.envs.single_action_space, *self._model_encoder())
 
     def _model_encoder(self) -> tuple[str, str]:
-        """The attached model's ``encoder`` and ``image_layout``, so that ``setup`` refuses frames the model's
-        networks cannot read before anything of the run is written; ``flat`` and ``auto`` without a model."""
+        """Gives the attached model's ``encoder`` and ``image_layout``, so that ``setup`` refuses frames the
+        model's networks cannot read before anything of the run is written; ``flat`` and ``auto`` without a model."""
         hparams = getattr(getattr(self.trainer, "lightning_module", None), "hparams", None) if self.trainer else None
         hparams = hparams or {}
         return hparams.get("encoder", "flat"), hparams.get("image_layout", "auto")
@@ -316,25 +244,25 @@ class RolloutDataModule(L.LightningDataModule):
         return f"{log_dir or '.'}/videos"
 
     def teardown(self, stage: str) -> None:
-        if self.training_envs is not None:  # a validate or test after the fit normalizes with the run's statistics
-            self.keep_norm_state()
         if self.overlap is not None:
             self.overlap.close()
             self.overlap = None
         for envs in (self.training_envs, self.eval_collector.envs if self.eval_collector is not None else None):
             if envs is not None:
                 envs.close()
+        # The statistics outlive the envs: a validate or test after the fit normalizes with the run's.
+        self.normalization.drop_pending()
         self.collector = self.eval_collector = self.reference_envs = None
 
     # ----------------------------------------------------------------- rollouts
     @property
     def steps_per_iteration(self) -> int:
-        """Env steps of one iteration, over all processes."""
+        """Counts the env steps of one iteration, over all processes."""
         return self.num_envs * self.num_steps
 
     @property
     def num_iterations(self) -> int:
-        """The run's iterations: those done, plus those the rest of the budget takes at the current
+        """Counts the run's iterations: those done, plus those the rest of the budget takes at the current
         ``num_envs * num_steps`` (a resumed run may have changed either, or the budget)."""
         return self.iteration + math.ceil(max(0, self.total_timesteps - self.env_steps) / self.steps_per_iteration)
 
@@ -355,40 +283,31 @@ class RolloutDataModule(L.LightningDataModule):
         for iteration, steps, env_steps in self.schedule():
             self.env_steps = env_steps
             rollout = self.collector.collect(policy, steps, env_steps=env_steps, iteration=iteration)
-            self.update_normalization()
-            self.iteration += 1
-            self._stop_at_budget()
+            self._count(self.normalization.commit)
             yield rollout
         self._stop_at_budget()
 
     def overlapped_rollouts(self, module: Any) -> Iterator[Rollout]:
-        """The same rollouts as :meth:`rollouts` (envs, seeds, noise, budget), collected by
+        """Yields the same rollouts as :meth:`rollouts` (envs, seeds, noise, budget), collected by
         ``num_collectors`` processes while the module learns. Before taking rollout ``j`` the module's weights
         after update ``j - 1`` are published, with the statistics of the rollouts taken so far; a rollout is
         counted when it is taken, and the collectors stop with the fit (a rollout in flight is dropped)."""
-        envs = self.reference_envs
-        assert envs is not None and module.agent is not None
-        stats = _running_stats(envs)
-        n = self.envs_per_process // self.num_collectors
-        first = self.iteration
-        hparams = {k: v for k, v in self.hparams.items() if not k.startswith("_")}
+        assert self.reference_envs is not None and module.agent is not None
+        n, first = self.envs_per_process // self.num_collectors, self.iteration
         offsets = [self.first_env + c * n for c in range(self.num_collectors)]
-        specs = [CollectorSpec(c, type(self), hparams, n, offset, self.reset_seed(offset), self.seed, self.schedule(),
+        specs = [CollectorSpec(c, self.env_spec, n, offset, self.reset_seed(offset), self.seed, self.schedule(),
                                self.policy_lag, first)
                  for c, offset in enumerate(offsets)]
-        self.overlap = OverlappedCollection(specs, module.agent, stats, self.policy_lag, self.collector_timeout)
+        self.overlap = OverlappedCollection(specs, module.agent, self.normalization, self.policy_lag,
+                                            self.collector_timeout)
         try:
             while self.env_steps < self.total_timesteps:
                 if self.iteration > first:
-                    self.overlap.publish(self.iteration, module.agent, stats)
+                    self.overlap.publish(self.iteration, module.agent, self.normalization)
                 rollout, moments = self.overlap.take()
                 assert rollout.iteration == self.iteration
                 self.env_steps = rollout.env_steps
-                for name, rms in stats.items():
-                    rms.pending = merge_moments(moments[name])
-                    rms.commit(self._sum_over_processes)
-                self.iteration += 1
-                self._stop_at_budget()
+                self._count(lambda total: self.normalization.commit_moments(moments, total))
                 yield rollout
             self._stop_at_budget()
         finally:
@@ -397,46 +316,41 @@ class RolloutDataModule(L.LightningDataModule):
                 self.overlap = None
 
     def no_rollouts(self) -> Iterator[NoRollout]:
-        """A process that collects nothing (a learner beside the placement's rollout ranks): each iteration's
-        index and env count, in step with the processes that collect, and its part (no moments) in merging
-        the normalization statistics."""
+        """Yields, on a process that collects nothing (a learner beside the placement's rollout ranks), each
+        iteration's index and env count in step with the processes that collect, and takes its part (no moments)
+        in merging the normalization statistics."""
         for iteration, _, env_steps in self.schedule():
             self.env_steps = env_steps
-            self.update_normalization()
-            self.iteration += 1
-            self._stop_at_budget()
+            self._count(self.normalization.commit)
             yield NoRollout(iteration, env_steps)
         self._stop_at_budget()
 
+    def _count(self, commit: Any) -> None:
+        """Ends an iteration: ``commit`` folds its normalization moments in, merged over every process (so the
+        statistics are the same on each), through :meth:`_sum_over_processes`."""
+        commit(self._sum_over_processes)
+        self.iteration += 1
+        self._stop_at_budget()
+
     def schedule(self) -> Schedule:
-        """The rollouts left from the current count: ``num_steps`` steps each until the budget, the last shorter."""
+        """Lists the rollouts left from the current count: ``num_steps`` steps each until the budget, the last
+        shorter."""
         return Schedule(self.iteration, self.env_steps, self.num_envs, self.num_steps, self.total_timesteps)
 
     def reset_seed(self, first_env: int) -> int:
-        """The seed of env ``first_env`` of the run (env ``i`` gets ``seed + i``); a resumed run starts fresh
+        """Gives the seed of env ``first_env`` of the run (env ``i`` gets ``seed + i``); a resumed run starts fresh
         episodes, seeded apart from those the run already saw."""
         return self.seed + first_env + self.iteration * 7919
 
-    def keep_norm_state(self) -> None:
-        """Keeps the training envs' normalization statistics for envs built later (evaluation)."""
-        self._norm_state = {k: v for k, v in self.state_dict().items() if k.endswith("_rms")}
-
-    def update_normalization(self) -> None:
-        """Folds the rollout's observation and return moments, merged over all processes, into the
-        normalization statistics (the same on every process)."""
-        assert self.training_envs is not None
-        for rms in _running_stats(self.training_envs).values():
-            rms.commit(self._sum_over_processes)
-
     def _sum_over_processes(self, tensor: torch.Tensor) -> torch.Tensor:
-        """``tensor`` summed over every process, through the strategy's collectives (one process: itself)."""
+        """Sums ``tensor`` over every process, through the strategy's collectives (one process: itself)."""
         if self.trainer is None:
             return tensor
         strategy = self.trainer.strategy
         return strategy.reduce(tensor.to(strategy.root_device), reduce_op="sum").cpu()
 
     def _stop_at_budget(self) -> None:
-        """The env-step budget, not an epoch count, ends training (also for a resumed, finished run)."""
+        """Stops training at the env-step budget, not an epoch count (also for a resumed, finished run)."""
         if self.env_steps >= self.total_timesteps and self.trainer is not None:
             self.trainer.should_stop = True
 
@@ -446,9 +360,6 @@ class RolloutDataModule(L.LightningDataModule):
     def _eval_batches(self) -> "_Stream":
         def episodes() -> Iterator[dict[str, torch.Tensor]]:
             assert self.eval_collector is not None
-            if self.training_envs is not None:  # during fit: evaluate with the current normalization statistics
-                self.keep_norm_state()
-                self._apply_norm_state(self.eval_collector.envs)
             returns, lengths = self.eval_collector.evaluate(
                 self.trainer.lightning_module, self.hparams.eval_episodes, seed=self.seed + 1_000_000
             )
@@ -461,13 +372,7 @@ class RolloutDataModule(L.LightningDataModule):
 
     # ----------------------------------------------------------------- checkpoint state
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"env_steps": self.env_steps, "iteration": self.iteration}
-        if self.training_envs is not None:
-            for name, rms in _running_stats(self.training_envs).items():
-                state[name] = {"mean": torch.tensor(rms.mean), "var": torch.tensor(rms.var), "count": float(rms.count)}
-        elif self._norm_state:
-            state.update(self._norm_state)
-        return state
+        return {"env_steps": self.env_steps, "iteration": self.iteration, **self.normalization.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.env_steps = int(state_dict["env_steps"])
@@ -480,34 +385,12 @@ class RolloutDataModule(L.LightningDataModule):
                 f"data.total_timesteps={self.total_timesteps} do not split over {self.num_envs} envs, so the run "
                 f"could not stop exactly at the budget. Set data.total_timesteps to e.g. {fits}, or num_envs to "
                 f"a divisor of {left}.")
-        self._norm_state = {k: v for k, v in state_dict.items() if k in ("obs_rms", "return_rms")}
-        for envs in (self.training_envs, self.eval_collector.envs if self.eval_collector is not None else None):
-            if envs is not None:
-                self._apply_norm_state(envs)
-
-    def _apply_norm_state(self, envs: gym.vector.VectorEnv) -> None:
-        for name, rms in _running_stats(envs).items():
-            if name in self._norm_state:
-                saved = self._norm_state[name]
-                rms.mean = saved["mean"].numpy().astype(rms.mean.dtype)
-                rms.var = saved["var"].numpy().astype(rms.var.dtype)
-                rms.count = saved["count"]
-
-
-def _running_stats(envs: gym.vector.VectorEnv) -> dict[str, Any]:
-    """The running statistics of the normalization wrappers around ``envs``, by name."""
-    found = {}
-    env = envs
-    while isinstance(env, gym.vector.VectorWrapper):
-        for name in ("obs_rms", "return_rms"):
-            if name in vars(env):
-                found[name] = vars(env)[name]
-        env = env.env
-    return found
+        self.normalization.load_state_dict(state_dict)
 
 
 class _Stream:
-    """An iterable Lightning can take as a dataloader; each ``iter()`` starts ``make()`` anew."""
+    """Wraps a generator function as an iterable Lightning can take as a dataloader: each ``iter()`` starts
+    ``make()`` anew."""
 
     def __init__(self, make: Any) -> None:
         self.make = make

@@ -12,8 +12,9 @@ memory:
   allocated in shared memory once, and sends the learner the buffer's index with the few per-round and
   per-episode values. The learner copies the rollout out and hands the buffer back.
 - **Normalization moments**: a collector never updates its statistics itself. It sends the moments of the
-  rollout's raw observations and returns; the learner merges them into the run's statistics (its
-  datamodule's, which checkpoints hold) and publishes them with the next weights.
+  rollout's raw observations and returns; the learner merges them into the run's statistics (their owner,
+  :class:`~lit_rl.data.normalization.Normalization`, which checkpoints hold) and publishes them with the next
+  weights.
 
 ::
 
@@ -40,15 +41,17 @@ import signal
 import time
 import traceback
 from dataclasses import dataclass, fields
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 import torch.multiprocessing as mp
-from gymnasium.wrappers.utils import RunningMeanStd
 from torch import Tensor
 
-from lit_rl.data.rollout import ENV_DIM, TIME, Rollout, join
+from lit_rl.data.collector import Collector
+from lit_rl.data.normalization import Normalization
+from lit_rl.data.rollout import ENV_DIM, TIME, Rollout, Schedule, join
+from lit_rl.envs.make import EnvSpec, make_envs
 from lit_rl.errors import CollectorError
 from lit_rl.nets import ActorCritic, History
 
@@ -56,29 +59,8 @@ POLL = 0.2  # seconds between checks of the other side while waiting
 STARTUP = 300.0  # seconds a collector may take to start (spawn, imports, building its envs), at least
 
 
-@dataclass
-class Schedule:
-    """The run's rollouts from ``iteration`` on: ``num_steps`` steps each over the run's ``num_envs`` envs until
-    ``total_timesteps`` env steps (the last one shorter): what the datamodule collects, in either mode."""
-
-    iteration: int
-    env_steps: int
-    num_envs: int
-    num_steps: int
-    total_timesteps: int
-
-    def __iter__(self) -> Iterator[tuple[int, int, int]]:
-        """``(iteration, steps, env_steps after it)`` of each rollout left."""
-        iteration, env_steps = self.iteration, self.env_steps
-        while env_steps < self.total_timesteps:
-            steps = min(self.num_steps, (self.total_timesteps - env_steps) // self.num_envs)
-            env_steps += steps * self.num_envs
-            yield iteration, steps, env_steps
-            iteration += 1
-
-
 class AgentPolicy:
-    """What a collector process acts with: an :class:`~lit_rl.nets.ActorCritic` on the CPU (the collector's
+    """Acts, in a collector process, with an :class:`~lit_rl.nets.ActorCritic` on the CPU (the collector's
     ``Policy``)."""
 
     device = torch.device("cpu")
@@ -97,21 +79,8 @@ class AgentPolicy:
         return self.agent.initial_state(batch) if self.agent.recurrent else None
 
 
-def _moments(rms: RunningMeanStd) -> dict[str, Tensor]:
-    return {"mean": torch.as_tensor(np.asarray(rms.mean, dtype=np.float64)),
-            "var": torch.as_tensor(np.asarray(rms.var, dtype=np.float64)),
-            "count": torch.tensor(float(rms.count), dtype=torch.float64)}
-
-
-def _set_moments(rms: RunningMeanStd, moments: dict[str, Any]) -> None:
-    """Sets ``rms`` to ``moments`` (tensors or numpy arrays)."""
-    rms.mean = np.asarray(moments["mean"]).astype(np.asarray(rms.mean).dtype).reshape(np.shape(rms.mean))
-    rms.var = np.asarray(moments["var"]).astype(np.asarray(rms.var).dtype).reshape(np.shape(rms.var))
-    rms.count = float(moments["count"])
-
-
 class WeightRing:
-    """``lag + 1`` versions of the networks' weights and the normalization statistics, in shared memory.
+    """Holds ``lag + 1`` versions of the networks' weights and the normalization statistics in shared memory.
 
     The learner writes version ``v`` into slot ``v % size`` (then announces it to each collector through a
     queue of its own: no lock is shared with a collector, which could die holding it); a collector reads the
@@ -120,33 +89,32 @@ class WeightRing:
     while it is written.
     """
 
-    def __init__(self, agent: ActorCritic, stats: dict[str, RunningMeanStd], lag: int) -> None:
+    def __init__(self, agent: ActorCritic, normalization: Normalization, lag: int) -> None:
         self.size = lag + 1
         self.slots = [{"weights": {k: v.detach().clone().cpu().share_memory_() for k, v in agent.state_dict().items()},
-                       "stats": {name: {k: v.share_memory_() for k, v in _moments(rms).items()}
-                                 for name, rms in stats.items()}}
+                       "stats": {name: {k: v.share_memory_() for k, v in m.items()}
+                                 for name, m in normalization.moments().items()}}
                       for _ in range(self.size)]
 
-    def write(self, version: int, agent: ActorCritic, stats: dict[str, RunningMeanStd]) -> None:
+    def write(self, version: int, agent: ActorCritic, normalization: Normalization) -> None:
         slot = self.slots[version % self.size]
         with torch.no_grad():
             for key, value in agent.state_dict().items():
                 slot["weights"][key].copy_(value)
-        for name, rms in stats.items():
-            for key, value in _moments(rms).items():
+        for name, m in normalization.moments().items():
+            for key, value in m.items():
                 slot["stats"][name][key].copy_(value)
 
-    def load(self, version: int, agent: ActorCritic, stats: dict[str, RunningMeanStd]) -> None:
+    def load(self, version: int, agent: ActorCritic, normalization: Normalization) -> None:
         slot = self.slots[version % self.size]
         with torch.no_grad():
             agent.load_state_dict(slot["weights"])
-        for name, rms in stats.items():
-            _set_moments(rms, slot["stats"][name])
+        normalization.set_moments(slot["stats"])
 
 
 class RolloutSlots:
-    """A collector's rollout buffers in shared memory, allocated from its first rollout: every time-major and
-    env-major field the :class:`~lit_rl.data.Rollout` declares (time-major ones hold ``num_steps`` rows; a
+    """Holds a collector's rollout buffers in shared memory, allocated from its first rollout: every time-major
+    and env-major field the :class:`~lit_rl.data.Rollout` declares (time-major ones hold ``num_steps`` rows; a
     shorter last rollout uses the first rows). Per-episode and per-round values travel in the message."""
 
     def __init__(self, first: Rollout, count: int) -> None:
@@ -168,7 +136,7 @@ class RolloutSlots:
 
     @staticmethod
     def read(cls: type[Rollout], buffers: dict[str, Tensor], message: dict[str, Any]) -> Rollout:
-        """The rollout of a message, its tensors copied out of the buffers (which may then be reused)."""
+        """Rebuilds the rollout of a message, its tensors copied out of the buffers (which may then be reused)."""
         steps = message["steps"]
         values = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in message["fields"].items()}
         for f in fields(cls):
@@ -180,11 +148,10 @@ class RolloutSlots:
 
 @dataclass
 class CollectorSpec:
-    """What a collector process needs to start (pickled once, at spawn)."""
+    """Holds what a collector process needs to start (pickled once, at spawn)."""
 
     index: int
-    data_class: type  # the RolloutDataModule (or subclass) that builds the envs, from its hyperparameters
-    data_hparams: dict[str, Any]
+    env: EnvSpec  # what its envs are
     num_envs: int  # this collector's envs
     env_offset: int  # the run's index of its first env
     reset_seed: int
@@ -195,7 +162,7 @@ class CollectorSpec:
 
 
 def _die_with_parent() -> None:
-    """Linux: SIGKILL this process when the process that started it dies (even by SIGKILL)."""
+    """Asks Linux to SIGKILL this process when the process that started it dies (even by SIGKILL)."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -205,7 +172,7 @@ def _die_with_parent() -> None:
 
 def collector_main(spec: CollectorSpec, agent: ActorCritic, ring: WeightRing, versions: Any, outbox: Any, free: Any,
                    stop: Any, parent: int) -> None:
-    """A collector process: collects the schedule's rollouts, each with the version of the weights it needs."""
+    """Runs a collector process: collects the schedule's rollouts, each with the version of the weights it needs."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the learner, which stops the collectors
     # SLURM's warning before a time limit (--signal=USR1@90) reaches every process of the job step; the learner
@@ -213,20 +180,18 @@ def collector_main(spec: CollectorSpec, agent: ActorCritic, ring: WeightRing, ve
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     torch.set_num_threads(1)
     try:
-        from lit_rl.data.collector import Collector
-        from lit_rl.data.datamodule import _running_stats
-
         def keep_waiting() -> None:
             if stop.value or os.getppid() != parent:
                 raise SystemExit(0)
 
-        data = spec.data_class(**spec.data_hparams)
-        collector = Collector(data.make_envs(spec.num_envs, training=True), spec.env_offset, spec.noise_seed)
-        stats = _running_stats(collector.envs)
+        # Its envs record their moments into statistics of its own, which take the run's at every version.
+        normalization = Normalization(spec.env.normalized)
+        envs = make_envs(spec.env, spec.num_envs, training=True, statistics=normalization.statistics)
+        collector = Collector(envs, spec.env_offset, spec.noise_seed)
         policy = AgentPolicy(agent)
         # The first observations are normalized when the envs reset: with the run's statistics (a resumed
         # run's), published with the first version before the collectors start.
-        ring.load(spec.first_version, agent, stats)
+        ring.load(spec.first_version, agent, normalization)
         collector.reset(spec.reset_seed)
         outbox.put(("ready", spec.index, None))
         slots: Optional[RolloutSlots] = None
@@ -240,13 +205,10 @@ def collector_main(spec: CollectorSpec, agent: ActorCritic, ring: WeightRing, ve
                 except queue.Empty:
                     keep_waiting()
             waited = time.perf_counter() - start
-            ring.load(version, agent, stats)
+            ring.load(version, agent, normalization)
             rollout = collector.collect(policy, steps, env_steps=env_steps, iteration=iteration)
             rollout.policy_lag = iteration - version
-            moments = {}
-            for name, rms in stats.items():
-                moments[name] = {k: v.numpy() for k, v in _moments(rms.pending).items()}
-                rms.pending = RunningMeanStd(epsilon=0.0, shape=rms.pending.mean.shape)
+            moments = normalization.take_pending()
             if slots is None:
                 slots = RolloutSlots(rollout, spec.lag + 1)
                 # The learner hands the buffers out once it holds them: shared tensors travel as file descriptors
@@ -272,13 +234,13 @@ def collector_main(spec: CollectorSpec, agent: ActorCritic, ring: WeightRing, ve
 
 
 class OverlappedCollection:
-    """The learner's side: starts the collectors, takes their rollouts in order, publishes weights, stops them."""
+    """Runs the learner's side: starts the collectors, takes their rollouts in order, publishes weights, stops them."""
 
-    def __init__(self, specs: list[CollectorSpec], agent: ActorCritic, stats: dict[str, RunningMeanStd],
+    def __init__(self, specs: list[CollectorSpec], agent: ActorCritic, normalization: Normalization,
                  lag: int, timeout: float) -> None:
         ctx = mp.get_context("spawn")
         self.lag, self.timeout = lag, timeout
-        self.ring = WeightRing(agent, stats, lag)
+        self.ring = WeightRing(agent, normalization, lag)
         self.versions = [ctx.Queue() for _ in specs]
         self.outbox = ctx.Queue()
         self.free = [ctx.Queue() for _ in specs]
@@ -295,20 +257,20 @@ class OverlappedCollection:
                                       args=(spec, copy.deepcopy(agent).cpu(), self.ring, self.versions[spec.index], self.outbox,
                                             self.free[spec.index], self.stop, os.getpid()))
                           for spec in specs]
-        self.publish(specs[0].first_version, agent, stats)
+        self.publish(specs[0].first_version, agent, normalization)
         atexit.register(self.close)
         for process in self.processes:
             process.start()
 
-    def publish(self, version: int, agent: ActorCritic, stats: dict[str, RunningMeanStd]) -> None:
-        """Makes ``version`` (the weights after that many updates) the one collectors can act with."""
-        self.ring.write(version, agent, stats)
+    def publish(self, version: int, agent: ActorCritic, normalization: Normalization) -> None:
+        """Makes ``version`` (the weights after that many updates, and the statistics) the one collectors act with."""
+        self.ring.write(version, agent, normalization)
         for announce in self.versions:
             announce.put(version)
 
     def take(self, cls: type[Rollout] = Rollout) -> tuple[Rollout, dict[str, list[dict[str, Any]]]]:
-        """The next rollout of every collector, joined (collector 0's envs first), with the seconds waited for it
-        as its ``learner_wait``; and each collector's normalization moments (a list per statistic)."""
+        """Takes the next rollout of every collector, joined (collector 0's envs first), with the seconds waited
+        for it as its ``learner_wait``; and each collector's normalization moments (a list per statistic)."""
         start = time.perf_counter()
         for index in self.waiting:
             while not self.waiting[index]:
@@ -381,16 +343,4 @@ class OverlappedCollection:
                 process.kill()
                 process.join(1)
         self.processes = []
-
-
-def merge_moments(parts: list[dict[str, Any]]) -> RunningMeanStd:
-    """One collector's moments as they are; several merged (Chan et al.), as one pending update."""
-    merged = RunningMeanStd(epsilon=0.0, shape=tuple(np.shape(parts[0]["mean"])))
-    if len(parts) == 1:
-        _set_moments(merged, parts[0])
-        return merged
-    for part in parts:
-        if float(part["count"]) > 0:
-            merged.update_from_moments(np.asarray(part["mean"]), np.asarray(part["var"]), float(part["count"]))
-    return merged
 

@@ -15,7 +15,7 @@ so their order does not matter).
 """
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -151,6 +151,27 @@ class NoRollout:
 
     def to(self, device: torch.device) -> "NoRollout":
         return self
+
+
+@dataclass
+class Schedule:
+    """Lists the run's rollouts from ``iteration`` on: ``num_steps`` steps each over the run's ``num_envs`` envs
+    until ``total_timesteps`` env steps (the last one shorter), in either collection mode."""
+
+    iteration: int
+    env_steps: int
+    num_envs: int
+    num_steps: int
+    total_timesteps: int
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        """Yields ``(iteration, steps, env_steps after it)`` of each rollout left."""
+        iteration, env_steps = self.iteration, self.env_steps
+        while env_steps < self.total_timesteps:
+            steps = min(self.num_steps, (self.total_timesteps - env_steps) // self.num_envs)
+            env_steps += steps * self.num_envs
+            yield iteration, steps, env_steps
+            iteration += 1
 
 
 def join(cls: type[Rollout], parts: dict[str, list[Any]]) -> Rollout:

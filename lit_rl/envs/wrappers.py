@@ -1,6 +1,6 @@
 """Gymnasium wrappers lit_rl adds to an env from its config."""
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -54,56 +54,29 @@ def mask_vector_observation(envs: gym.vector.VectorEnv, hide: Sequence[int]) -> 
     return vw.TransformObservation(envs, lambda obs: obs[..., keep], batch_space(masked, envs.num_envs), masked)
 
 
-class DeferredRunningMeanStd(RunningMeanStd):
-    """gymnasium's running mean/std, held fixed while a rollout is collected.
-
-    The normalization wrappers call ``update()`` on every step; here it only gathers the moments of what it
-    is given into ``pending``. :meth:`commit` folds them in at the end of the iteration, merged over every
-    process that collects, so all processes normalize alike and the statistics are the run's.
-    """
-
-    def __init__(self, shape: tuple[int, ...] = (), dtype: Any = np.float64) -> None:
-        super().__init__(shape=shape, dtype=dtype)
-        self.pending = RunningMeanStd(epsilon=0.0, shape=shape)
-
-    def update(self, x: np.ndarray) -> None:
-        self.pending.update(np.asarray(x, dtype=np.float64))
-
-    def commit(self, sum_over_processes: Callable[[Tensor], Tensor] = lambda t: t) -> None:
-        """Folds in the moments gathered since the last commit by every process. ``sum_over_processes`` sums
-        a tensor over the processes (an all-reduce; the identity for one). The processes' moments are
-        merged as in Chan et al.'s parallel algorithm: counts and mean first, then the squared deviations
-        around the merged mean."""
-
-        def total(x: Any) -> np.ndarray:
-            return sum_over_processes(torch.as_tensor(x, dtype=torch.float64)).numpy()
-
-        p = self.pending
-        count = float(total(p.count))
-        if count > 0:
-            mean = total(p.count * p.mean) / count
-            var = total(p.count * (p.var + np.square(p.mean - mean))) / count
-            self.update_from_moments(mean.astype(self.mean.dtype), var.astype(self.var.dtype), count)
-        self.pending = RunningMeanStd(epsilon=0.0, shape=p.mean.shape)
-
-
 class NormalizeObservation(vw.NormalizeObservation):
-    """gymnasium's observation normalization with :class:`DeferredRunningMeanStd` statistics."""
+    """Applies gymnasium's observation normalization with the run's statistics ``obs_rms``, which it is handed
+    and never owns: their ``update()`` records what passes through, and their owner folds it in
+    (:class:`lit_rl.data.normalization.Normalization`)."""
 
-    def __init__(self, env: gym.vector.VectorEnv, epsilon: float = 1e-8) -> None:
+    def __init__(self, env: gym.vector.VectorEnv, obs_rms: RunningMeanStd, epsilon: float = 1e-8) -> None:
         super().__init__(env, epsilon)
-        self.obs_rms = DeferredRunningMeanStd(self.obs_rms.mean.shape, self.obs_rms.mean.dtype)
+        if obs_rms.mean.shape != self.obs_rms.mean.shape or obs_rms.mean.dtype != self.obs_rms.mean.dtype:
+            raise ValueError(f"NormalizeObservation: statistics of shape {obs_rms.mean.shape} and dtype "
+                             f"{obs_rms.mean.dtype} for observations of {self.obs_rms.mean.shape}, {self.obs_rms.mean.dtype}")
+        self.obs_rms = obs_rms
 
 
 class NormalizeReward(vw.NormalizeReward):
-    """gymnasium's reward normalization with :class:`DeferredRunningMeanStd` statistics, and the discounted
-    return it tracks reset at the end of every episode, truncated ones included (as SB3's VecNormalize
-    does). gymnasium's resets it on termination only, so on time-limited tasks the return runs on across
-    episodes and the reward scale drifts for the whole run."""
+    """Applies gymnasium's reward normalization with the run's statistics ``return_rms`` (handed to it, as to
+    :class:`NormalizeObservation`), and resets the discounted return it tracks at the end of every episode,
+    truncated ones included (as SB3's VecNormalize does). gymnasium's resets it on termination only, so on
+    time-limited tasks the return runs on across episodes and the reward scale drifts for the whole run."""
 
-    def __init__(self, env: gym.vector.VectorEnv, gamma: float = 0.99, epsilon: float = 1e-8) -> None:
+    def __init__(self, env: gym.vector.VectorEnv, return_rms: RunningMeanStd, gamma: float = 0.99,
+                 epsilon: float = 1e-8) -> None:
         super().__init__(env, gamma, epsilon)
-        self.return_rms = DeferredRunningMeanStd()
+        self.return_rms = return_rms
 
     def step(self, actions: Any) -> Any:
         obs, reward, terminated, truncated, info = super().step(actions)
