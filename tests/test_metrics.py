@@ -57,3 +57,11 @@ def test_explained_variance_of_non_finite_or_no_returns_is_nan_not_1():
     assert torch.isnan(explained_variance(values, torch.tensor([1.0, float("nan"), 2.0, 3.0])))
     assert torch.isnan(explained_variance(values, torch.tensor([1.0, float("inf"), 2.0, 3.0])))
     assert torch.isnan(explained_variance(torch.zeros(0), torch.zeros(0)))
+
+
+def test_the_iteration_means_are_not_synced_again():
+    """Every process holds every process's stats already (the placement's merge_stats, the gathered rollout):
+    the means must not sync over the processes a second time."""
+    metrics = RunMetrics(PPO.loss_metrics)
+    metrics._mean("a_new_episode_field", torch.ones(3))  # a metric made on first use
+    assert metrics.means and not any(mean.sync_on_compute for mean in metrics.means.values())

@@ -315,6 +315,13 @@ def test_a_failed_rank_ends_the_others_with_a_clear_error(tmp_path, failing, how
     assert elapsed < 120 + timeout_s
 
 
+def test_the_placement_takes_the_roles_from_the_algorithm_and_imports_before_it():
+    """The roles are the algorithm's; importing the placement first (before any algorithm) works."""
+    code = ("import lit_rl.distributed.placement as placement, lit_rl.algos.roles as roles; "
+            "assert placement.ROLES is roles.ROLES; from lit_rl.algos import PPG, PPO")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
 def test_nodes_name_the_ranks_of_their_processes():
     ranks = ActorCriticPlacement.nodes_to_ranks({"actor": None, "critic": [5]}, {"actor": [0], "critic": None},
                                                 num_nodes=2, per_node=3)

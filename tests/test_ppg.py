@@ -10,9 +10,9 @@ import torch
 
 from lit_rl.algos.ppg import PPG
 from lit_rl.algos.ppo import PPO
-from lit_rl.algos.updater import RoleUpdater, share_of
+from lit_rl.algos.roles import Placement, RoleSpec
+from lit_rl.algos.updater import RoleUpdater, Shuffler, share_of
 from lit_rl.data.store import RolloutStore
-from lit_rl.distributed.placement import Placement
 from lit_rl.errors import ConfigError
 from lit_rl.objectives import pcgrad
 from tests.helpers import OBS, fit, grads_of, make, random_batch, read_metrics
@@ -144,7 +144,7 @@ def test_pcgrad_actor_step_writes_the_projected_gradient_on_a_shared_trunk():
     else:
         pytest.fail("no batch with conflicting policy and value gradients")
     head_grads = torch.autograd.grad(terms[0], head, retain_graph=True)
-    stats = RoleUpdater(module, "actor", 0, Placement(), None, str).backward_with_surgery(opt, terms)
+    stats = RoleUpdater(module, "actor", Placement(), Shuffler(), None).backward_with_surgery(opt, terms)
     written = torch.cat([p.grad.flatten() for p in trunk])
     expected, _ = pcgrad(flat)
     assert torch.allclose(written, expected, atol=1e-6)
@@ -289,6 +289,12 @@ def test_store_keeps_what_the_formula_says_and_big_settings_are_refused(tmp_path
         2 * 8 * (256 * (frame + 8) + frame + 1) + 2048 * (4 + 4 * 15) + chunk)
 
 
+def test_the_auxiliary_phase_declares_both_roles_on_one_shared_stream():
+    module = PPG(aux_epochs=5)
+    assert module.aux_role_specs(7) == {"actor": RoleSpec(module.aux_actor_loss, 5, "aux", 7),
+                                        "critic": RoleSpec(module.aux_critic_loss, 5, "aux", 7)}
+
+
 @pytest.mark.parametrize("aux_minibatch", ["sequences", "samples"])
 def test_aux_phase_takes_minibatches_of_aux_minibatch_size_sequences(tmp_path, aux_minibatch, monkeypatch):
     """The reference (openai/phasic-policy-gradient) trains the aux phase on minibatches of aux_mbsize=4
@@ -298,22 +304,22 @@ def test_aux_phase_takes_minibatches_of_aux_minibatch_size_sequences(tmp_path, a
     module, dm = make({"n_pi": 2, "aux_epochs": 6, "aux_minibatch": aux_minibatch},
                       {**CARTPOLE, "total_timesteps": 256}, cls=PPG)
     sizes = []
-    original = module.minibatches
+    original = Shuffler.split
 
-    def minibatches(size, stream, count=None):
-        parts = original(size, stream, count)
+    def split(self, size, stream, count, device):
+        parts = original(self, size, stream, count, device)
         if stream == "aux":  # an aux epoch: one step of each optimizer per minibatch
             sizes.extend(len(idx) for idx in parts)
         return parts
 
-    module.minibatches = minibatches
+    monkeypatch.setattr(Shuffler, "split", split)
     steps: Counter = Counter()  # optimizer steps of the auxiliary phase, by role
     step = RoleUpdater.step
 
-    def counted(self, loss_fn, what, **kwargs):
+    def counted(self, loss_fn, share, what, *args):
         if what.startswith("auxiliary-phase"):
             steps[self.role] += 1
-        return step(self, loss_fn, what, **kwargs)
+        return step(self, loss_fn, share, what, *args)
 
     monkeypatch.setattr(RoleUpdater, "step", counted)
     fit(module, dm, tmp_path)

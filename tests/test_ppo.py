@@ -1,12 +1,18 @@
 """The PPO module: gradients reach only their own network, update order, warm-up, the loss call site."""
 
+import dataclasses
+from types import SimpleNamespace
+
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
+from lit_rl.algos.nonfinite import DeferredCheck, NonFiniteCheck
 from lit_rl.algos.ppo import PPO
-from lit_rl.algos.updater import share_of
+from lit_rl.algos.roles import RoleSpec
+from lit_rl.algos.updater import Shuffler, share_of
+from lit_rl.errors import NonFiniteLossError
 from lit_rl.objectives import policy_loss, value_loss
 from tests.helpers import OBS, fit, grads_of, make, random_batch, read_metrics
 
@@ -133,7 +139,7 @@ def test_target_kl_stops_actor_epochs(tmp_path):
     assert [r["train/actor_updates"] for r in rows] == [2.0, 2.0]  # one epoch of 2 minibatches, then the stop
 
 
-def test_each_epoch_has_exactly_num_minibatches_of_near_equal_size_and_target_kl_is_checked_at_its_end(tmp_path):
+def test_each_epoch_has_exactly_num_minibatches_of_near_equal_size_and_target_kl_is_checked_at_its_end(tmp_path, monkeypatch):
     """4 envs x 128 steps, minus the autoreset steps: about 490 valid rows, which 32 minibatches do not divide.
     torch.chunk gave 31 uneven minibatches (down to 1 row), and the target-KL check then fell mid-epoch.
     Each epoch must split every valid row into exactly 32 minibatches whose sizes differ by at most one, and a
@@ -142,19 +148,20 @@ def test_each_epoch_has_exactly_num_minibatches_of_near_equal_size_and_target_kl
                       {"num_steps": 128, "total_timesteps": 1024})
     steps: dict[str, list[torch.Tensor]] = {"actor": [], "critic": []}
     rows: dict[str, int] = {}
-    original_minibatches, original_prepare = module.minibatches, module.prepare_batch
+    original_split, original_prepare = Shuffler.split, module.prepare_batch
 
     def prepare_batch(rollout):
         batch = original_prepare(rollout)
         rows["valid"] = len(batch["returns"])
         return batch
 
-    def minibatches(size, role, count=None):
-        parts = original_minibatches(size, role, count)
+    def split(self, size, role, count, device):
+        parts = original_split(self, size, role, count, device)
         steps[role] += [idx.clone() for idx in parts]  # the epoch's minibatches, one optimizer step each
         return parts
 
-    module.prepare_batch, module.minibatches = prepare_batch, minibatches
+    module.prepare_batch = prepare_batch
+    monkeypatch.setattr(Shuffler, "split", split)
     fit(module, dm, tmp_path)
     # The last iteration's steps (its batch is the one measured).
     actor, critic = steps["actor"][-32:], steps["critic"][-3 * 32:]
@@ -167,9 +174,9 @@ def test_each_epoch_has_exactly_num_minibatches_of_near_equal_size_and_target_kl
 
 
 def test_minibatch_split_is_exact_for_any_row_count():
-    module = PPO(num_minibatches=4)
+    spec = PPO(num_minibatches=4).role_specs()["actor"]
     for size in (1, 3, 4, 5, 481, 512):
-        parts = module.minibatches(size, "actor")
+        parts = Shuffler().split(size, spec.stream, spec.minibatches, torch.device("cpu"))
         assert len(parts) == min(4, size)
         assert sorted(torch.cat(parts).tolist()) == list(range(size))
         assert max(map(len, parts)) - min(map(len, parts)) <= 1
@@ -269,3 +276,64 @@ def test_the_deferred_check_leaves_a_grad_scalers_flag_alone(tmp_path):
     with pytest.raises(Exception, match="critic loss is nan"):
         amp_fit(module, data, tmp_path / "nan")
     assert module.calls == NanAtCriticStep.bad
+
+
+def test_the_roles_updates_are_declared_once_and_the_updater_follows_the_declaration(tmp_path):
+    """PPO declares each role's update as a RoleSpec: the actor's actor_epochs of actor_loss on its own stream,
+    stopped at target_kl; the critic's critic_epochs of critic_loss, never stopped. The updater runs what the spec
+    says: a critic declared with 1 epoch of 3 minibatches takes 3 steps an iteration."""
+    module = PPO(actor_epochs=3, critic_epochs=5, num_minibatches=2, target_kl=0.02)
+    specs = module.role_specs()
+    assert specs["actor"] == RoleSpec(module.actor_loss, 3, "actor", 2, target_kl=0.02)
+    assert specs["critic"] == RoleSpec(module.critic_loss, 5, "critic", 2, target_kl=None)
+
+    class OneEpochCritic(PPO):
+        def role_specs(self):
+            specs = super().role_specs()
+            return {**specs, "critic": dataclasses.replace(specs["critic"], epochs=1, minibatches=3)}
+
+    module, dm = make({"update_epochs": 2, "num_minibatches": 4}, {"total_timesteps": 128}, cls=OneEpochCritic)
+    fit(module, dm, tmp_path)
+    assert (module.updaters["actor"].steps, module.updaters["critic"].steps) == (2 * 4, 3)
+
+
+class FakeRun:
+    """The few parts of an algorithm that a non-finite check's message reads."""
+
+    trainer = SimpleNamespace(checkpoint_callback=SimpleNamespace(last_model_path="last.ckpt"))
+    env_steps = 640
+
+
+def test_the_eager_check_stops_a_lone_process_before_the_backward_pass_and_a_group_after_the_sum():
+    lone = NonFiniteCheck(FakeRun(), lone=True)
+    lone.loss("critic", torch.tensor(1.5))
+    lone.gradients(True)
+    with pytest.raises(NonFiniteLossError, match=r"critic loss is nan .* 640 env steps.*last good checkpoint is last.ckpt"):
+        lone.loss("critic", torch.tensor(float("nan")))
+    group = NonFiniteCheck(FakeRun(), lone=False)
+    group.loss("actor", torch.tensor(float("inf")))  # its share is bad: it stops with the group, after the sum
+    with pytest.raises(NonFiniteLossError, match="actor loss is inf"):
+        group.gradients(False)
+    group.loss("actor", torch.tensor(0.5))
+    with pytest.raises(NonFiniteLossError, match="actor loss is 0.5"):  # another rank's share was bad
+        group.gradients(False)
+
+
+def test_the_deferred_check_skips_every_step_after_a_non_finite_loss_and_names_the_first_at_its_end():
+    param = torch.nn.Parameter(torch.zeros(2))
+    adam = torch.optim.Adam([param], lr=0.1, fused=True)
+    optimizer = SimpleNamespace(optimizer=adam, step=adam.step)  # as Lightning wraps it
+    check = DeferredCheck(FakeRun())
+    applied = []
+    for what, loss in (("actor", 1.0), ("critic", float("nan")), ("actor", 2.0), ("critic", float("inf"))):
+        check.loss(what, torch.tensor(loss))  # no error yet: no host sync
+        check.gradients(True)
+        param.grad = torch.ones(2)
+        before = param.detach().clone()
+        check.step(optimizer)
+        applied.append(not torch.equal(before, param.detach()))
+        assert "found_inf" not in adam.__dict__  # the flag is lent to the step only
+    assert applied == [True, False, False, False]
+    with pytest.raises(NonFiniteLossError, match="The critic loss is nan"):
+        check.end()
+    DeferredCheck(FakeRun()).end()  # no steps: nothing to raise

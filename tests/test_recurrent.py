@@ -97,7 +97,8 @@ def test_each_optimizer_changes_exactly_the_parameters_it_owns_with_a_shared_sum
     for role, loss_fn, owned in (("actor", module.actor_loss, agent.actor_parameters()),
                                  ("critic", module.critic_loss, agent.critic_parameters())):
         before = {name: p.detach().clone() for name, p in agent.named_parameters()}
-        module.updaters[role].step(lambda: loss_fn(share_of(batch, idx)), "test")
+        with module.updaters[role].toggled():
+            module.updaters[role].step(loss_fn, share_of(batch, idx), "test")
         owned_ids = {id(p) for p in owned}
         for name, p in agent.named_parameters():
             changed = not torch.equal(before[name], p.detach())

@@ -1,4 +1,4 @@
-"""Algorithms: LightningModules under manual optimization."""
+"""Exports the algorithms: LightningModules under manual optimization."""
 
 from lit_rl.algos.ppg import PPG
 from lit_rl.algos.ppo import PPO

@@ -1,4 +1,4 @@
-"""An algorithm's metrics: what each iteration and each evaluation logs, always against the env-step count.
+"""Logs an algorithm's metrics: what each iteration and each evaluation logs, always against the env-step count.
 
 Every logger gets ``env_steps`` as the step of every value it is given, so runs with other rollout sizes, or
 resumed and extended, line up. The metrics of one iteration (``train/<name>``):
@@ -16,25 +16,38 @@ resumed and extended, line up. The metrics of one iteration (``train/<name>``):
 """
 
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional, Protocol
 
 import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from lit_rl.algos.updater import Stats
+from lit_rl.algos.roles import ROLES, Stats
 from lit_rl.data.rollout import Rollout
-from lit_rl.distributed.placement import ROLES
-
-if TYPE_CHECKING:
-    from lit_rl.algos.ppo import PPO
 
 # Shown on the progress bar and to callbacks (each module.log costs about a millisecond), by metric.
 SHOWN = {"train/episodic_return": "return", "perf/sps": "sps"}
 
 
+class Logging(Protocol):
+    """Describes what the metrics use of an algorithm: a LightningModule's logging and optimizers, and the run's
+    env-step count."""
+
+    @property
+    def env_steps(self) -> int: ...
+
+    @property
+    def loggers(self) -> list[Any]: ...
+
+    def optimizers(self) -> Any: ...
+
+    def log(self, name: str, value: Any, **kwargs: Any) -> None: ...
+
+    def log_dict(self, dictionary: Any, **kwargs: Any) -> None: ...
+
+
 def explained_variance(values: Tensor, returns: Tensor) -> Tensor:
-    """``1 - Var[returns - values] / Var[returns]``, at most 1; 1 where both variances are 0, 0 where only the
+    """Computes ``1 - Var[returns - values] / Var[returns]``, at most 1; 1 where both variances are 0, 0 where only the
     returns' is (as torchmetrics). Each variance is of centred float64 values: torchmetrics' ``E[x^2] - E[x]^2``
     in float32 cancels when the returns are nearly constant (about 100 on a solved CartPole), and gave values
     far from the truth, above 1 among them."""
@@ -52,15 +65,15 @@ class RunMetrics(torch.nn.Module):
     def __init__(self, loss_metrics: tuple[str, ...]) -> None:
         super().__init__()
         self.loss_metrics = loss_metrics
-        self.means = torch.nn.ModuleDict({name: MeanMetric() for name in loss_metrics})
+        self.means = torch.nn.ModuleDict({name: mean_metric() for name in loss_metrics})
         self.last_logged: dict[str, float] = {}
         self._fit_start: Optional[tuple[float, int]] = None
 
     def start(self, env_steps: int) -> None:
-        """The fit starts (or resumes) at ``env_steps``: the origin of ``perf/sps``."""
+        """Marks where the fit starts (or resumes), at ``env_steps``: the origin of ``perf/sps``."""
         self._fit_start = (time.perf_counter(), env_steps)
 
-    def log_iteration(self, module: "PPO", rollout: Rollout, batch: dict[str, Tensor], stats: Stats,
+    def log_iteration(self, module: Logging, rollout: Rollout, batch: dict[str, Tensor], stats: Stats,
                       info: dict[str, float]) -> None:
         """Logs the iteration's metrics against env steps, and exposes a few to callbacks and the progress bar."""
         lrs = {role: opt.param_groups[0]["lr"] for role, opt in zip(ROLES, module.optimizers())}
@@ -71,7 +84,7 @@ class RunMetrics(torch.nn.Module):
 
     def iteration_metrics(self, rollout: Rollout, batch: dict[str, Tensor], stats: Stats,
                           lrs: dict[str, float]) -> dict[str, Any]:
-        """One iteration's metrics by name (see the module docstring), given each role's LR."""
+        """Computes one iteration's metrics by name (see the module docstring), given each role's LR."""
         metrics: dict[str, Any] = {"env_steps": float(rollout.env_steps), "train/iteration": float(rollout.iteration)}
         for name in self.loss_metrics:
             if stats.get(name):
@@ -92,7 +105,7 @@ class RunMetrics(torch.nn.Module):
         metrics.update({name: getattr(rollout, field) for field, name in type(rollout).round_metrics().items()})
         return metrics
 
-    def log_evaluation(self, module: "PPO", stage: str, batch: dict[str, Tensor]) -> None:
+    def log_evaluation(self, module: Logging, stage: str, batch: dict[str, Tensor]) -> None:
         """Logs an evaluation's episodes (``val/`` or ``test/``): the mean and spread of their returns."""
         returns, lengths = batch["episode_returns"].float(), batch["episode_lengths"].float()
         std = returns.std(unbiased=False) if returns.numel() > 1 else torch.zeros(())
@@ -101,7 +114,7 @@ class RunMetrics(torch.nn.Module):
         module.log_dict(metrics, logger=False, batch_size=1)
         self.log_against_env_steps(module, {"env_steps": float(module.env_steps), **metrics})
 
-    def log_against_env_steps(self, module: "PPO", metrics: dict[str, Any]) -> dict[str, float]:
+    def log_against_env_steps(self, module: Logging, metrics: dict[str, Any]) -> dict[str, float]:
         """Writes ``metrics`` to every logger with the env-step count as the step; returns them as floats."""
         values = {k: float(v) for k, v in metrics.items()}
         self.last_logged.update(values)
@@ -110,11 +123,19 @@ class RunMetrics(torch.nn.Module):
         return values
 
     def _mean(self, name: str, values: Tensor) -> Tensor:
-        """The mean of ``values``, by ``name``'s metric (synchronized across processes, as torchmetrics does)."""
+        """Averages ``values`` by ``name``'s metric."""
         if name not in self.means:  # a per-episode field of a Rollout subclass
-            self.means[name] = MeanMetric().to(values.device)
+            self.means[name] = mean_metric().to(values.device)
         metric = self.means[name]
         metric.update(values)
         mean = metric.compute()
         metric.reset()
         return mean
+
+
+def mean_metric() -> MeanMetric:
+    """Makes the metric that averages one statistic over an iteration, on this process alone: every process
+    already holds the values of all (the stats merged by the placement's ``merge_stats``, the episodes of the
+    gathered rollout), so a second sync over the processes would only cost a collective. It stays a MeanMetric for
+    how it averages: in float32, leaving NaN values out with a warning."""
+    return MeanMetric(sync_on_compute=False)

@@ -1,6 +1,6 @@
-"""Phasic Policy Gradient (Cobbe et al. 2020, arXiv:2009.04416): PPO plus an auxiliary phase.
+"""Trains Phasic Policy Gradient (Cobbe et al. 2020, arXiv:2009.04416): PPO plus an auxiliary phase.
 
-PPG extends :class:`~lit_rl.algos.ppo.PPO`; it adds one step to ``update()``.
+PPG extends :class:`~lit_rl.algos.ppo.PPO`; it adds one step to an iteration (``after_update()``).
 
 1. **Policy phase.** Every iteration is a PPO iteration, with ``actor_epochs`` (E_pi) and
    ``critic_epochs`` (E_V) apart. Each rollout then goes into the :class:`~lit_rl.data.store.RolloutStore`.
@@ -41,19 +41,20 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lit_rl.algos.ppo import PPO
-from lit_rl.algos.updater import Share, Stats, interleaved_epochs
+from lit_rl.algos.roles import ROLES, RoleSpec, Share, Stats
+from lit_rl.algos.updater import interleaved_epochs
 from lit_rl.data.rollout import Rollout, flatten_valid, pad_time, to_sequences
 from lit_rl.data.store import RolloutStore, available_memory, format_bytes, in_chunks
 from lit_rl.errors import ConfigError
 from lit_rl.objectives import aux_value_loss, clone_kl, gae
 from lit_rl.nets import History
 
-PPGArch = Literal["separate", "shared", "detach", "dual"]  # dual: the old name of separate
+PPGArch = Literal["separate", "shared", "detach", "dual"]  # dual: the PPG paper's name of separate
 AuxMinibatch = Literal["sequences", "samples"]
 
 
 class PPG(PPO):
-    """Phasic Policy Gradient. The defaults are the paper's (see configs/ppg/defaults.yaml).
+    """Runs Phasic Policy Gradient. The defaults are the paper's (see configs/ppg/defaults.yaml).
 
     Args:
         arch: ``separate``, ``shared`` or ``detach`` (see the module docstring).
@@ -92,7 +93,7 @@ class PPG(PPO):
         critic_epochs: Optional[int] = 1,
         **kwargs: Any,
     ) -> None:
-        if arch == "dual":  # checkpoints and configs from before the rename keep working
+        if arch == "dual":  # configs and checkpoints that use the paper's name keep working
             rank_zero_warn("model.arch: 'dual' (the PPG paper's name) is now called 'separate', as in PPO; using "
                            "'separate'. Set model.arch=separate to silence this.")
             arch = "separate"
@@ -125,7 +126,7 @@ class PPG(PPO):
                               datamodule.single_action_space)
 
     def check_memory(self, num_envs: int, num_steps: int, observation_space: Any, action_space: Any) -> int:
-        """The auxiliary phase's peak memory in bytes; a ConfigError where it would not fit."""
+        """Returns the auxiliary phase's peak memory in bytes; raises a ConfigError where it would not fit."""
         from lit_rl.nets import PolicyHead
         from lit_rl.nets.encoders import activation_elements, check_encoder
 
@@ -153,9 +154,9 @@ class PPG(PPO):
         return needed
 
     # ------------------------------------------------------------------ learning
-    def update(self, rollout: Rollout, batch: dict[str, Tensor]) -> tuple[Stats, dict[str, float]]:
-        """The PPO iteration (policy phase); after every ``n_pi`` of them, the auxiliary phase."""
-        stats, info = super().update(rollout, batch)
+    def after_update(self, rollout: Rollout, stats: Stats, info: dict[str, float]) -> None:
+        """Stores the rollout of the PPO iteration (the policy phase); after every ``n_pi`` of them, runs the
+        auxiliary phase."""
         self.policy_phase_time += info["perf/update_time"]
         hp = self.hparams
         if hp.aux_epochs:
@@ -177,24 +178,29 @@ class PPG(PPO):
             info["perf/aux_phase_time"] = time.perf_counter() - start
             info["perf/update_time"] += info["perf/aux_phase_time"]
         info["train/aux_phases"] = float(self.aux_phases)
-        return stats, info
 
     def auxiliary_phase(self, iteration: int) -> Stats:
-        """E_aux epochs over the stored rollouts: each minibatch gets one step of L_joint with the actor optimizer
-        and one of L_value with the critic's, in ``update_order``."""
+        """Runs E_aux epochs over the stored rollouts: each minibatch gets one step of L_joint with the actor
+        optimizer and one of L_value with the critic's, in ``update_order``."""
         hp = self.hparams
         data = self.take_aux_batch()
-        losses = {"actor": self.aux_actor_loss, "critic": self.aux_critic_loss}
-        steps = [(self.updaters[role], losses[role]) for role in self.role_order() if self.learns(role, iteration)]
         size = hp.aux_minibatch_size  # sequences
         if hp.aux_minibatch == "samples":  # single steps: the valid ones, flat; as many as `size` sequences hold
             size *= data["returns"].shape[1]
             valid = data.pop("valid")
             data = flatten_valid({key: value for key, value in data.items() if key != "starts"}, valid)
-        count = -(-len(data["returns"]) // size)
         # Minibatches of whole sequences (each with its initial state, when recurrent) or of single steps.
-        return interleaved_epochs(steps, data, hp.aux_epochs, lambda: self.minibatches(len(data["returns"]), "aux", count),
+        specs = self.aux_role_specs(-(-len(data["returns"]) // size))
+        learning = [role for role in ROLES if self.learns(role, iteration)]
+        return interleaved_epochs([self.updaters[role] for role in self.role_order()], specs, learning, data,
                                   "auxiliary-phase")
+
+    def aux_role_specs(self, minibatches: int) -> dict[str, RoleSpec]:
+        """Declares each role's update in the auxiliary phase: ``aux_epochs`` epochs of ``minibatches`` minibatches
+        from the ``aux`` stream, which both roles step on in turn; the actor's loss is L_joint, the critic's L_value."""
+        hp = self.hparams
+        return {"actor": RoleSpec(self.aux_actor_loss, hp.aux_epochs, "aux", minibatches),
+                "critic": RoleSpec(self.aux_critic_loss, hp.aux_epochs, "aux", minibatches)}
 
     @torch.no_grad()
     def take_aux_batch(self) -> dict[str, Tensor]:
@@ -234,7 +240,7 @@ class PPG(PPO):
         return {key: torch.cat(values) for key, values in parts.items()}
 
     def aux_actor_loss(self, share: Share) -> tuple[Any, dict[str, Tensor]]:
-        """``L_joint = L_aux + beta_clone * KL(pi_old || pi)`` (+ the value head's loss on a shared trunk)."""
+        """Computes ``L_joint = L_aux + beta_clone * KL(pi_old || pi)`` (+ the value head's loss on a shared trunk)."""
         assert self.agent is not None
         mb, weight = share.data, share.weight
         dist, aux_values, values = self.agent.forward_aux(mb["obs"], self.agent.shares_trunk, share.history)
@@ -247,7 +253,7 @@ class PPG(PPO):
         return loss, {"aux_value_loss": loss_aux.detach(), "bc_kl": bc_kl.detach()}
 
     def aux_critic_loss(self, share: Share) -> tuple[Tensor, dict[str, Tensor]]:
-        """``L_value``: the value network's squared error on the recomputed targets."""
+        """Computes ``L_value``: the value network's squared error on the recomputed targets."""
         assert self.agent is not None
         loss = aux_value_loss(self.agent.value(share.data["obs"], share.history), share.data["returns"])
         return share.weight * loss, {"aux_phase_value_loss": loss.detach()}
@@ -261,7 +267,7 @@ class PPG(PPO):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("hyper_parameters", {})
-        if saved.get("arch") == "dual":  # written before the architecture took PPO's name
+        if saved.get("arch") == "dual":  # the paper's name for separate: the same networks, which resuming must accept
             saved["arch"] = "separate"
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("ppg")

@@ -1,4 +1,4 @@
-"""PPO with a separate actor and critic, each with its own optimizer and schedule.
+"""Trains PPO with a separate actor and critic, each with its own optimizer and schedule.
 
 One iteration:
 
@@ -33,11 +33,11 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from lit_rl.algos.metrics import RunMetrics
 from lit_rl.algos.resume import Resume
+from lit_rl.algos.roles import ROLES, Placement, RoleSpec, Share, Stats
 from lit_rl.algos.schedules import LinearDecay, constant
-from lit_rl.algos.updater import RoleUpdater, Share, Shuffler, Stats, count_steps_of_other_roles
+from lit_rl.algos.updater import RoleUpdater, Shuffler, count_steps_of_other_roles
 from lit_rl.data.rollout import Rollout, flatten_valid, pad_time, to_sequences
 from lit_rl.data.store import chunk_rows, in_chunks
-from lit_rl.distributed.placement import ROLES, Placement
 from lit_rl.errors import ConfigError
 from lit_rl.objectives import actor_objective, gae, normalize_advantages, value_loss
 from lit_rl.nets import ActorCritic, Arch, Encoder, History, ImageLayout, Recurrent
@@ -47,7 +47,7 @@ GradientSurgery = Literal["none", "pcgrad"]
 
 
 class PPO(L.LightningModule):
-    """Proximal Policy Optimization (Schulman et al. 2017) with separate actor and critic optimizers.
+    """Runs Proximal Policy Optimization (Schulman et al. 2017) with separate actor and critic optimizers.
 
     Args:
         actor_optimizer: Builds the actor's optimizer from its parameters.
@@ -136,7 +136,8 @@ class PPO(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["actor_optimizer", "critic_optimizer", "actor_scheduler", "critic_scheduler"])
-        self.hparams.arch = arch  # as PPO got it: a subclass may have translated the user's (PPG's old 'dual')
+        # The architecture built: save_hyperparameters records a subclass's own arguments, which may spell it otherwise.
+        self.hparams.arch = arch
         self.automatic_optimization = False
         self.actor_optimizer = actor_optimizer
         self.critic_optimizer = critic_optimizer
@@ -188,8 +189,8 @@ class PPO(L.LightningModule):
     @staticmethod
     def check_batch(num_envs: int, num_steps: int, num_minibatches: int, recurrent: Optional[str] = None,
                     bptt_length: Optional[int] = None) -> None:
-        """A rollout of ``num_envs * num_steps`` samples (recurrent: of ``num_envs * num_steps / bptt_length``
-        sequences) must split into ``num_minibatches`` equal parts."""
+        """Refuses a rollout of ``num_envs * num_steps`` samples (recurrent: of ``num_envs * num_steps /
+        bptt_length`` sequences) that does not split into ``num_minibatches`` equal parts."""
         if recurrent is not None:
             length = bptt_length or num_steps
             if num_steps % length:
@@ -212,7 +213,7 @@ class PPO(L.LightningModule):
             )
 
     def check_data(self, datamodule: Any) -> None:
-        """What training needs of the datamodule's rollouts: they split into the minibatches, and reward
+        """Checks what training needs of the datamodule's rollouts: they split into the minibatches, and reward
         normalization uses the discount being learned. ``setup`` calls it; the ``lit-rl`` command calls it
         before the trainer starts, so a bad combination leaves no run folder behind."""
         hp = self.hparams
@@ -265,17 +266,16 @@ class PPO(L.LightningModule):
             self.shuffler = Shuffler(int(getattr(datamodule, "seed", 0)))
 
     def configure_optimizers(self) -> Any:
-        """One optimizer and schedule per role, in :data:`ROLES` order; the placement learns which optimizer is
-        whose here, and each role gets its :class:`~lit_rl.algos.updater.RoleUpdater`."""
+        """Makes one optimizer and schedule per role, in :data:`ROLES` order; tells the placement which optimizer
+        is whose, and gives each role its :class:`~lit_rl.algos.updater.RoleUpdater`."""
         optimizers = [self.make_optimizer(role) for role in ROLES]
         self.placement.assign_optimizers(dict(zip(ROLES, optimizers)))
-        hp = self.hparams
-        self.updaters = {role: RoleUpdater(self, role, i, self.placement, hp[f"{role}_max_grad_norm"], self._non_finite_message)
-                         for i, role in enumerate(ROLES)}
+        self.updaters = {role: RoleUpdater(self, role, self.placement, self.shuffler, self.hparams[f"{role}_max_grad_norm"])
+                         for role in ROLES}
         return optimizers, [self.make_scheduler(role, opt) for role, opt in zip(ROLES, optimizers)]
 
     def make_optimizer(self, role: str, params: Optional[Iterable[Tensor]] = None) -> Optimizer:
-        """``role``'s optimizer, as configured, over ``params`` (default: the role's parameters)."""
+        """Makes ``role``'s optimizer, as configured, over ``params`` (default: the role's parameters)."""
         make = self.actor_optimizer if role == "actor" else self.critic_optimizer
         if params is None:
             assert self.agent is not None
@@ -283,7 +283,7 @@ class PPO(L.LightningModule):
         return make(params)
 
     def make_scheduler(self, role: str, optimizer: Optimizer) -> Any:
-        """``role``'s LR schedule, as configured: the given scheduler, else linear annealing to 0 over the
+        """Makes ``role``'s LR schedule, as configured: the given scheduler, else linear annealing to 0 over the
         run's iterations (``anneal_lr``), else constant."""
         make = self.actor_scheduler if role == "actor" else self.critic_scheduler
         if make is not None:
@@ -296,7 +296,7 @@ class PPO(L.LightningModule):
     # ------------------------------------------------------------------ acting
     def act(self, obs: Tensor, deterministic: bool = False, noise: Optional[Tensor] = None,
             history: Optional[History] = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Actions, log-probs and values of the current policy, without gradients (:meth:`ActorCritic.act`)."""
+        """Returns actions, log-probs and values of the current policy, without gradients (:meth:`ActorCritic.act`)."""
         assert self.agent is not None
         return self.agent.act(obs, deterministic, noise, history)
 
@@ -305,21 +305,35 @@ class PPO(L.LightningModule):
         return self.agent.act_value(obs, history)
 
     def initial_state(self, batch: int) -> Optional[Tensor]:
-        """The recurrent state before any step (None without a summarizer)."""
+        """Returns the recurrent state before any step (None without a summarizer)."""
         assert self.agent is not None
         return self.agent.initial_state(batch, self.device) if self.agent.recurrent else None
 
     # ------------------------------------------------------------------ learning
     def training_step(self, dataloader_iter: Iterator) -> None:
-        # The rollout is collected here, by next(), with the current policy: Lightning's usual
-        # prefetching would collect it one update too early. StopIteration at the budget ends training.
+        """Runs one iteration: collect a rollout, gather every rank's, revalue it if it is lagged, compute the
+        advantages, update each role, exchange the weights, add what the algorithm adds (:meth:`after_update`), step
+        the LR schedules, log the metrics."""
+        # next() collects the rollout here, with the current policy: Lightning's usual prefetching would collect
+        # it one update too early. StopIteration at the budget ends training.
         rollout: Rollout = next(dataloader_iter)[0].to(self.device)
         rollout = self.placement.gather_rollout(rollout)  # every rank's shard: all compute the same advantages
         if rollout.policy_lag:  # collected with older weights (overlapped collection)
             rollout = self.revalue(rollout)
         batch = self.prepare_batch(rollout)
         before = {role: updater.steps for role, updater in self.updaters.items()}
-        stats, info = self.update(rollout, batch)
+        start = time.perf_counter()
+        stats: Stats = defaultdict(list)
+        for i, role in enumerate(self.role_order()):
+            if i:
+                self.placement.wait_for_role()  # serial mode: the second role starts when the first is done
+            if self.learns(role, rollout.iteration):
+                for key, values in self.update_role(role, batch).items():
+                    stats[key] += values
+        self.sync_weights()
+        # Until every rank has the new weights (in parallel mode: the slower group's update, plus the exchange).
+        info = {"perf/update_time": time.perf_counter() - start}
+        self.after_update(rollout, stats, info)
         taken = {role: updater.steps - before[role] for role, updater in self.updaters.items()}
         # Every rank logs the stats of the roles it did not run, too, and counts the run's optimizer steps.
         stats, run_steps = self.placement.merge_stats(stats, taken)
@@ -331,63 +345,47 @@ class PPO(L.LightningModule):
                 scheduler.step()
         self.metrics.log_iteration(self, rollout, batch, stats, info)
 
+    def role_specs(self) -> dict[str, RoleSpec]:
+        """Declares each role's update: the critic's ``critic_epochs`` of :meth:`critic_loss`; the actor's
+        ``actor_epochs`` of :meth:`actor_loss`, stopped early once an epoch's mean approx KL exceeds ``target_kl``.
+        Each draws ``num_minibatches`` minibatches an epoch from its own shuffle stream."""
+        hp = self.hparams
+        return {"actor": RoleSpec(self.actor_loss, self.actor_epochs, "actor", hp.num_minibatches,
+                                  target_kl=hp.target_kl),
+                "critic": RoleSpec(self.critic_loss, self.critic_epochs, "critic", hp.num_minibatches)}
+
+    def update_role(self, role: str, batch: dict[str, Tensor]) -> Stats:
+        """Runs ``role``'s update on ``batch``, as :meth:`role_specs` declares it."""
+        return self.updaters[role].epochs(batch, self.role_specs()[role])
+
+    def after_update(self, rollout: Rollout, stats: Stats, info: dict[str, float]) -> None:
+        """Runs what the algorithm adds to an iteration after the roles' update and the weight exchange (PPO:
+        nothing), adding to its ``stats`` and ``info``."""
+
     @property
     def env_steps(self) -> int:
-        """Env steps taken by the run, this iteration's rollout included: the datamodule's count (its one owner);
-        without a datamodule, the loaded checkpoint's (for reading); else 0."""
+        """Counts the env steps taken by the run, this iteration's rollout included: the datamodule's count (its
+        one owner); without a datamodule, the loaded checkpoint's (for reading); else 0."""
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         return int(getattr(datamodule, "env_steps", self.resume.env_steps))
 
-    def update(self, rollout: Rollout, batch: dict[str, Tensor]) -> tuple[Stats, dict[str, float]]:
-        """One iteration's learning: for each role, in ``update_order``, its epochs of its loss; then the weight
-        exchange, so every rank holds the new actor and critic.
-
-        Returns the per-step stats and more metrics by name: ``perf/update_time`` is the wall time until
-        every rank has the new weights (in parallel mode: the slower group's update, plus the exchange).
-        """
-        start = time.perf_counter()
-        stats: Stats = defaultdict(list)
-        for i, role in enumerate(self.role_order()):
-            if i:
-                self.placement.wait_for_role()  # serial mode: the second role starts when the first is done
-            if self.learns(role, rollout.iteration):
-                for key, values in self.update_role(role, batch).items():
-                    stats[key] += values
-        self.sync_weights()
-        return stats, {"perf/update_time": time.perf_counter() - start}
-
-    def update_role(self, role: str, batch: dict[str, Tensor]) -> Stats:
-        """``role``'s epochs of its loss: the critic's ``critic_epochs`` of :meth:`critic_loss`; the actor's
-        ``actor_epochs`` of :meth:`actor_loss`, stopped early once an epoch's mean approx KL exceeds ``target_kl``."""
-        target_kl = self.hparams.target_kl
-        epochs, loss, stop = ((self.critic_epochs, self.critic_loss, None) if role == "critic" else
-                              (self.actor_epochs, self.actor_loss, None if target_kl is None else lambda kl: bool(kl > target_kl)))
-        return self.updaters[role].epochs(batch, loss, epochs, lambda: self.minibatches(len(batch["returns"]), role),
-                                          role, stop)
-
     def role_order(self) -> tuple[str, ...]:
-        """The roles in the order they update: ``update_order``."""
+        """Orders the roles as they update: ``update_order``."""
         return ROLES[::-1] if self.hparams.update_order == "critic_first" else ROLES
 
     def learns(self, role: str, iteration: int) -> bool:
-        """Whether this rank trains ``role`` at ``iteration``: its placement gives it the role, and the actor
+        """Says whether this rank trains ``role`` at ``iteration``: its placement gives it the role, and the actor
         waits out the critic warm-up."""
         return role in self.placement.roles and not (role == "actor" and iteration < self.hparams.critic_warmup)
 
     def sync_weights(self) -> None:
-        """Every rank takes the actor from the actor's ranks and the critic from the critic's."""
+        """Gives every rank the actor from the actor's ranks and the critic from the critic's."""
         assert self.agent is not None
         self.placement.sync_weights({"actor": self.agent.actor_parameters(), "critic": self.agent.critic_parameters()})
 
-    def minibatches(self, size: int, stream: str, count: Optional[int] = None) -> tuple[Tensor, ...]:
-        """One epoch's minibatches of ``size`` rows: exactly ``count`` (default ``num_minibatches``), from
-        ``stream``'s own shuffle (:class:`~lit_rl.algos.updater.Shuffler`)."""
-        count = self.hparams.num_minibatches if count is None else count
-        return self.shuffler.split(size, stream, count, self.device)
-
     @torch.no_grad()
     def revalue(self, rollout: Rollout) -> Rollout:
-        """A rollout collected by an older policy, with ``values`` and ``last_value`` from the current critic.
+        """Gives a rollout collected by an older policy ``values`` and ``last_value`` from the current critic.
 
         Advantages, returns and the value clip then come from the critic being updated, as when collection
         and update take turns; the log-probs stay those of the policy that acted (the PPO ratio is the current
@@ -413,7 +411,7 @@ class PPO(L.LightningModule):
         return dataclasses.replace(rollout, values=values, last_value=last)
 
     def prepare_batch(self, rollout: Rollout) -> dict[str, Tensor]:
-        """Advantages and returns from the pre-update critic, with every time-major field of the rollout: the
+        """Computes advantages and returns from the pre-update critic, with every time-major field of the rollout: the
         valid samples, flat; or, for a recurrent policy, sequences of ``bptt_length`` steps with their initial
         states (:meth:`sequences`)."""
         hp = self.hparams
@@ -431,7 +429,7 @@ class PPO(L.LightningModule):
 
     @torch.no_grad()
     def sequences(self, fields: dict[str, Tensor], initial_state: Tensor, length: int) -> dict[str, Tensor]:
-        """``[T, N, ...]`` fields as sequences of ``length`` steps (:func:`~lit_rl.data.rollout.to_sequences`),
+        """Cuts ``[T, N, ...]`` fields into sequences of ``length`` steps (:func:`~lit_rl.data.rollout.to_sequences`),
         with ``state``: each sequence's initial state, as the current networks reach it from ``initial_state``
         (for the first chunk, that one)."""
         assert self.agent is not None
@@ -449,7 +447,7 @@ class PPO(L.LightningModule):
 
     # ------------------------------------------------------------------ losses
     def critic_loss(self, share: Share) -> tuple[Tensor, dict[str, Tensor]]:
-        """``vf_coef * value loss`` of the value network on a share of a minibatch."""
+        """Computes ``vf_coef * value loss`` of the value network on a share of a minibatch."""
         assert self.agent is not None
         mb = share.data
         new_values = self.agent.value(mb["obs"], share.history)
@@ -457,7 +455,7 @@ class PPO(L.LightningModule):
         return share.weight * self.hparams.vf_coef * loss_value, {"value_loss": loss_value.detach()}
 
     def actor_loss(self, share: Share) -> tuple[Any, dict[str, Tensor]]:
-        """``-clipped surrogate - ent_coef * entropy`` (+ ``vf_coef * value loss`` on a shared trunk), with the
+        """Computes ``-clipped surrogate - ent_coef * entropy`` (+ ``vf_coef * value loss`` on a shared trunk), with the
         advantages normalized over the whole minibatch (also when ranks share it).
 
         With gradient surgery on a shared trunk the loss comes back as its two terms, policy and value.
@@ -478,7 +476,7 @@ class PPO(L.LightningModule):
         return loss, stats
 
     def combine(self, *terms: Tensor) -> Any:
-        """The sum of loss terms that share the trunk, or the terms themselves for gradient surgery."""
+        """Sums loss terms that share the trunk, or keeps them apart for gradient surgery."""
         return terms if self.hparams.gradient_surgery != "none" else sum(terms)
 
     def _value_clip(self) -> Optional[float]:
@@ -486,19 +484,10 @@ class PPO(L.LightningModule):
 
     @property
     def placement(self) -> Placement:
-        """Where the roles run: the :class:`~lit_rl.distributed.ActorCriticPlacement` strategy when training runs
+        """Says where the roles run: the :class:`~lit_rl.distributed.ActorCriticPlacement` strategy when training runs
         under it, else one process holding every role."""
         strategy = self._trainer.strategy if self._trainer is not None else None
         return strategy if isinstance(strategy, Placement) else self._one_process
-
-    def _non_finite_message(self, role: str, loss: Tensor) -> str:
-        callback = getattr(self.trainer, "checkpoint_callback", None)
-        last = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
-        kept = f"The last good checkpoint is {last}." if last else "No checkpoint had been saved yet."
-        return (f"The {role} loss is {loss.item()} in the update after {self.env_steps} env steps were collected; "
-                "training stopped before "
-                f"this update was applied. {kept} Lower the learning rate, turn on data.normalize_observation / "
-                "data.normalize_reward, or check the env's rewards and observations for NaN/inf.")
 
     # ------------------------------------------------------------------ metrics and checkpoints
     def on_train_start(self) -> None:

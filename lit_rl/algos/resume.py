@@ -1,4 +1,5 @@
-"""What an algorithm's checkpoint holds besides weights and optimizers, and how a resumed fit takes this run's config.
+"""Saves what an algorithm's checkpoint holds besides weights and optimizers, and lets a resumed fit take this
+run's config.
 
 A checkpoint carries, beside Lightning's own entries: the env-step count (for reading), each optimizer's class,
 each LR schedule in words, the minibatch shuffle streams and every RNG's state. On resume (:class:`Resume`):
@@ -13,23 +14,45 @@ each LR schedule in words, the minibatch shuffle streams and every RNG's state. 
 
 import random
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any, Optional, Protocol
 
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from lit_rl.algos.roles import ROLES, Placement
 from lit_rl.algos.schedules import describe_schedule
-from lit_rl.distributed.placement import ROLES
+from lit_rl.algos.updater import Shuffler
 from lit_rl.errors import ConfigError
 
-if TYPE_CHECKING:
-    from lit_rl.algos.ppo import PPO
+
+class Resumable(Protocol):
+    """Describes what resuming uses of an algorithm beside a LightningModule's trainer, hyperparameters and state
+    dict: its networks, env-step count, placement and shuffle streams, and how it makes each role's optimizer and
+    LR schedule."""
+
+    agent: Any
+    hparams: Any
+    placement: Placement
+    shuffler: Shuffler
+    _trainer: Any
+
+    @property
+    def trainer(self) -> Any: ...
+
+    @property
+    def env_steps(self) -> int: ...
+
+    def make_optimizer(self, role: str, params: Optional[Any] = None) -> torch.optim.Optimizer: ...
+
+    def make_scheduler(self, role: str, optimizer: torch.optim.Optimizer) -> Any: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
 
 
 def differences(prefix: str, saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``prefix.key: old -> new`` for each setting whose value differs (internal ``_`` keys left out)."""
+    """Lists ``prefix.key: old -> new`` for each setting whose value differs (internal ``_`` keys left out)."""
     unset = "(unset)"
     return [f"{prefix}.{key}: {saved.get(key, unset)!r} -> {current.get(key, unset)!r}"
             for key in sorted(set(saved) | set(current))
@@ -37,7 +60,7 @@ def differences(prefix: str, saved: dict[str, Any], current: dict[str, Any]) -> 
 
 
 def rng_states() -> dict[str, Any]:
-    """Every RNG's state (torch, CUDA, numpy, Python), in a form ``torch.load(weights_only=True)`` reads."""
+    """Returns every RNG's state (torch, CUDA, numpy, Python), in a form ``torch.load(weights_only=True)`` reads."""
     np_state = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
@@ -59,7 +82,7 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 class Resume:
-    """An algorithm's checkpoint entries, and the resume of a fit from them (see the module docstring).
+    """Writes an algorithm's checkpoint entries, and resumes a fit from them (see the module docstring).
 
     The algorithm calls :meth:`save` and :meth:`load` from its checkpoint hooks and :meth:`apply_config` when a
     resumed fit starts training.
@@ -78,7 +101,7 @@ class Resume:
         self.schedule_progress: list[int] = []
         self.saved_schedules: dict[str, str] = {}
 
-    def save(self, module: "PPO", checkpoint: dict[str, Any]) -> None:
+    def save(self, module: Resumable, checkpoint: dict[str, Any]) -> None:
         trainer = module.trainer
         checkpoint["env_steps"] = module.env_steps  # for reading a checkpoint; the datamodule's state restores the count
         checkpoint["optimizer_classes"] = {role: type(opt).__name__ for role, opt in zip(ROLES, trainer.optimizers)}
@@ -90,7 +113,7 @@ class Resume:
                                             **{k: v for k, v in by_critic.items() if k == "critic"}}
         checkpoint["rng_states"] = rng_states()
 
-    def load(self, module: "PPO", checkpoint: dict[str, Any]) -> None:
+    def load(self, module: Resumable, checkpoint: dict[str, Any]) -> None:
         self.notes = self.check(module, checkpoint)
         if module._trainer is not None and module.trainer.state.fn == "fit":
             # The schedules are rebuilt from this run's config (apply_config); of the checkpoint's, only how far
@@ -104,8 +127,8 @@ class Resume:
         if checkpoint.get("rng_states"):
             set_rng_states(checkpoint["rng_states"])
 
-    def check(self, module: "PPO", checkpoint: dict[str, Any]) -> list[str]:
-        """Before anything is restored: refuses a config that cannot apply to the checkpoint's networks and
+    def check(self, module: Resumable, checkpoint: dict[str, Any]) -> list[str]:
+        """Refuses, before anything is restored, a config that cannot apply to the checkpoint's networks and
         optimizer state (one line naming the key); returns how this run's model and data config differ from the
         checkpoint's, as ``key: old -> new`` lines. Everything else in this run's config applies."""
         trainer = module._trainer
@@ -138,8 +161,8 @@ class Resume:
             notes += differences("data", saved_data, dict(datamodule.hparams))
         return notes
 
-    def apply_config(self, module: "PPO") -> None:
-        """Once Lightning has restored the optimizers from the checkpoint, this run's config takes over where it
+    def apply_config(self, module: Resumable) -> None:
+        """Lets this run's config take over, once Lightning has restored the optimizers from the checkpoint, where it
         can: each optimizer's hyperparameters (LR, betas, eps, ...) are the configured ones (its moments and step
         counts stay the checkpoint's), and each schedule is rebuilt from the config and run forward over the
         iterations the checkpoint's had run, so ``anneal_lr`` anneals over this run's budget and rollout size (an
@@ -170,8 +193,8 @@ class Resume:
                            "checkpoint's in:\n  " + "\n  ".join(notes))
 
 
-def same_networks(module: "PPO", checkpoint: dict[str, Any], key: str, saved: str) -> bool:
-    """Whether this run's ``model.encoder`` / ``model.image_layout``, other than the checkpoint's ``saved``,
+def same_networks(module: Resumable, checkpoint: dict[str, Any], key: str, saved: str) -> bool:
+    """Says whether this run's ``model.encoder`` / ``model.image_layout``, other than the checkpoint's ``saved``,
     names the networks the checkpoint has.
 
     - ``encoder``: one of the two is ``auto`` and this run's networks have the checkpoint's parameters, names and
@@ -197,7 +220,7 @@ def same_networks(module: "PPO", checkpoint: dict[str, Any], key: str, saved: st
 
 
 def check_compatible(module: torch.nn.Module, saved: dict[str, Tensor]) -> None:
-    """A checkpoint whose networks do not fit ``module``'s gets one clear error instead of a shape dump."""
+    """Refuses, with one clear error instead of a shape dump, a checkpoint whose networks do not fit ``module``'s."""
     own = {k: v.shape for k, v in module.state_dict().items()}
     problems = [k for k in own if k not in saved] + [k for k in saved if k not in own]
     problems += [f"{k} {tuple(saved[k].shape)} vs {tuple(own[k])}" for k in own if k in saved and saved[k].shape != own[k]]

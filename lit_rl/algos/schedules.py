@@ -1,4 +1,4 @@
-"""LR schedules: the default ones (linear annealing, constant), and any schedule's settings in words (what a
+"""Defines the default LR schedules (linear annealing, constant) and puts any schedule's settings in words (what a
 checkpoint records, so a resumed run can say how its schedule differs)."""
 
 from typing import Any
@@ -7,7 +7,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 
 class LinearDecay:
-    """LR factor ``1 - iteration / num_iterations`` (CleanRL's annealing), floored at 0."""
+    """Gives the LR factor ``1 - iteration / num_iterations`` (CleanRL's annealing), floored at 0."""
 
     def __init__(self, num_iterations: int) -> None:
         self.num_iterations = num_iterations
@@ -20,7 +20,7 @@ class LinearDecay:
 
 
 def constant(_: int) -> float:
-    """LR factor 1: a constant learning rate."""
+    """Returns the LR factor 1: a constant learning rate."""
     return 1.0
 
 
@@ -30,7 +30,7 @@ _SCHEDULE_PROGRESS = {"last_epoch", "_step_count", "_last_lr", "base_lrs", "_get
 
 
 def describe_schedule(scheduler: Any) -> str:
-    """An LR schedule's settings in words, e.g. ``linear decay to 0 over 64 iterations``."""
+    """Puts an LR schedule's settings in words, e.g. ``linear decay to 0 over 64 iterations``."""
     if isinstance(scheduler, LambdaLR):
         return ", ".join("constant" if f is constant else repr(f) for f in scheduler.lr_lambdas)
     settings = {k: v for k, v in scheduler.state_dict().items() if k not in _SCHEDULE_PROGRESS}

@@ -1,4 +1,4 @@
-"""Placing the actor and the critic on their own ranks: a Lightning strategy, registered by name."""
+"""Exports the strategy that places the actor and the critic on their own ranks, registered by name."""
 
 from lit_rl.distributed.placement import ActorCriticPlacement
 

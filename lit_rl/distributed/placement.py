@@ -1,4 +1,4 @@
-"""A Lightning strategy that places the actor, the critic and the collection of rollouts on their own ranks.
+"""Places the actor, the critic and the collection of rollouts on their own ranks: a Lightning strategy.
 
 The ranks in ``rollout_ranks`` (default: all) each collect a shard of the run's envs. The shards are
 gathered, so all ranks hold one rollout batch and compute the same advantages with the pre-update critic. The ranks in ``actor_ranks`` train the
@@ -19,6 +19,9 @@ their collectors (:mod:`lit_rl.data.overlap`). A learner that collects nothing h
 (in the module's ``update_order``) wait for the first. The numbers are the same either way: both roles
 read the advantages computed before any update.
 
+The roles and the interface the algorithm runs them through (:class:`~lit_rl.algos.roles.Placement`, one process
+holding every role) are the algorithm's; this strategy implements that interface on several processes.
+
 Every collective, the strategy's own and Lightning's, is bounded: a rank that dies or stops answering
 ends the others with a :class:`~lit_rl.errors.PeerLostError` within ``timeout_s`` seconds (at once when its
 connection closes), instead of a hang.
@@ -36,81 +39,17 @@ from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+from lit_rl.algos.roles import ROLES, Placement, Stats
 from lit_rl.data.rollout import ENV_DIM, NoRollout, Rollout, join
 from lit_rl.errors import ConfigError, PeerLostError
 
-ROLES = ("actor", "critic")  # the roles that learn; "rollout" (collecting) is the placement's third role
 UpdateMode = Literal["serial", "parallel"]
-
-
-class Placement:
-    """Where the roles run, as the algorithm sees it. This base class is one process holding every role:
-    gathering, merging, reducing and the weight exchange pass straight through. The algorithm runs the same
-    code under it and under :class:`ActorCriticPlacement`; it has no branches on placement.
-
-    The algorithm tells the placement which optimizer belongs to which role (:meth:`assign_optimizers`, from
-    ``configure_optimizers``); the placement never probes the module.
-    """
-
-    def __init__(self) -> None:
-        self.optimizer_roles: dict[int, str] = {}  # id of an optimizer -> its role
-
-    def assign_optimizers(self, optimizers: dict[str, torch.optim.Optimizer]) -> None:
-        """Records which role each optimizer belongs to."""
-        self.optimizer_roles = {id(optimizer): role for role, optimizer in optimizers.items()}
-
-    @property
-    def roles(self) -> list[str]:
-        """The roles this process trains."""
-        return list(ROLES)
-
-    def group_size(self, role: str) -> int:
-        """The processes that train ``role``."""
-        return 1
-
-    def member(self, role: str) -> tuple[int, int]:
-        """``(index of this process in role's group, group size)``."""
-        return 0, 1
-
-    def collector_slot(self) -> tuple[Optional[int], int]:
-        """``(index of this process among those that collect, or None where it collects nothing; how many
-        processes collect)``."""
-        return 0, 1
-
-    def gather_rollout(self, rollout: Rollout) -> Rollout:
-        """The rollouts of all processes as one."""
-        return rollout
-
-    def reduce_gradients(self, params: list[Tensor], role: str) -> bool:
-        """Sums the gradients of ``params`` over ``role``'s group; returns whether the sums are finite (a lone
-        process has checked its own loss: True)."""
-        return True
-
-    def reduce_mean(self, value: Tensor, role: str) -> Tensor:
-        """The mean of ``value`` over ``role``'s group."""
-        return value
-
-    def sync_weights(self, params_by_role: dict[str, list[Tensor]]) -> None:
-        """Gives every process each role's parameters as that role's first process has them."""
-
-    def merge_stats(self, stats: dict[str, list[Tensor]], steps: dict[str, int]) -> tuple[dict[str, list[Tensor]], int]:
-        """Every process's per-step stats, merged by name; and the iteration's optimizer steps as one process
-        holding every role counts them, given this process's ``steps`` by role (each role's steps as its
-        first process took them)."""
-        return stats, sum(steps.values())
-
-    def from_role(self, obj: Any, role: str) -> Any:
-        """``obj`` as the first process of ``role`` has it."""
-        return obj
-
-    def wait_for_role(self) -> None:
-        """Between the first and the second role of an update: where the second waits for the first."""
 
 
 def gather_rollout(rollout: Rollout | NoRollout, world_size: int,
                    all_gather: Callable[[list[Tensor], Tensor, str], None],
                    all_gather_object: Callable[[Any], list[Any]], device: torch.device) -> Rollout:
-    """The rollouts of every rank that collected, as one, as the layout each field declares
+    """Joins the rollouts of every rank that collected into one, as the layout each field declares
     (:mod:`lit_rl.data.rollout`) says; joined in rank order.
 
     One ``all_gather_object`` carries each rank's class, per-episode and per-round values, and the shape of
@@ -160,7 +99,7 @@ def _to(value: Any, device: torch.device) -> Any:
 
 
 class ActorCriticPlacement(DDPStrategy, Placement):
-    """DDP processes with the actor on ``actor_ranks`` and the critic on ``critic_ranks``.
+    """Runs DDP processes with the actor on ``actor_ranks`` and the critic on ``critic_ranks``.
 
     Args:
         actor_ranks: Global ranks that train the actor; default: all.
@@ -222,7 +161,7 @@ class ActorCriticPlacement(DDPStrategy, Placement):
             self.groups = {role: dist.new_group(self.ranks[role], timeout=self._timeout) for role in ROLES}
 
     def role_ranks(self) -> dict[str, list[int]]:
-        """The ranks of each role, ``rollout`` included, from the requested ranks or nodes and the processes
+        """Returns the ranks of each role, ``rollout`` included, from the requested ranks or nodes and the processes
         the trainer starts (known before they join: the datamodule asks at the CLI's checks)."""
         if self.ranks:
             return self.ranks
@@ -237,7 +176,7 @@ class ActorCriticPlacement(DDPStrategy, Placement):
     @staticmethod
     def nodes_to_ranks(ranks: dict[str, Optional[list[int]]], nodes: dict[str, Optional[list[int]]],
                        num_nodes: int, per_node: int) -> dict[str, Optional[list[int]]]:
-        """``ranks``, with each role given by nodes replaced by the global ranks of those nodes' processes."""
+        """Replaces, in ``ranks``, each role given by nodes with the global ranks of those nodes' processes."""
         out = dict(ranks)
         for role, chosen in nodes.items():
             if chosen is None:
@@ -249,8 +188,8 @@ class ActorCriticPlacement(DDPStrategy, Placement):
 
     @staticmethod
     def check_ranks(requested: dict[str, Optional[list[int]]], world_size: int) -> dict[str, list[int]]:
-        """The ranks of each role (``actor``, ``critic``, ``rollout``); a ConfigError where the processes cannot
-        host the groups. Rollout ranks default to all; given, the learners default to the other ranks."""
+        """Returns the ranks of each role (``actor``, ``critic``, ``rollout``); raises a ConfigError where the
+        processes cannot host the groups. Rollout ranks default to all; given, the learners default to the other ranks."""
         everyone = list(range(world_size))
         rollout = requested.get("rollout")
         learners = everyone if rollout is None else ([r for r in everyone if r not in rollout] or everyone)
@@ -307,7 +246,7 @@ class ActorCriticPlacement(DDPStrategy, Placement):
 
     @property
     def roles(self) -> list[str]:
-        """The roles this rank trains."""
+        """Lists the roles this rank trains."""
         return [role for role in ROLES if self.global_rank in self.ranks.get(role, range(self.world_size))]
 
     def group_size(self, role: str) -> int:
@@ -322,7 +261,7 @@ class ActorCriticPlacement(DDPStrategy, Placement):
 
     # ------------------------------------------------------------------ data and weights
     def gather_rollout(self, rollout: Rollout) -> Rollout:
-        """The rollouts of all ranks as one, envs in rank order (rank 0's envs first)."""
+        """Joins the rollouts of all ranks into one, envs in rank order (rank 0's envs first)."""
         if self.world_size == 1:
             return rollout
 
@@ -333,7 +272,7 @@ class ActorCriticPlacement(DDPStrategy, Placement):
         return gather_rollout(rollout, self.world_size, all_gather, self.all_gather_object, self.root_device)
 
     def all_gather_object(self, obj: Any) -> list[Any]:
-        """``obj`` from every rank, in rank order."""
+        """Gathers ``obj`` from every rank, in rank order."""
         gathered: list[Any] = [None] * self.world_size
         with self.bounded("all-gather of an object"):
             dist.all_gather_object(gathered, obj)
@@ -362,7 +301,7 @@ class ActorCriticPlacement(DDPStrategy, Placement):
         return bool(torch.isfinite(flat).all())
 
     def reduce_mean(self, value: Tensor, role: str) -> Tensor:
-        """The mean of ``value`` over ``role``'s group."""
+        """Averages ``value`` over ``role``'s group."""
         if self.world_size == 1 or self.group_size(role) == 1:
             return value
         value = value.clone()
@@ -371,7 +310,7 @@ class ActorCriticPlacement(DDPStrategy, Placement):
         return value / self.group_size(role)
 
     def member(self, role: str) -> tuple[int, int]:
-        """``(index of this rank in role's group, group size)``."""
+        """Returns ``(index of this rank in role's group, group size)``."""
         return self.ranks[role].index(self.global_rank), self.group_size(role)
 
     def sync_weights(self, params_by_role: dict[str, list[Tensor]]) -> None:
@@ -386,8 +325,8 @@ class ActorCriticPlacement(DDPStrategy, Placement):
             with torch.no_grad():
                 vector_to_parameters(flat, params)
 
-    def merge_stats(self, stats: dict[str, list[Tensor]], steps: dict[str, int]) -> tuple[dict[str, list[Tensor]], int]:
-        """Every rank's per-step stats, merged by name, so rank 0 logs those of the roles it did not run; and
+    def merge_stats(self, stats: Stats, steps: dict[str, int]) -> tuple[Stats, int]:
+        """Merges every rank's per-step stats by name, so rank 0 logs those of the roles it did not run; and counts
         the run's optimizer steps of the iteration (each role's, as its first rank took them), in the same
         all-gather.
 
@@ -406,7 +345,7 @@ class ActorCriticPlacement(DDPStrategy, Placement):
         return merged, sum(gathered[self.ranks[role][0]][1][role] for role in ROLES)
 
     def from_role(self, obj: Any, role: str) -> Any:
-        """``obj`` as the first rank of ``role`` has it."""
+        """Returns ``obj`` as the first rank of ``role`` has it."""
         if self.world_size == 1:
             return obj
         box = [obj]
@@ -415,12 +354,12 @@ class ActorCriticPlacement(DDPStrategy, Placement):
         return box[0]
 
     def wait_for_role(self) -> None:
-        """In ``serial`` mode, the second role's ranks wait here until the first role has updated."""
+        """Makes the second role's ranks wait here, in ``serial`` mode, until the first role has updated."""
         if self.update_mode == "serial" and self.world_size > 1:
             self.barrier("lit_rl.serial_update")
 
     def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
-        """The state of ``optimizer`` as its role's first rank holds it, for the checkpoint rank 0 writes."""
+        """Returns the state of ``optimizer`` as its role's first rank holds it, for the checkpoint rank 0 writes."""
         state = optimizer.state_dict()
         role = self.optimizer_roles.get(id(getattr(optimizer, "optimizer", optimizer)))
         if role is None and self.world_size > 1:
@@ -434,7 +373,7 @@ class ActorCriticPlacement(DDPStrategy, Placement):
 
 
 def _require_within(key: str, given: Any, chosen: list[int], count: int, unit: str, fix: str) -> None:
-    """A ConfigError naming ``trainer.strategy.init_args.<key>`` unless ``chosen`` is a non-empty subset of
+    """Raises a ConfigError naming ``trainer.strategy.init_args.<key>`` unless ``chosen`` is a non-empty subset of
     ``0..count-1``."""
     if not chosen or any(not 0 <= i < count for i in chosen):
         raise ConfigError(f"trainer.strategy.init_args.{key}: {given} cannot be hosted by {count} {unit} "
