@@ -12,7 +12,7 @@ import torch
 
 from lit_rl.data.collector import Collector, Policy
 from lit_rl.data.normalization import Normalization
-from lit_rl.data.overlap import CollectorSpec, OverlappedCollection
+from lit_rl.data.overlap import CollectorSpec, OverlappedCollection, overlap_keys
 from lit_rl.data.rollout import NoRollout, Rollout, Schedule
 from lit_rl.envs.make import EnvSpec, VectorizationMode, make_envs
 from lit_rl.errors import ConfigError
@@ -105,24 +105,8 @@ class RolloutDataModule(L.LightningDataModule):
                 f"data.total_timesteps: {total_timesteps} is not a multiple of data.num_envs={num_envs}, so the "
                 f"run could not stop exactly at the budget; use e.g. {total_timesteps - total_timesteps % num_envs}."
             )
-        overlapped = {"policy_lag": policy_lag, "num_collectors": num_collectors, "collector_timeout": collector_timeout}
-        if collection == "sync":
-            given = [key for key, value in overlapped.items() if value is not None]
-            if given:
-                raise ConfigError(f"data.{given[0]}: applies to data.collection=overlapped only, and this run's "
-                                  "collection is sync; set data.collection=overlapped, or remove "
-                                  f"{', '.join('data.' + k for k in given)}.")
-        elif collection != "overlapped":
-            raise ConfigError(f"data.collection: {collection!r} is not one of 'sync', 'overlapped'.")
-        for key, value in overlapped.items():
-            if value is not None and (value < 0 if key == "policy_lag" else value <= 0):
-                raise ConfigError(f"data.{key}: must be {'>= 0' if key == 'policy_lag' else 'positive'}, got {value}.")
-        self.policy_lag = 1 if policy_lag is None else int(policy_lag)
-        self.num_collectors = 1 if num_collectors is None else int(num_collectors)
-        if num_envs % self.num_collectors:
-            raise ConfigError(f"data.num_collectors: data.num_envs={num_envs} envs cannot be split evenly over "
-                              f"{self.num_collectors} collector processes; use a divisor of {num_envs}.")
-        self.collector_timeout = 300.0 if collector_timeout is None else float(collector_timeout)
+        self.policy_lag, self.num_collectors, self.collector_timeout = overlap_keys(
+            collection, policy_lag, num_collectors, collector_timeout, num_envs)
         self.env_id = env_id
         self.env_kwargs = self.env_spec.env_kwargs
         self.num_envs = num_envs
@@ -270,44 +254,44 @@ class RolloutDataModule(L.LightningDataModule):
         """Yields rollouts collected with ``policy`` until ``total_timesteps`` env steps are taken.
 
         Each rollout is collected when it is asked for, so it always comes from the current policy; in
-        overlapped mode (:meth:`overlapped_rollouts`) with the policy ``policy_lag`` updates back.
+        overlapped mode (:meth:`overlapped_rollouts`) with the policy ``policy_lag`` updates back. A process that
+        collects nothing (a learner beside the placement's rollout ranks) yields each iteration's index and env
+        count as a :class:`NoRollout`, in step with the processes that collect, and takes its part (no moments)
+        in merging the normalization statistics.
         """
-        if not self.envs_per_process:
-            yield from self.no_rollouts()
-            return
-        if self.hparams.collection == "overlapped":
+        if self.envs_per_process and self.hparams.collection == "overlapped":
             yield from self.overlapped_rollouts(policy)
             return
-        assert self.collector is not None
-        self.collector.reset(self.reset_seed(self.first_env))
+        collector = self.collector if self.envs_per_process else None
+        assert collector is not None or not self.envs_per_process, "setup('fit') builds the collector"
+        if collector is not None:
+            collector.reset(self.reset_seed(self.first_env))
         for iteration, steps, env_steps in self.schedule():
             self.env_steps = env_steps
-            rollout = self.collector.collect(policy, steps, env_steps=env_steps, iteration=iteration)
-            self._count(self.normalization.commit)
+            rollout = (collector.collect(policy, steps, env_steps=env_steps, iteration=iteration)
+                       if collector is not None else NoRollout(iteration, env_steps))
+            self.normalization.commit(self._sum_over_processes)
+            self._next_iteration()
             yield rollout
         self._stop_at_budget()
 
     def overlapped_rollouts(self, module: Any) -> Iterator[Rollout]:
         """Yields the same rollouts as :meth:`rollouts` (envs, seeds, noise, budget), collected by
-        ``num_collectors`` processes while the module learns. Before taking rollout ``j`` the module's weights
-        after update ``j - 1`` are published, with the statistics of the rollouts taken so far; a rollout is
-        counted when it is taken, and the collectors stop with the fit (a rollout in flight is dropped)."""
+        ``num_collectors`` processes while the module learns (:meth:`OverlappedCollection.rollouts`). A rollout
+        is counted when it is taken, and the collectors stop with the fit (a rollout in flight is dropped)."""
         assert self.reference_envs is not None and module.agent is not None
-        n, first = self.envs_per_process // self.num_collectors, self.iteration
+        n = self.envs_per_process // self.num_collectors
         offsets = [self.first_env + c * n for c in range(self.num_collectors)]
         specs = [CollectorSpec(c, self.env_spec, n, offset, self.reset_seed(offset), self.seed, self.schedule(),
-                               self.policy_lag, first)
+                               self.policy_lag, self.iteration)
                  for c, offset in enumerate(offsets)]
         self.overlap = OverlappedCollection(specs, module.agent, self.normalization, self.policy_lag,
                                             self.collector_timeout)
         try:
-            while self.env_steps < self.total_timesteps:
-                if self.iteration > first:
-                    self.overlap.publish(self.iteration, module.agent, self.normalization)
-                rollout, moments = self.overlap.take()
-                assert rollout.iteration == self.iteration
+            for rollout, moments in self.overlap.rollouts(self.schedule(), module.agent, self.normalization):
                 self.env_steps = rollout.env_steps
-                self._count(lambda total: self.normalization.commit_moments(moments, total))
+                self.normalization.commit_moments(moments, self._sum_over_processes)
+                self._next_iteration()
                 yield rollout
             self._stop_at_budget()
         finally:
@@ -315,20 +299,8 @@ class RolloutDataModule(L.LightningDataModule):
                 self.overlap.close()
                 self.overlap = None
 
-    def no_rollouts(self) -> Iterator[NoRollout]:
-        """Yields, on a process that collects nothing (a learner beside the placement's rollout ranks), each
-        iteration's index and env count in step with the processes that collect, and takes its part (no moments)
-        in merging the normalization statistics."""
-        for iteration, _, env_steps in self.schedule():
-            self.env_steps = env_steps
-            self._count(self.normalization.commit)
-            yield NoRollout(iteration, env_steps)
-        self._stop_at_budget()
-
-    def _count(self, commit: Any) -> None:
-        """Ends an iteration: ``commit`` folds its normalization moments in, merged over every process (so the
-        statistics are the same on each), through :meth:`_sum_over_processes`."""
-        commit(self._sum_over_processes)
+    def _next_iteration(self) -> None:
+        """Counts the iteration just collected, its moments folded in; stops training at the budget."""
         self.iteration += 1
         self._stop_at_budget()
 

@@ -41,7 +41,7 @@ import signal
 import time
 import traceback
 from dataclasses import dataclass, fields
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -52,11 +52,35 @@ from lit_rl.data.collector import Collector
 from lit_rl.data.normalization import Normalization
 from lit_rl.data.rollout import ENV_DIM, TIME, Rollout, Schedule, join
 from lit_rl.envs.make import EnvSpec, make_envs
-from lit_rl.errors import CollectorError
+from lit_rl.errors import CollectorError, ConfigError
 from lit_rl.nets import ActorCritic, History
 
 POLL = 0.2  # seconds between checks of the other side while waiting
 STARTUP = 300.0  # seconds a collector may take to start (spawn, imports, building its envs), at least
+
+
+def overlap_keys(collection: str, policy_lag: Optional[int], num_collectors: Optional[int],
+                 collector_timeout: Optional[float], num_envs: int) -> tuple[int, int, float]:
+    """Checks ``data.collection`` and the keys of overlapped collection; gives ``(policy_lag, num_collectors,
+    collector_timeout)`` with their defaults (1, 1, 300 s)."""
+    overlapped = {"policy_lag": policy_lag, "num_collectors": num_collectors, "collector_timeout": collector_timeout}
+    if collection == "sync":
+        given = [key for key, value in overlapped.items() if value is not None]
+        if given:
+            raise ConfigError(f"data.{given[0]}: applies to data.collection=overlapped only, and this run's "
+                              "collection is sync; set data.collection=overlapped, or remove "
+                              f"{', '.join('data.' + k for k in given)}.")
+    elif collection != "overlapped":
+        raise ConfigError(f"data.collection: {collection!r} is not one of 'sync', 'overlapped'.")
+    for key, value in overlapped.items():
+        if value is not None and (value < 0 if key == "policy_lag" else value <= 0):
+            raise ConfigError(f"data.{key}: must be {'>= 0' if key == 'policy_lag' else 'positive'}, got {value}.")
+    collectors = 1 if num_collectors is None else int(num_collectors)
+    if num_envs % collectors:
+        raise ConfigError(f"data.num_collectors: data.num_envs={num_envs} envs cannot be split evenly over "
+                          f"{collectors} collector processes; use a divisor of {num_envs}.")
+    return (1 if policy_lag is None else int(policy_lag)), collectors, (
+        300.0 if collector_timeout is None else float(collector_timeout))
 
 
 class AgentPolicy:
@@ -267,6 +291,18 @@ class OverlappedCollection:
         self.ring.write(version, agent, normalization)
         for announce in self.versions:
             announce.put(version)
+
+    def rollouts(self, schedule: Schedule, agent: ActorCritic,
+                 normalization: Normalization) -> Iterator[tuple[Rollout, dict[str, list[dict[str, Any]]]]]:
+        """Yields the schedule's rollouts in order, each with its collectors' moments (:meth:`take`). Before taking
+        a rollout after the first, publishes the weights the module has updated to meanwhile, with the statistics
+        it has folded the moments of the rollouts taken so far into."""
+        for iteration, _, _ in schedule:
+            if iteration > schedule.iteration:
+                self.publish(iteration, agent, normalization)
+            rollout, moments = self.take()
+            assert rollout.iteration == iteration
+            yield rollout, moments
 
     def take(self, cls: type[Rollout] = Rollout) -> tuple[Rollout, dict[str, list[dict[str, Any]]]]:
         """Takes the next rollout of every collector, joined (collector 0's envs first), with the seconds waited
