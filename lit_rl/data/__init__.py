@@ -1,4 +1,4 @@
-"""Experience: vector environments, the collector that steps them, and the DataModule that feeds rollouts."""
+"""Gathers experience: vector environments, the collector that steps them, and the DataModule that feeds rollouts."""
 
 from lit_rl.data.collector import Collector, Policy
 from lit_rl.data.datamodule import RolloutDataModule

@@ -1,4 +1,4 @@
-"""The collector owns a vector env and steps it with a policy's ``act()``; it never learns."""
+"""Steps a vector env with a policy's ``act()`` and records the rollouts (the collector never learns)."""
 
 import time
 from typing import Protocol
@@ -14,7 +14,7 @@ from lit_rl.nets import History, noise_dim
 
 
 class Policy(Protocol):
-    """What the collector needs from a module: acting and valuing, both without gradients."""
+    """Declares what the collector needs from a module: acting and valuing, both without gradients."""
 
     @property
     def device(self) -> torch.device: ...
@@ -29,7 +29,7 @@ class Policy(Protocol):
     def value(self, obs: Tensor, history: History | None = None) -> Tensor: ...
 
     def initial_state(self, batch: int) -> Tensor | None:
-        """A recurrent policy's state before any step (``[batch, S]``); None for a feed-forward one."""
+        """Returns a recurrent policy's state before any step (``[batch, S]``); None for a feed-forward one."""
         ...
 
 
@@ -139,8 +139,8 @@ class Collector:
         )
 
     def _after_step(self, start: np.ndarray, term: np.ndarray, trunc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(start, prev_done)`` for the observation a step returned: under next-step autoreset an env that
-        ended an episode resets on the next step; under same-step autoreset it has already reset, so its
+        """Returns ``(start, prev_done)`` for the observation a step returned: under next-step autoreset an env
+        that ended an episode resets on the next step; under same-step autoreset it has already reset, so its
         returned observation starts the next episode."""
         done = np.logical_or(term, trunc)
         if not self.same_step:
@@ -153,11 +153,11 @@ class Collector:
         return done, np.zeros_like(done)
 
     def _history(self, device: torch.device) -> History | None:
-        """One step of history for the current observations (None for a feed-forward policy)."""
+        """Returns one step of history for the current observations (None for a feed-forward policy)."""
         return one_step(self.start, self.state, device)
 
     def noise(self, num_steps: int, iteration: int) -> Tensor:
-        """``[T, N, noise_dim]`` uniform noise: env ``i``'s from its own stream for this iteration."""
+        """Draws ``[T, N, noise_dim]`` uniform noise: env ``i``'s from its own stream for this iteration."""
         streams = []
         for i in range(self.num_envs):
             seed = hash((self.noise_seed, self.env_offset + i, iteration)) & (2**63 - 1)
@@ -205,8 +205,8 @@ class Collector:
 
 
 def autoreset_mode(envs: gym.vector.VectorEnv) -> gym.vector.AutoresetMode:
-    """How ``envs`` reset an ended episode (gymnasium's ``metadata["autoreset_mode"]``, next-step when absent);
-    a ConfigError for a mode the collector cannot record."""
+    """Returns how ``envs`` reset an ended episode (gymnasium's ``metadata["autoreset_mode"]``, next-step when
+    absent); raises a ConfigError for a mode the collector cannot record."""
     mode = envs.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
     if mode not in (gym.vector.AutoresetMode.NEXT_STEP, gym.vector.AutoresetMode.SAME_STEP):
         raise ConfigError(f"data.env_id: the vector env's autoreset mode {mode} is not supported; lit_rl's collector "
@@ -215,7 +215,7 @@ def autoreset_mode(envs: gym.vector.VectorEnv) -> gym.vector.AutoresetMode:
 
 
 def one_step(start: np.ndarray, state: Tensor | None, device: torch.device) -> History | None:
-    """A :class:`History` of one step for a batch of observations: which of them start an episode, and
+    """Returns a :class:`History` of one step for a batch of observations: which of them start an episode, and
     the state before them. None when there is no state (a feed-forward policy)."""
     if state is None:
         return None

@@ -1,6 +1,5 @@
-"""A LightningDataModule that splits the run's envs over the processes that collect, hands the module one rollout
-per iteration (collected in turn with the update, overlapped with it, or none on a process that collects nothing)
-and evaluates the policy."""
+"""Splits the run's envs over the processes that collect, hands the module one rollout per iteration (collected in
+turn with the update, overlapped with it, or none on a process that collects nothing) and evaluates the policy."""
 
 import dataclasses
 import math

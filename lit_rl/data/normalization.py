@@ -126,7 +126,8 @@ class Normalization:
     def take_pending(self) -> dict[str, dict[str, np.ndarray]]:
         """Hands over the moments recorded since the last call, by statistic, as numpy arrays (a collector's
         message to the owner); recording starts afresh."""
-        return {name: {k: v.numpy() for k, v in moments(rms.take_pending()).items()} for name, rms in self.stats.items()}
+        return {name: {k: v.numpy() for k, v in moments(rms.take_pending()).items()}
+                for name, rms in self.stats.items()}
 
     def drop_pending(self) -> None:
         """Forgets moments recorded but not committed (envs closed mid-rollout); later envs start recording afresh."""

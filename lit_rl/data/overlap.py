@@ -1,4 +1,4 @@
-"""Overlapped collection on one machine: collector processes step the envs while the learner updates.
+"""Runs overlapped collection on one machine: collector processes step the envs while the learner updates.
 
 ``data.collection: overlapped`` has the :class:`~lit_rl.data.RolloutDataModule` start ``data.num_collectors``
 collector processes, each with its share of the run's envs. Three things cross between them, all in shared

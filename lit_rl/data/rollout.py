@@ -1,4 +1,4 @@
-"""The rollout: one collection round over ``N`` vector envs, and the one declaration of its layout.
+"""Declares the rollout, one collection round over ``N`` vector envs, and the layout of each of its fields.
 
 Every field declares its layout, and whether PPG's store keeps it:
 
@@ -9,9 +9,8 @@ Every field declares its layout, and whether PPG's store keeps it:
 
 Gathering across ranks (:func:`join`), PPG's store (:meth:`Rollout.stored`), batch preparation
 (:meth:`Rollout.time_fields`, :func:`flatten_valid`, :func:`to_sequences`), minibatching and the episode metrics
-(:meth:`Rollout.episode_metrics`) read these
-declarations; adding a tensor field is one line in :class:`Rollout` (or a subclass: the fields are keyword-only,
-so their order does not matter).
+(:meth:`Rollout.episode_metrics`) read these declarations; adding a tensor field is one line in :class:`Rollout`
+(or a subclass: the fields are keyword-only, so their order does not matter).
 """
 
 from dataclasses import dataclass, field, fields
@@ -25,19 +24,19 @@ ENV_DIM = {TIME: 1, ENV: 0}  # where the env dimension is, in the layouts that h
 
 
 def time_major(stored: bool = False) -> Any:
-    """A ``[T, N, ...]`` field; ``stored``: PPG's store keeps it for the auxiliary phase."""
+    """Declares a ``[T, N, ...]`` field; ``stored``: PPG's store keeps it for the auxiliary phase."""
     return field(metadata={"layout": TIME, "stored": stored}, kw_only=True)
 
 
 def env_major(stored: bool = False, optional: bool = False) -> Any:
-    """An ``[N, ...]`` field (``optional``: may be None, its default, e.g. the state of a feed-forward policy)."""
+    """Declares an ``[N, ...]`` field (``optional``: may be None, its default, e.g. a feed-forward policy's state)."""
     metadata = {"layout": ENV, "stored": stored}
     return field(default=None, metadata=metadata, kw_only=True) if optional else field(metadata=metadata, kw_only=True)
 
 
 def per_episode(metric: str) -> Any:
-    """An ``[E]`` field: one entry per episode that ended in the round; gathered by concatenation, and logged
-    each iteration as the mean ``train/<metric>``."""
+    """Declares an ``[E]`` field: one entry per episode that ended in the round; gathered by concatenation, and
+    logged each iteration as the mean ``train/<metric>``."""
     return field(metadata={"layout": EPISODES, "stored": False, "metric": metric}, kw_only=True)
 
 
@@ -45,8 +44,8 @@ _REQUIRED: Any = object()
 
 
 def per_round(merge: Callable[[list[Any]], Any], metric: Optional[str] = None, default: Any = _REQUIRED) -> Any:
-    """One value for the round; ``merge`` makes one value of every rank's. With ``metric`` it is logged each
-    iteration under that name."""
+    """Declares one value for the round; ``merge`` makes one value of every rank's. With ``metric`` it is logged
+    each iteration under that name."""
     metadata = {"layout": ROUND, "stored": False, "merge": merge, "metric": metric}
     if default is _REQUIRED:
         return field(metadata=metadata, kw_only=True)
@@ -59,7 +58,7 @@ def _first(values: list[Any]) -> Any:
 
 @dataclass
 class Rollout:
-    """One round of experience.
+    """Holds one round of experience.
 
     Under gymnasium's default next-step autoreset the step after an episode ends only resets that env, its
     action is ignored and it is no transition. Such steps have ``valid=False`` and are left out of every loss.
@@ -95,7 +94,7 @@ class Rollout:
 
     @classmethod
     def layout(cls) -> dict[str, str]:
-        """Every field's layout, by name."""
+        """Returns every field's layout, by name."""
         return {f.name: f.metadata["layout"] for f in fields(cls)}
 
     @classmethod
@@ -104,17 +103,17 @@ class Rollout:
 
     @classmethod
     def episode_metrics(cls) -> dict[str, str]:
-        """The per-episode fields, by name, with the metric each is logged as."""
+        """Returns the per-episode fields, by name, with the metric each is logged as."""
         return {f.name: f.metadata["metric"] for f in fields(cls) if f.metadata["layout"] == EPISODES}
 
     @classmethod
     def round_metrics(cls) -> dict[str, str]:
-        """The per-round fields logged as metrics, by name, with the metric's name."""
+        """Returns the per-round fields logged as metrics, by name, with the metric's name."""
         return {f.name: f.metadata["metric"] for f in fields(cls) if f.metadata.get("metric") and f.metadata["layout"] == ROUND}
 
     @classmethod
     def stored_fields(cls) -> tuple[str, ...]:
-        """The fields PPG's store keeps."""
+        """Returns the fields PPG's store keeps."""
         return tuple(f.name for f in fields(cls) if f.metadata["stored"])
 
     @property
@@ -127,23 +126,23 @@ class Rollout:
 
     @property
     def next_values(self) -> Tensor:
-        """``V(s_{t+1})`` for every step: the next row's value, and ``last_value`` after the last row."""
+        """Returns ``V(s_{t+1})`` for every step: the next row's value, and ``last_value`` after the last row."""
         return torch.cat([self.values[1:], self.last_value.unsqueeze(0)])
 
     def stored(self) -> dict[str, Tensor]:
-        """What PPG's store keeps of this rollout (the stored fields that are set)."""
+        """Returns what PPG's store keeps of this rollout (the stored fields that are set)."""
         return {name: getattr(self, name) for name in self.stored_fields() if getattr(self, name) is not None}
 
     def to(self, device: torch.device) -> "Rollout":
-        """The same rollout with every tensor on ``device``."""
+        """Returns the same rollout with every tensor on ``device``."""
         values = {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in vars(self).items()}
         return type(self)(**values)
 
 
 @dataclass
 class NoRollout:
-    """What a process that collects nothing (a learner beside the placement's rollout ranks) hands the module
-    each iteration: the iteration's index and env count, no envs. Gathering
+    """Stands for the rollout of a process that collects nothing (a learner beside the placement's rollout ranks):
+    each iteration it hands the module the iteration's index and env count, no envs. Gathering
     (:func:`lit_rl.distributed.placement.gather_rollout`) replaces it with the collecting processes' rollouts."""
 
     iteration: int
@@ -175,8 +174,8 @@ class Schedule:
 
 
 def join(cls: type[Rollout], parts: dict[str, list[Any]]) -> Rollout:
-    """One rollout of every rank's values of each field (``parts[name]``, in rank order), as each field's
-    layout says: env-wise fields concatenated over the env dimension (rank 0's envs first), episodes
+    """Joins every rank's values of each field (``parts[name]``, in rank order) into one rollout, as each field's
+    layout says: env-wise fields are concatenated over the env dimension (rank 0's envs first), episodes
     concatenated, per-round values merged."""
     values: dict[str, Any] = {}
     for f in fields(cls):
@@ -191,7 +190,7 @@ def join(cls: type[Rollout], parts: dict[str, list[Any]]) -> Rollout:
 
 
 def pad_time(x: Tensor, length: int) -> Tensor:
-    """``x`` (``[T, ...]``) padded to ``length`` steps, with False (bool) or 0: padding is invalid."""
+    """Pads ``x`` (``[T, ...]``) to ``length`` steps with False (bool) or 0: padding is invalid."""
     if x.shape[0] == length:
         return x
     pad = x.new_full((length - x.shape[0], *x.shape[1:]), False if x.dtype == torch.bool else 0)
@@ -199,14 +198,14 @@ def pad_time(x: Tensor, length: int) -> Tensor:
 
 
 def flatten_valid(fields: dict[str, Tensor], valid: Tensor) -> dict[str, Tensor]:
-    """``[T, N, ...]`` fields (or ``[sequences, L, ...]``) as flat samples, the ``valid`` ones only, in the order
-    of the first two dimensions flattened."""
+    """Flattens ``[T, N, ...]`` fields (or ``[sequences, L, ...]``) into samples, the ``valid`` ones only, in the
+    order of the first two dimensions flattened."""
     mask = valid.flatten()
     return {key: value.flatten(0, 1)[mask] for key, value in fields.items()}
 
 
 def to_sequences(time_fields: dict[str, Tensor], length: int) -> dict[str, Tensor]:
-    """``[T, N, ...]`` fields cut into ``[N * ceil(T / length), length, ...]`` sequences: env-major within
+    """Cuts ``[T, N, ...]`` fields into ``[N * ceil(T / length), length, ...]`` sequences: env-major within
     each chunk of time, chunks in time order, a short last chunk padded (as invalid, with ``valid``)."""
     T, N = next(iter(time_fields.values())).shape[:2]
     chunks = -(-T // length)

@@ -1,4 +1,4 @@
-"""Gymnasium wrappers lit_rl adds to an env from its config."""
+"""Defines the gymnasium wrappers lit_rl adds to an env from its config."""
 
 from typing import Any, Sequence
 
@@ -31,7 +31,7 @@ class MaskObservation(TransformObservation):
 
 
 def keep_indices(space: gym.Space, hide: Sequence[int]) -> np.ndarray:
-    """The components of ``space`` that remain once ``hide`` is removed; a ConfigError naming the key."""
+    """Returns the components of ``space`` that remain once ``hide`` is removed; a ConfigError names the key."""
     if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
         raise ConfigError(f"data.hide_observation: needs a 1-D Box observation space, the env has {space}. "
                           "Remove data.hide_observation, or pick an env with flat vector observations.")
@@ -45,7 +45,7 @@ def keep_indices(space: gym.Space, hide: Sequence[int]) -> np.ndarray:
 
 
 def mask_vector_observation(envs: gym.vector.VectorEnv, hide: Sequence[int]) -> gym.vector.VectorEnv:
-    """:class:`MaskObservation` for a vector env, on the whole batch at once (gymnasium's vector
+    """Applies :class:`MaskObservation` to a vector env, on the whole batch at once (gymnasium's vector
     ``TransformObservation``), so it works on native vector envs too."""
     space = envs.single_observation_space
     keep = keep_indices(space, hide)
@@ -61,9 +61,10 @@ class NormalizeObservation(vw.NormalizeObservation):
 
     def __init__(self, env: gym.vector.VectorEnv, obs_rms: RunningMeanStd, epsilon: float = 1e-8) -> None:
         super().__init__(env, epsilon)
-        if obs_rms.mean.shape != self.obs_rms.mean.shape or obs_rms.mean.dtype != self.obs_rms.mean.dtype:
-            raise ValueError(f"NormalizeObservation: statistics of shape {obs_rms.mean.shape} and dtype "
-                             f"{obs_rms.mean.dtype} for observations of {self.obs_rms.mean.shape}, {self.obs_rms.mean.dtype}")
+        given, own = obs_rms.mean, self.obs_rms.mean  # gymnasium's own statistics give the shape and dtype
+        if given.shape != own.shape or given.dtype != own.dtype:
+            raise ValueError(f"NormalizeObservation: statistics of {given.shape} {given.dtype} for observations "
+                             f"that need {own.shape} {own.dtype}")
         self.obs_rms = obs_rms
 
 
@@ -85,7 +86,7 @@ class NormalizeReward(vw.NormalizeReward):
 
 
 class PackedDict(gym.spaces.Box):
-    """A Dict observation space as one ``uint8`` vector per observation: each key's bytes in turn, in the Dict's
+    """Packs a Dict observation space as one ``uint8`` vector per observation: each key's bytes in turn, in the Dict's
     key order, each key starting at a multiple of its item size and the vector padded to a multiple of 8 bytes (so
     every row and every key of it can be viewed as its dtype in place). The rollouts, PPG's store, the gathers
     between processes and the collectors' shared buffers then carry a Dict observation as they carry any tensor,
@@ -110,7 +111,7 @@ class PackedDict(gym.spaces.Box):
         return f"PackedDict({self.dict_space})"
 
     def pack(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        """A batch of Dict observations (``{key: [n, ...]}``) as ``[n, bytes]``."""
+        """Packs a batch of Dict observations (``{key: [n, ...]}``) as ``[n, bytes]``."""
         n = len(next(iter(obs.values())))
         packed = np.zeros((n, self.shape[0]), np.uint8)
         for key, _, dtype, start, end in self.fields:
@@ -118,13 +119,13 @@ class PackedDict(gym.spaces.Box):
         return packed
 
     def unpack(self, packed: Tensor) -> dict[str, Tensor]:
-        """``[B, bytes]`` back to ``{key: [B, ...]}`` in each key's dtype."""
+        """Unpacks ``[B, bytes]`` back to ``{key: [B, ...]}`` in each key's dtype."""
         return {key: packed[:, start:end].view(torch.from_numpy(np.zeros(0, dtype)).dtype).reshape(len(packed), *shape)
                 for key, shape, dtype, start, end in self.fields}
 
 
 def pack_dict_observation(envs: gym.vector.VectorEnv) -> gym.vector.VectorEnv:
-    """A Dict-observation vector env as one of :class:`PackedDict` observations (any other env as it is)."""
+    """Turns a Dict-observation vector env into one of :class:`PackedDict` observations (any other env as it is)."""
     space = envs.single_observation_space
     if not isinstance(space, gym.spaces.Dict):
         return envs
