@@ -226,3 +226,10 @@ def test_an_old_class_path_in_a_config_is_refused_naming_the_new_one(tmp_path, c
     old.write_text("trainer:\n  logger:\n    class_path: lit_rl.loggers.WandbLogger\n")
     code, err = run_main(["fit", "--config", str(REPO / "configs/ppo/cartpole.yaml"), "--config", str(old), *QUIET], capsys)
     assert code == 2 and "lit_rl.loggers is now lit_rl.run.loggers" in err
+
+
+def test_checkpointing_turned_off_trains_and_writes_no_checkpoint(tmp_path, cli):
+    proc = cli("fit", "--config", str(REPO / "configs/ppo/cartpole.yaml"), "--data.total_timesteps", "512",
+               "--trainer.enable_checkpointing", "false", *QUIET, cwd=tmp_path)
+    assert "lit-rl fit: done after 512 env steps" in proc.stdout and "checkpoints" not in proc.stdout
+    assert not list(tmp_path.rglob("*.ckpt")) and list(tmp_path.rglob("metrics.csv"))

@@ -126,6 +126,13 @@ class LitRLCLI(LightningCLI):
         kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> L.Trainer:
+        # The checkpoint.* callback is always configured; with trainer.enable_checkpointing false the user asked
+        # for no checkpoints, and Lightning refuses a ModelCheckpoint beside that setting.
+        if config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, EnvStepCheckpoint)]
+        return super()._instantiate_trainer(config, callbacks)
+
     # ------------------------------------------------------------------ config checks, before any env starts
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
