@@ -11,7 +11,7 @@ import torch
 
 from lit_rl.data.collector import Collector, Policy
 from lit_rl.data.normalization import Normalization
-from lit_rl.data.overlap import CollectorSpec, OverlappedCollection, overlap_keys
+from lit_rl.data.overlap import CollectorSpec, OverlappedCollection, check_overlap_keys
 from lit_rl.data.rollout import NoRollout, Rollout, Schedule
 from lit_rl.envs.make import EnvSpec, VectorizationMode, make_envs
 from lit_rl.errors import ConfigError
@@ -104,7 +104,7 @@ class RolloutDataModule(L.LightningDataModule):
                 f"data.total_timesteps: {total_timesteps} is not a multiple of data.num_envs={num_envs}, so the "
                 f"run could not stop exactly at the budget; use e.g. {total_timesteps - total_timesteps % num_envs}."
             )
-        self.policy_lag, self.num_collectors, self.collector_timeout = overlap_keys(
+        self.policy_lag, self.num_collectors, self.collector_timeout = check_overlap_keys(
             collection, policy_lag, num_collectors, collector_timeout, num_envs)
         self.env_id = env_id
         self.env_kwargs = self.env_spec.env_kwargs

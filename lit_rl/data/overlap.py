@@ -59,8 +59,8 @@ POLL = 0.2  # seconds between checks of the other side while waiting
 STARTUP = 300.0  # seconds a collector may take to start (spawn, imports, building its envs), at least
 
 
-def overlap_keys(collection: str, policy_lag: Optional[int], num_collectors: Optional[int],
-                 collector_timeout: Optional[float], num_envs: int) -> tuple[int, int, float]:
+def check_overlap_keys(collection: str, policy_lag: Optional[int], num_collectors: Optional[int],
+                       collector_timeout: Optional[float], num_envs: int) -> tuple[int, int, float]:
     """Checks ``data.collection`` and the keys of overlapped collection; gives ``(policy_lag, num_collectors,
     collector_timeout)`` with their defaults (1, 1, 300 s)."""
     overlapped = {"policy_lag": policy_lag, "num_collectors": num_collectors, "collector_timeout": collector_timeout}
@@ -79,8 +79,9 @@ def overlap_keys(collection: str, policy_lag: Optional[int], num_collectors: Opt
     if num_envs % collectors:
         raise ConfigError(f"data.num_collectors: data.num_envs={num_envs} envs cannot be split evenly over "
                           f"{collectors} collector processes; use a divisor of {num_envs}.")
-    return (1 if policy_lag is None else int(policy_lag)), collectors, (
-        300.0 if collector_timeout is None else float(collector_timeout))
+    lag = 1 if policy_lag is None else int(policy_lag)
+    timeout = 300.0 if collector_timeout is None else float(collector_timeout)
+    return lag, collectors, timeout
 
 
 class AgentPolicy:
