@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lit_rl.algos.nonfinite import DeferredCheck, NonFiniteCheck
+from lit_rl.algos.updater import DeferredCheck, NonFiniteCheck
 from lit_rl.algos.ppo import PPO
 from lit_rl.algos.roles import RoleSpec
 from lit_rl.algos.updater import Shuffler, share_of
