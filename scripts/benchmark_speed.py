@@ -1,0 +1,275 @@
+"""lit_rl's update and collector against plain PyTorch loops of the same math, in one run on one machine.
+
+For each env (CartPole-v1 with CleanRL's ppo.py settings, configs/ppo/cartpole_cleanrl.yaml; Pendulum-v1 with
+configs/ppo/pendulum.yaml; Hopper-v4 with configs/ppo/mujoco.yaml where the mujoco extra is installed) it
+measures, alternating lit_rl and the floor ``--repeats`` times so both see the same machine:
+
+- **update**: milliseconds per iteration of lit_rl's update (``perf/update_time`` of a fit, median over its
+  iterations after the first) against :func:`plain_update`, an eager PyTorch loop written here of the same math
+  with the config's settings: a separate MLP actor and critic, Adam as configured, critic first, the config's
+  epochs x minibatches per role, the clipped surrogate with entropy bonus and per-minibatch advantage
+  normalization, the (clipped) value loss, gradient-norm clipping;
+- **collector**: env steps per second of lit_rl's :class:`~lit_rl.data.collector.Collector` stepping the
+  config's envs with the module's ``act()`` (inference alone, nothing learned) against :func:`plain_collect`,
+  the same envs (``gymnasium.make_vec`` of the config's env id and mode) stepped by a loop that samples the same
+  networks' actions and records observations, actions, log-probs, values, rewards and flags into preallocated
+  tensors.
+
+Issue 25's targets: update ms per iteration <= 0.7 of the plain loop's, collector SPS >= 0.8 of the plain
+loop's. Writes the table and verdicts, with the commit, date and machine, first in results/benchmark_speed.md.
+
+    python scripts/benchmark_speed.py [--only cartpole pendulum hopper] [--iterations N] [--repeats 3]
+"""
+
+import argparse
+import csv
+import glob
+import importlib.util
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from lit_rl.data.collector import Collector  # noqa: E402
+from lit_rl.run.cli import LitRLCLI  # noqa: E402
+from scripts.results import markdown_table, met, section, stamp, write_section  # noqa: E402
+
+ENVS = {"cartpole": (REPO / "configs/ppo/cartpole_cleanrl.yaml", []),
+        "pendulum": (REPO / "configs/ppo/pendulum.yaml", []),
+        "hopper": (REPO / "configs/ppo/mujoco.yaml", ["--data.env_id", "Hopper-v4"])}
+TARGETS = {"update": 0.7, "collector": 0.8}  # lit_rl / plain: at most (update time), at least (collector SPS)
+QUIET = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+         "--trainer.enable_model_summary", "false", "--trainer.limit_val_batches", "0",
+         "--checkpoint.every_n_env_steps", "0", "--torch_threads", "1"]
+
+
+def resolved(name: str) -> LitRLCLI:
+    """The env's config, resolved (model and datamodule built, nothing run)."""
+    config, extra = ENVS[name]
+    return LitRLCLI(args=["--config", str(config), *extra, *QUIET], run=False)
+
+
+def lit_rl_update(name: str, iterations: int) -> float:
+    """Median seconds of lit_rl's update per iteration over a fit of ``iterations + 1`` iterations (the first,
+    the warm-up, left out)."""
+    config, extra = ENVS[name]
+    cli = resolved(name)
+    total = (iterations + 1) * cli.datamodule.num_envs * cli.datamodule.num_steps
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as workdir:
+        os.chdir(workdir)
+        try:
+            LitRLCLI(args=["fit", "--config", str(config), *extra, *QUIET, "--data.total_timesteps", str(total)])
+        finally:
+            os.chdir(cwd)
+        with open(glob.glob(os.path.join(workdir, "lightning_logs", "*", "metrics.csv"))[0]) as f:
+            times = [float(r["perf/update_time"]) for r in csv.DictReader(f) if r.get("perf/update_time")]
+    return statistics.median(times[1:])
+
+
+class PlainAgent(nn.Module):
+    """A separate MLP actor and critic as lit_rl builds them for a flat observation (orthogonal init)."""
+
+    def __init__(self, obs_dim: int, action_space: gym.Space, hidden: list[int], activation: str,
+                 log_std_init: float) -> None:
+        super().__init__()
+        act = {"tanh": nn.Tanh, "relu": nn.ReLU}[activation]
+
+        def mlp(out: int, gain: float) -> nn.Sequential:
+            layers: list[nn.Module] = []
+            width = obs_dim
+            for h in hidden:
+                layers += [nn.Linear(width, h), act()]
+                width = h
+            layers.append(nn.Linear(width, out))
+            for layer in layers:
+                if isinstance(layer, nn.Linear):
+                    nn.init.orthogonal_(layer.weight, np.sqrt(2))
+                    nn.init.zeros_(layer.bias)
+            nn.init.orthogonal_(layers[-1].weight, gain)
+            return nn.Sequential(*layers)
+
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        self.actor = mlp(int(action_space.n) if self.discrete else int(np.prod(action_space.shape)), 0.01)
+        self.critic = mlp(1, 1.0)
+        if not self.discrete:
+            self.log_std = nn.Parameter(torch.full((int(np.prod(action_space.shape)),), log_std_init))
+
+    def dist(self, obs: torch.Tensor) -> torch.distributions.Distribution:
+        out = self.actor(obs)
+        if self.discrete:
+            return torch.distributions.Categorical(logits=out, validate_args=False)
+        return torch.distributions.Normal(out, self.log_std.exp(), validate_args=False)
+
+    def logprob_entropy(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        d = self.dist(obs)
+        if self.discrete:
+            return d.log_prob(actions), d.entropy()
+        return d.log_prob(actions).sum(-1), d.entropy().sum(-1)
+
+
+def plain_update(cli: LitRLCLI, iterations: int) -> float:
+    """Median seconds per iteration of an eager PyTorch PPO update with the config's settings, on a batch of the
+    config's size with random contents (the update's cost does not depend on them)."""
+    hp, data = cli.model.hparams, cli.datamodule
+    envs = gym.make_vec(data.env_id, num_envs=1)
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    space = envs.single_action_space
+    envs.close()
+    agent = PlainAgent(obs_dim, space, list(hp.hidden_sizes), hp.activation, hp.log_std_init)
+    actor_params = [*agent.actor.parameters(), *([agent.log_std] if not agent.discrete else [])]
+    actor_opt = cli.model.actor_optimizer(actor_params)
+    critic_opt = cli.model.critic_optimizer(agent.critic.parameters())
+    n = data.num_envs * data.num_steps
+    gen = torch.Generator().manual_seed(0)
+    obs = torch.randn(n, obs_dim, generator=gen)
+    actions = (torch.randint(0, int(space.n), (n,), generator=gen) if agent.discrete
+               else torch.randn(n, *space.shape, generator=gen))
+    with torch.no_grad():
+        logprobs, _ = agent.logprob_entropy(obs, actions)
+        values = agent.critic(obs).squeeze(-1)
+    advantages, returns = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
+    clip, epochs, k = hp.clip_coef, hp.update_epochs, hp.num_minibatches
+    times = []
+    for _ in range(iterations + 1):
+        start = time.perf_counter()
+        for epoch_role in ("critic", "actor"):
+            for _ in range(epochs):
+                for idx in torch.randperm(n).chunk(k):
+                    if epoch_role == "critic":
+                        new = agent.critic(obs[idx]).squeeze(-1)
+                        loss = (new - returns[idx]).square()
+                        if hp.clip_value_loss:
+                            clipped = values[idx] + (new - values[idx]).clamp(-clip, clip)
+                            loss = torch.max(loss, (clipped - returns[idx]).square())
+                        loss = hp.vf_coef * 0.5 * loss.mean()
+                        opt, params, norm = critic_opt, agent.critic.parameters(), hp.critic_max_grad_norm
+                    else:
+                        adv = advantages[idx]
+                        if hp.norm_adv:
+                            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                        new_logprob, entropy = agent.logprob_entropy(obs[idx], actions[idx])
+                        ratio = (new_logprob - logprobs[idx]).exp()
+                        surrogate = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip)).mean()
+                        loss = surrogate - hp.ent_coef * entropy.mean()
+                        opt, params, norm = actor_opt, actor_params, hp.actor_max_grad_norm
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if norm is not None:
+                        nn.utils.clip_grad_norm_(params, norm)
+                    opt.step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def lit_rl_collect(cli: LitRLCLI, steps: int) -> float:
+    """Env steps per second of lit_rl's collector with the module's inference, nothing learned."""
+    data = cli.datamodule
+    data.setup("fit")
+    cli.model.build(data.single_observation_space, data.single_action_space)
+    collector = Collector(data.make_envs(data.num_envs, training=True))
+    collector.reset(seed=123)
+    collector.collect(cli.model, data.num_steps, 0, 0)  # warm-up
+    rollouts = max(1, steps // (data.num_envs * data.num_steps))
+    start = time.perf_counter()
+    for _ in range(rollouts):
+        collector.collect(cli.model, data.num_steps, 0, 0)
+    elapsed = time.perf_counter() - start
+    collector.envs.close()
+    data.teardown("fit")
+    return rollouts * data.num_envs * data.num_steps / elapsed
+
+
+def plain_collect(cli: LitRLCLI, steps: int) -> float:
+    """Env steps per second of a plain loop: the envs lit_rl's collector steps (the config's vector env with its
+    wrappers), the same MLP actor and critic, sampled actions, every step recorded into preallocated tensors."""
+    data, hp = cli.datamodule, cli.model.hparams
+    envs = data.make_envs(data.num_envs, training=True)  # the collector's envs, wrappers and all
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    agent = PlainAgent(obs_dim, envs.single_action_space, list(hp.hidden_sizes), hp.activation, hp.log_std_init)
+    T, N = data.num_steps, data.num_envs
+    buffers = {"obs": torch.empty(T, N, obs_dim), "logprobs": torch.empty(T, N), "values": torch.empty(T, N),
+               "rewards": torch.empty(T, N), "dones": torch.empty(T, N, dtype=torch.bool)}
+    actions_buf = torch.empty(T, N, *envs.single_action_space.shape, dtype=torch.long if agent.discrete else torch.float32)
+    obs, _ = envs.reset(seed=123)
+    rollouts = max(1, steps // (T * N))
+    start = None
+    with torch.inference_mode():
+        for r in range(rollouts + 1):  # the first is the warm-up
+            if r == 1:
+                start = time.perf_counter()
+            for t in range(T):
+                obs_t = torch.as_tensor(obs, dtype=torch.float32)
+                dist = agent.dist(obs_t)
+                action = dist.sample()
+                logprob = dist.log_prob(action) if agent.discrete else dist.log_prob(action).sum(-1)
+                buffers["obs"][t] = obs_t
+                buffers["logprobs"][t] = logprob
+                buffers["values"][t] = agent.critic(obs_t).squeeze(-1)
+                actions_buf[t] = action
+                obs, reward, terminated, truncated, _ = envs.step(action.numpy())
+                buffers["rewards"][t] = torch.as_tensor(reward)
+                buffers["dones"][t] = torch.as_tensor(terminated | truncated)
+    elapsed = time.perf_counter() - start
+    envs.close()
+    return rollouts * T * N / elapsed
+
+
+def run_env(name: str, iterations: int, repeats: int, collect_steps: int) -> tuple[list[str], list[tuple[bool, str]]]:
+    torch.set_num_threads(1)
+    cli = resolved(name)
+    sides: dict[str, list[float]] = {"lit update": [], "plain update": [], "lit collect": [], "plain collect": []}
+    for _ in range(repeats):
+        sides["lit update"].append(lit_rl_update(name, iterations))
+        sides["plain update"].append(plain_update(cli, iterations))
+        sides["lit collect"].append(lit_rl_collect(cli, collect_steps))
+        sides["plain collect"].append(plain_collect(cli, collect_steps))
+    m = {key: statistics.median(values) for key, values in sides.items()}
+    update, collect = m["lit update"] / m["plain update"], m["lit collect"] / m["plain collect"]
+    row = [name, f"{m['lit update'] * 1e3:.1f}", f"{m['plain update'] * 1e3:.1f}", f"{update:.2f}",
+           f"{m['lit collect']:,.0f}", f"{m['plain collect']:,.0f}", f"{collect:.2f}"]
+    verdicts = [(update <= TARGETS["update"], f"{name}: update ms/iteration <= {TARGETS['update']} of the plain loop's: "
+                                              f"{update:.2f}"),
+                (collect >= TARGETS["collector"], f"{name}: collector SPS >= {TARGETS['collector']} of the plain "
+                                                  f"loop's: {collect:.2f}")]
+    return row, verdicts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    available = [n for n in ENVS if n != "hopper" or importlib.util.find_spec("mujoco") is not None]
+    parser.add_argument("--only", nargs="*", default=available, choices=list(ENVS))
+    parser.add_argument("--iterations", type=int, default=20, help="update iterations measured per side and repeat")
+    parser.add_argument("--collect-steps", type=int, default=50_000, help="env steps collected per side and repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--results", default=str(REPO / "results/benchmark_speed.md"))
+    args = parser.parse_args()
+    started = stamp()
+    rows, verdicts = [], []
+    for name in args.only:
+        row, said = run_env(name, args.iterations, args.repeats, args.collect_steps)
+        rows.append(row)
+        verdicts += said
+    table = markdown_table(("env", "lit_rl update ms/it", "plain update ms/it", "lit / plain",
+                            "lit_rl collector SPS", "plain collector SPS", "lit / plain"), rows)
+    body = (f"Medians of {args.repeats} alternating repeats; {args.iterations} update iterations (after one warm-up) "
+            f"and {args.collect_steps:,} collected env steps per side and repeat; one torch thread.\n\n{table}\n"
+            + "\n".join(f"- **{met(ok)}**: {sentence}." for ok, sentence in verdicts))
+    text = section(started, "update and collector against plain PyTorch loops", body)
+    print(text)
+    write_section(args.results, "Update and collector against plain loops", "scripts/benchmark_speed.py", text)
+
+
+if __name__ == "__main__":
+    main()
