@@ -48,7 +48,8 @@ MOVED = {
 }
 
 
-def _moved(fullname: str) -> str:
+def moved_message(fullname: str) -> str:
+    """Says where a moved module went and what to change."""
     return (f"{fullname} is now {MOVED[fullname]}: change the import, or the class_path in your config "
             f"({fullname}.<name> -> {MOVED[fullname]}.<name>).")
 
@@ -56,7 +57,7 @@ def _moved(fullname: str) -> str:
 class _MovedModules(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path: object, target: object = None) -> None:
         if fullname in MOVED:
-            raise ModuleNotFoundError(_moved(fullname), name=fullname)
+            raise ModuleNotFoundError(moved_message(fullname), name=fullname)
         return None
 
 
@@ -66,5 +67,5 @@ sys.meta_path.insert(0, _MovedModules())
 def __getattr__(name: str) -> object:
     # jsonargparse resolves a class_path through attributes of the package: the same message there.
     if f"lit_rl.{name}" in MOVED:
-        raise AttributeError(_moved(f"lit_rl.{name}"))
+        raise AttributeError(moved_message(f"lit_rl.{name}"))
     raise AttributeError(f"module 'lit_rl' has no attribute {name!r}")

@@ -150,7 +150,9 @@ def test_resume_continues_from_the_checkpoint(tmp_path, cli):
     saved = torch.load(next(tmp_path.rglob("last.ckpt")), map_location="cpu", weights_only=True)
     assert saved["env_steps"] == 20480 and saved["RolloutDataModule"]["env_steps"] == 20480
 
-    cli("fit", "--config", cfg, "--data.total_timesteps", "25600", "--ckpt_path", "last", *common, cwd=tmp_path)
+    resumed = cli("fit", "--config", cfg, "--data.total_timesteps", "25600", "--ckpt_path", "last", *common, cwd=tmp_path)
+    # The summary's rate counts the steps of this fit, not the run's.
+    assert "lit-rl fit: done after 25,600 env steps, resumed at 20,480; 5,120 in " in resumed.stdout, resumed.stdout
     first, second = sorted(tmp_path.rglob("metrics.csv"))
     before, after = read_metrics(first), read_metrics(second)
     steps_after = [r["env_steps"] for r in after if "env_steps" in r]
@@ -202,7 +204,7 @@ def test_fit_ends_with_one_summary_and_prints_each_progress_update_once(tmp_path
     updates = re.findall(r"Training: +\d+%\S* +\S* (\d+)/2048", proc.stdout.replace("\r", "\n") + proc.stderr.replace("\r", "\n"))
     assert updates and len(updates) == len(set(updates)), updates  # every env-step count shown once
     summary = proc.stdout[proc.stdout.index("lit-rl fit: done"):]
-    assert summary.startswith("lit-rl fit: done after 2,048 env steps in ")
+    assert summary.startswith("lit-rl fit: done after 2,048 env steps; 2,048 in ")
     rows = read_metrics(next(tmp_path.rglob("metrics.csv")))
     val = next(r for r in rows if "val/episodic_return_mean" in r)
     train = [r["train/episodic_return"] for r in rows if "train/episodic_return" in r][-1]
@@ -225,7 +227,10 @@ def test_an_old_class_path_in_a_config_is_refused_naming_the_new_one(tmp_path, c
     old = tmp_path / "old_logger.yaml"
     old.write_text("trainer:\n  logger:\n    class_path: lit_rl.loggers.WandbLogger\n")
     code, err = run_main(["fit", "--config", str(REPO / "configs/ppo/cartpole.yaml"), "--config", str(old), *QUIET], capsys)
-    assert code == 2 and "lit_rl.loggers is now lit_rl.run.loggers" in err
+    assert code == 2
+    assert err.strip() == (f"lit-rl: error: {old}: lit_rl.loggers.WandbLogger: lit_rl.loggers is now lit_rl.run.loggers: "
+                           "change the import, or the class_path in your config (lit_rl.loggers.<name> -> "
+                           "lit_rl.run.loggers.<name>).")
 
 
 def test_checkpointing_turned_off_trains_and_writes_no_checkpoint(tmp_path, cli):
@@ -233,3 +238,18 @@ def test_checkpointing_turned_off_trains_and_writes_no_checkpoint(tmp_path, cli)
                "--trainer.enable_checkpointing", "false", *QUIET, cwd=tmp_path)
     assert "lit-rl fit: done after 512 env steps" in proc.stdout and "checkpoints" not in proc.stdout
     assert not list(tmp_path.rglob("*.ckpt")) and list(tmp_path.rglob("metrics.csv"))
+
+
+def test_evaluating_a_checkpoint_trained_on_normalized_observations_needs_the_normalization(tmp_path, cli):
+    cfg = str(REPO / "configs/ppo/cartpole.yaml")
+    cli("fit", "--config", cfg, "--data.total_timesteps", "512", "--data.normalize_observation", "true",
+        "--data.eval_episodes", "2", *QUIET, cwd=tmp_path)
+    ckpt = str(next(tmp_path.rglob("last.ckpt")))
+    for stage in ("validate", "test"):
+        refused = cli(stage, "--config", cfg, "--ckpt_path", ckpt, "--data.eval_episodes", "2", *QUIET, cwd=tmp_path,
+                      check=False)
+        assert refused.returncode == 2 and "data.normalize_observation" in refused.stderr, refused.stderr[-2000:]
+        assert "Traceback" not in refused.stderr
+    ok = cli("validate", "--config", cfg, "--ckpt_path", ckpt, "--data.normalize_observation", "true",
+             "--data.eval_episodes", "2", *QUIET, cwd=tmp_path)
+    assert "val: episodic return" in ok.stdout

@@ -135,3 +135,27 @@ def test_the_owners_state_dict_round_trips_whether_or_not_the_envs_asked_for_the
     unused = Normalization(("obs_rms",))
     unused.load_state_dict(state)
     assert set(unused.state_dict()) == {"obs_rms"}
+
+
+def test_evaluation_envs_apply_the_training_statistics_and_never_update_them():
+    """Evaluation envs share the training statistics object (they normalize as training does at that point) and
+    must not record into it: an evaluation during a fit would change the run's statistics."""
+    from tests.helpers import make
+
+    module, dm = make(data={"normalize_observation": True, "eval_episodes": 4, "eval_envs": 2})
+    dm.setup("fit")
+    module.build(dm.single_observation_space, dm.single_action_space)
+    dm.collector.reset(seed=0)
+    dm.collector.collect(module, 32, env_steps=128, iteration=0)
+    dm.normalization.commit()
+    rms = dm.normalization.stats["obs_rms"]
+    before = (rms.mean.copy(), rms.var.copy(), rms.count)
+    wrapper = dm.eval_collector.envs
+    while not isinstance(wrapper, NormalizeObservation):
+        wrapper = wrapper.env
+    assert wrapper.obs_rms is rms
+    dm.eval_collector.evaluate(module, 4, seed=5)
+    assert rms.pending.count == 0
+    dm.normalization.commit()
+    assert np.array_equal(rms.mean, before[0]) and np.array_equal(rms.var, before[1]) and rms.count == before[2]
+    dm.teardown("fit")

@@ -11,7 +11,7 @@ import torch
 from lit_rl.algos.ppg import PPG
 from lit_rl.algos.ppo import PPO
 from lit_rl.algos.roles import Placement, RoleSpec
-from lit_rl.algos.updater import RoleUpdater, Shuffler, share_of
+from lit_rl.algos.updater import RoleUpdater, Shuffler, interleaved_epochs, share_of
 from lit_rl.data.store import RolloutStore
 from lit_rl.errors import ConfigError
 from lit_rl.objectives import pcgrad
@@ -409,3 +409,19 @@ def test_a_non_finite_aux_loss_stops_both_roles_updates(tmp_path):
     assert module.aux_calls > 2  # the phase ran on past the bad step
     for name, p in module.agent.named_parameters():
         assert torch.equal(p.detach(), module.before_bad[name]), name
+
+
+def test_the_auxiliary_phase_draws_its_minibatches_on_a_process_that_steps_no_role(tmp_path):
+    """A rank that learns no role in an auxiliary phase (the actor's rank of a placement preset during the critic
+    warm-up) still draws each aux epoch's minibatches, so the aux stream stays the same on every rank."""
+    module, dm = make({"n_pi": 2, "aux_epochs": 3}, {**CARTPOLE, "total_timesteps": 256}, cls=PPG)
+    fit(module, dm, tmp_path)
+    shuffler = module.updaters["actor"].shuffler
+    expected = torch.Generator()
+    expected.set_state(shuffler.generators["aux"].get_state())
+    for _ in range(3):  # three epochs of a shuffle of 8 sequences
+        torch.randperm(8, generator=expected)
+    updaters = [module.updaters[role] for role in module.role_order()]
+    stats = interleaved_epochs(updaters, module.aux_role_specs(2), [], {"returns": torch.zeros(8, 32)}, "aux")
+    assert not stats
+    assert torch.equal(shuffler.generators["aux"].get_state(), expected.get_state())

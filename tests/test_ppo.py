@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lit_rl.algos.updater import DeferredCheck, NonFiniteCheck
+from lit_rl.algos.updater import DeferredCheck, NonFiniteCheck, RoleUpdater
 from lit_rl.algos.ppo import PPO
 from lit_rl.algos.roles import RoleSpec
 from lit_rl.algos.updater import Shuffler, share_of
@@ -137,6 +137,27 @@ def test_target_kl_stops_actor_epochs(tmp_path):
     fit(module, dm, tmp_path)
     rows = read_metrics(next(tmp_path.rglob("metrics.csv")))
     assert [r["train/actor_updates"] for r in rows] == [2.0, 2.0]  # one epoch of 2 minibatches, then the stop
+
+
+@pytest.mark.parametrize("kls, epochs", [((0.0, 0.0, 1.0, 1.0), 3), ((0.0, 0.0, 0.0, 0.0), 4)])
+def test_target_kl_stops_after_the_first_epoch_whose_kl_exceeds_it(tmp_path, monkeypatch, kls, epochs):
+    """The epochs run until the end of the first epoch whose KL exceeds the target (here the third), or all of
+    them when none does; the KL of an epoch is its own steps' mean (below)."""
+    module, dm = make({"target_kl": 0.5, "update_epochs": 4, "num_minibatches": 2})
+    def epoch_kl(self, stats, steps):  # the KL of epoch k of this iteration: kls[k - 1]
+        return torch.tensor(kls[len(stats["approx_kl"]) // steps - 1])
+
+    monkeypatch.setattr(RoleUpdater, "epoch_kl", epoch_kl)
+    fit(module, dm, tmp_path)
+    rows = read_metrics(next(tmp_path.rglob("metrics.csv")))
+    assert [r["train/actor_updates"] for r in rows] == [2.0 * epochs] * 2
+
+
+def test_an_epochs_kl_is_the_mean_of_its_own_steps(tmp_path):
+    module, dm = make({"update_epochs": 1})
+    fit(module, dm, tmp_path)
+    stats = {"approx_kl": [torch.tensor(v) for v in (9.0, 7.0, 1.0, 2.0, 3.0, 6.0)]}  # 3 epochs of 2 steps
+    assert float(module.updaters["actor"].epoch_kl(stats, 2)) == 4.5
 
 
 def test_each_epoch_has_exactly_num_minibatches_of_near_equal_size_and_target_kl_is_checked_at_its_end(tmp_path, monkeypatch):

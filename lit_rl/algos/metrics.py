@@ -73,6 +73,11 @@ class RunMetrics(torch.nn.Module):
         """Marks where the fit starts (or resumes), at ``env_steps``: the origin of ``perf/sps``."""
         self._fit_start = (time.perf_counter(), env_steps)
 
+    @property
+    def start_env_steps(self) -> int:
+        """Gives the env-step count this fit started (or resumed) at; 0 before it starts."""
+        return self._fit_start[1] if self._fit_start is not None else 0
+
     def log_iteration(self, module: Logging, rollout: Rollout, batch: dict[str, Tensor], stats: Stats,
                       info: dict[str, float]) -> None:
         """Logs the iteration's metrics against env steps, and exposes a few to callbacks and the progress bar."""

@@ -303,6 +303,8 @@ def interleaved_epochs(updaters: list[RoleUpdater], specs: dict[str, RoleSpec], 
     so the stream stays the same on every process; one deferred non-finite check covers every role's steps."""
     first = updaters[0]
     spec = specs[first.role]
+    if len({(s.epochs, s.stream, s.minibatches) for s in specs.values()}) > 1:
+        raise ValueError(f"roles updated together take turns on the same minibatches; their specs differ: {specs}")
     stats: Stats = defaultdict(list)
     run = DeferredCheck(first.module)
     steps = [(updater, updater.check(run)) for updater in updaters if updater.role in learning]

@@ -356,6 +356,13 @@ class RolloutDataModule(L.LightningDataModule):
                 f"data.total_timesteps={self.total_timesteps} do not split over {self.num_envs} envs, so the run "
                 f"could not stop exactly at the budget. Set data.total_timesteps to e.g. {fits}, or num_envs to "
                 f"a divisor of {left}.")
+        fn = self.trainer.state.fn if self.trainer is not None else None
+        if fn in ("validate", "test") and "obs_rms" in state_dict and not self.env_spec.normalize_observation:
+            # The policy was trained on normalized observations: raw ones would give it other inputs, and the
+            # evaluation's returns would be wrong without a sign.
+            raise ConfigError("data.normalize_observation: the checkpoint's policy was trained on normalized "
+                              "observations (it holds their statistics); set data.normalize_observation=true (and "
+                              "the run's clip_observation) to evaluate it as it was trained.")
         self.normalization.load_state_dict(state_dict)
 
 

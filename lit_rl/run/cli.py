@@ -4,6 +4,7 @@ errors."""
 import glob
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -19,6 +20,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 from jsonargparse import lazy_instance, set_parsing_settings
 
+from lit_rl import MOVED, moved_message
 from lit_rl.algos.ppo import PPO
 from lit_rl.run.callbacks import (EnvStepCheckpoint, EnvStepProgressBar, LogEvaluationVideos, SlurmRequeueAtIterationEnd,
                               note_requeue_signal_early)
@@ -227,8 +229,9 @@ class LitRLCLI(LightningCLI):
         requeued = any(getattr(c, "requeued", False) for c in self.trainer.callbacks)
         metrics = dict(self.model.metrics.last_logged) if isinstance(self.model, PPO) else {}
         env_steps = int(getattr(self.model, "env_steps", 0))
+        resumed_at = self.model.metrics.start_env_steps if isinstance(self.model, PPO) else 0
         checkpoint = self.trainer.checkpoint_callback
-        print(fit_summary(env_steps, time.perf_counter() - self._fit_start, metrics, config,
+        print(fit_summary(env_steps, resumed_at, time.perf_counter() - self._fit_start, metrics, config,
                           getattr(checkpoint, "dirpath", None), getattr(checkpoint, "last_model_path", "") or None,
                           requeued), flush=True)
         path = os.environ.get(SUMMARY_ENV)
@@ -251,15 +254,18 @@ class LitRLCLI(LightningCLI):
                   f"over {int(metrics[f'{stage}/episodes'])} episodes (greedy actions)")
 
 
-def fit_summary(env_steps: int, seconds: float, metrics: dict[str, float], config: Optional[str],
+def fit_summary(env_steps: int, resumed_at: int, seconds: float, metrics: dict[str, float], config: Optional[str],
                 checkpoints: Optional[str], last: Optional[str], requeued: bool) -> str:
-    """Formats the block ``lit-rl fit`` prints at its end: env steps and wall time, the last training return, the
-    greedy evaluation, and where the run's files are."""
+    """Formats the block ``lit-rl fit`` prints at its end: env steps and wall time (the rate counts this fit's
+    steps, after ``resumed_at``), the last training return, the greedy evaluation, and where the run's files
+    are."""
     def show(path: Optional[str]) -> str:
         return os.path.relpath(path) if path and not os.path.relpath(path).startswith("..") else str(path)
 
-    lines = [f"lit-rl fit: {'stopped for a SLURM requeue' if requeued else 'done'} after {env_steps:,} env steps in "
-             f"{seconds:.1f} s ({env_steps / max(seconds, 1e-9):,.0f} env steps/s)"]
+    done = env_steps - resumed_at
+    resumed = f", resumed at {resumed_at:,}" if resumed_at else ""
+    lines = [f"lit-rl fit: {'stopped for a SLURM requeue' if requeued else 'done'} after {env_steps:,} env steps"
+             f"{resumed}; {done:,} in {seconds:.1f} s ({done / max(seconds, 1e-9):,.0f} env steps/s)"]
     if "train/episodic_return" in metrics:
         lines.append(f"  training return  {metrics['train/episodic_return']:.2f} (mean of the episodes that ended in "
                      "the last iteration with any)")
@@ -292,6 +298,22 @@ def _log_root(cfg: Any) -> Optional[str]:
     return os.path.join(save_dir, name) if name and "Wandb" not in str(getattr(logger, "class_path", "")) else save_dir
 
 
+def refuse_moved_paths(argv: list[str]) -> None:
+    """Raises a ConfigError naming the new path when a config file or argument names a class by a module path that
+    moved (:data:`lit_rl.MOVED`), before jsonargparse buries its message among every type it tried."""
+    pattern = re.compile(r"\b(" + "|".join(re.escape(old) for old in MOVED) + r")\.\w+")
+    texts = [("the command line", " ".join(argv))]
+    for i, arg in enumerate(argv):
+        path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg[9:] if arg.startswith("--config=") else None
+        if path and os.path.isfile(path):
+            with open(path) as f:
+                texts.append((path, f.read()))
+    for where, text in texts:
+        found = pattern.search(text)
+        if found:
+            raise ConfigError(f"{where}: {found.group(0)}: {moved_message(found.group(1))}")
+
+
 def main(args: Any = None) -> None:
     """Runs the ``lit-rl`` command (the console script's entry point)."""
 
@@ -304,6 +326,7 @@ def main(args: Any = None) -> None:
 
             sweep_main(argv[1:])
             return
+        refuse_moved_paths(argv)
         LitRLCLI(args=args)
     except Exception as err:
         known = user_error(err)
