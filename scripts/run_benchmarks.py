@@ -5,7 +5,7 @@ stops at the first that fails. Run it on an otherwise idle machine: the numbers 
 placement benchmark needs two free cores. ``--smoke`` checks that the scripts run, with budgets far too
 small for the numbers to mean anything: point ``--results-dir`` elsewhere with it.
 
-    python scripts/run_benchmarks.py [--only ppo recurrent placement ppg overlap procgen] [--results-dir results] [--smoke]
+    python scripts/run_benchmarks.py [--only ppo recurrent placement ppg overlap speed procgen] [--results-dir results] [--smoke]
 """
 
 import argparse
@@ -24,6 +24,8 @@ BENCHMARKS = {
                   ["--hidden", "64", "64", "--num-steps", "32", "--iterations", "6", "--n-pi", "2"]),
     "ppg": ("benchmark_ppg.py", "benchmark_ppg.md", ["--seeds", "1", "--budget", "8192"]),
     "overlap": ("benchmark_overlap.py", "benchmark_overlap.md", ["--only", "cartpole", "--scale", "0.03"]),
+    "speed": ("benchmark_speed.py", "benchmark_speed.md",
+              ["--only", "cartpole", "--iterations", "2", "--collect-steps", "2048", "--repeats", "1"]),
     # Needs the procgen and atari extras; about 70 minutes on 2 CPU cores at its defaults.
     "procgen": ("benchmark_procgen.py", "benchmark_procgen.md",
                 ["--games", "starpilot", "--budget", "2048", "--num-envs", "8", "--num-steps", "64", "--n-pi", "2"]),
