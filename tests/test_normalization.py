@@ -159,3 +159,40 @@ def test_evaluation_envs_apply_the_training_statistics_and_never_update_them():
     dm.normalization.commit()
     assert np.array_equal(rms.mean, before[0]) and np.array_equal(rms.var, before[1]) and rms.count == before[2]
     dm.teardown("fit")
+
+
+def test_a_commit_over_two_processes_gives_the_statistics_of_all_their_observations():
+    """Two processes record different observations and commit through an all-reduce (two threads here, summing
+    what each hands in): both end with the statistics one process has after recording all of them, which needs
+    the squared deviations of each process's mean from the merged one."""
+    import threading
+
+    rng = np.random.default_rng(1)
+    batches = [rng.normal(-2.0, 1.0, (9, 3)), rng.normal(5.0, 3.0, (14, 3))]
+    one = Normalization(("obs_rms",))
+    one.statistics("obs_rms", (3,), np.float64).update(np.concatenate(batches))
+    one.commit()
+    barrier, handed = threading.Barrier(2), [None, None]
+    owners = [Normalization(("obs_rms",)) for _ in batches]
+
+    def process(rank: int) -> None:
+        def all_reduce(tensor: torch.Tensor) -> torch.Tensor:
+            handed[rank] = tensor.clone()
+            barrier.wait()
+            total = handed[0] + handed[1]
+            barrier.wait()  # both have read before either hands in its next tensor
+            return total
+
+        owners[rank].statistics("obs_rms", (3,), np.float64).update(batches[rank])
+        owners[rank].commit(all_reduce)
+
+    threads = [threading.Thread(target=process, args=(rank,)) for rank in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    single = one.stats["obs_rms"]
+    for owner in owners:
+        rms = owner.stats["obs_rms"]
+        assert rms.count == single.count
+        assert np.allclose(rms.mean, single.mean, rtol=1e-10) and np.allclose(rms.var, single.var, rtol=1e-10)
