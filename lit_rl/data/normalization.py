@@ -106,7 +106,7 @@ class Normalization:
         if name not in self.stats:
             self.stats[name] = DeferredRunningMeanStd(shape, dtype)
             if name in self._loaded:
-                _load(self.stats[name], self._loaded.pop(name))
+                set_moments(self.stats[name], self._loaded.pop(name))
         return self.stats[name]
 
     def commit(self, sum_over_processes: SumOverProcesses = _same) -> None:
@@ -155,10 +155,4 @@ class Normalization:
         when it is made."""
         self._loaded = {k: v for k, v in state_dict.items() if k in self.names}
         for name in [name for name in self._loaded if name in self.stats]:
-            _load(self.stats[name], self._loaded.pop(name))
-
-
-def _load(rms: RunningMeanStd, saved: dict[str, Any]) -> None:
-    rms.mean = saved["mean"].numpy().astype(rms.mean.dtype)
-    rms.var = saved["var"].numpy().astype(rms.var.dtype)
-    rms.count = saved["count"]
+            set_moments(self.stats[name], self._loaded.pop(name))
