@@ -36,7 +36,10 @@ ITERATIONS = {"cartpole": 100, "pendulum": 20}  # Pendulum's iteration is 4 x 10
 # since the trainer logged perf/update_time has: LitRLCLI and metrics.csv.
 MEASURE = r"""
 import csv, glob, json, os, sys
-from lit_rl.run.cli import LitRLCLI
+if os.path.exists("lit_rl/run/cli.py"):  # the working folder is the checkout; the command moved into run/
+    from lit_rl.run.cli import LitRLCLI
+else:
+    from lit_rl.cli import LitRLCLI
 config, total, workdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 os.chdir(workdir)
 cli = LitRLCLI(args=["fit", "--config", config, "--data.total_timesteps", str(total), "--trainer.accelerator", "cpu",
