@@ -192,6 +192,9 @@ class PPG(PPO):
         # Minibatches of whole sequences (each with its initial state, when recurrent) or of single steps.
         specs = self.aux_role_specs(-(-len(data["returns"]) // size))
         learning = [role for role in ROLES if self.learns(role, iteration)]
+        if self.compiled is not None:
+            return self.compiled.interleaved(data, specs, self.role_order(), learning, "auxiliary-phase",
+                                             joint=hp.arch == "separate")
         return interleaved_epochs([self.updaters[role] for role in self.role_order()], specs, learning, data,
                                   "auxiliary-phase")
 

@@ -31,11 +31,12 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from lit_rl.algos.compiled import CompiledSteps, check_compile_config, check_compile_placement
 from lit_rl.algos.metrics import RunMetrics
 from lit_rl.algos.resume import Resume
 from lit_rl.algos.roles import ROLES, Placement, RoleSpec, Share, Stats
 from lit_rl.algos.schedules import LinearDecay, constant
-from lit_rl.algos.updater import RoleUpdater, Shuffler, count_steps_of_other_roles
+from lit_rl.algos.updater import RoleUpdater, Shuffler, count_optimizer_steps
 from lit_rl.data.rollout import Rollout, flatten_valid, pad_time, to_sequences
 from lit_rl.data.store import chunk_rows, in_chunks
 from lit_rl.errors import ConfigError
@@ -93,6 +94,12 @@ class PPO(L.LightningModule):
         bptt_length: Steps per training sequence: rollouts are cut into chunks of this length, each
             starting from the state the pre-update networks reach there (truncated BPTT). Null: whole
             rollouts. Minibatches are made of whole chunks, never of shuffled single steps.
+        compile: Run each optimizer step (loss, gradients, clip, Adam) as one ``torch.compile`` graph
+            (:mod:`lit_rl.algos.compiled`), the actor's and the critic's in one where they share no parameters.
+            Compiling takes 20-60 s at the start of a fit, so it pays on long updates (the continuous-control
+            configs turn it on); the same numbers as eager to float rounding. Refused (naming the setting) with a
+            recurrent policy, gradient surgery, a role on several processes, mixed precision, or an optimizer other
+            than Adam/AdamW.
     """
 
     # Per-iteration training metrics (logged as ``train/<name>``); stable, so dashboards and tests can rely on them.
@@ -133,6 +140,7 @@ class PPO(L.LightningModule):
         recurrent: Optional[Recurrent] = None,
         recurrent_size: int = 128,
         bptt_length: Optional[int] = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["actor_optimizer", "critic_optimizer", "actor_scheduler", "critic_scheduler"])
@@ -152,6 +160,7 @@ class PPO(L.LightningModule):
         self._one_process = Placement()  # where the roles run without a placement strategy: all here
         self.updaters: dict[str, RoleUpdater] = {}  # by role; made with the optimizers
         self.resume = Resume()  # the checkpoint's entries, and a resumed fit's config
+        self.compiled: Optional[CompiledSteps] = None  # the compiled steps, with model.compile; made with the optimizers
 
     # ------------------------------------------------------------------ configuration
     def _check_hparams(self) -> None:
@@ -171,13 +180,16 @@ class PPO(L.LightningModule):
         for key in ("actor_max_grad_norm", "critic_max_grad_norm", "target_kl"):
             if hp[key] is not None and hp[key] <= 0:
                 raise ConfigError(f"model.{key}: must be > 0 or null, got {hp[key]}.")
-        for role in ROLES:
-            for group in self.make_optimizer(role, [torch.nn.Parameter(torch.zeros(1))]).param_groups:
+        optimizers = {role: self.make_optimizer(role, [torch.nn.Parameter(torch.zeros(1))]) for role in ROLES}
+        for role, optimizer in optimizers.items():
+            for group in optimizer.param_groups:
                 lr = group.get("lr", 1.0)
                 if not (isinstance(lr, (int, float)) and lr > 0) and not (isinstance(lr, Tensor) and lr.item() > 0):
                     raise ConfigError(f"model.{role}_optimizer: the learning rate (init_args.lr) must be > 0, got {lr}.")
         if hp.bptt_length is not None and hp.bptt_length < 1:
             raise ConfigError(f"model.bptt_length: must be a positive integer or null, got {hp.bptt_length}.")
+        if hp.compile:
+            check_compile_config(hp, optimizers)
         ActorCritic.check_config(hp.arch, hp.hidden_sizes, hp.activation, hp.recurrent, hp.recurrent_size, hp.encoder,
                                  hp.image_layout)
         if hp.gradient_surgery != "none" and hp.arch != "shared":
@@ -225,6 +237,7 @@ class PPO(L.LightningModule):
                               "(the lit-rl command links the two: set model.gamma alone).")
 
     uses_aux_head = False  # PPG adds an auxiliary value head to the policy trunk
+    compile_backend = "inductor"  # torch.compile's backend for model.compile
 
     def build(self, observation_space: Any, action_space: Any) -> None:
         """Creates the networks for these spaces (once)."""
@@ -264,6 +277,8 @@ class PPO(L.LightningModule):
                 )
         if stage == "fit":
             self.shuffler = Shuffler(int(getattr(datamodule, "seed", 0)))
+            if self.hparams.compile:
+                check_compile_placement(self, self.placement)
 
     def configure_optimizers(self) -> Any:
         """Makes one optimizer and schedule per role, in :data:`ROLES` order; tells the placement which optimizer
@@ -272,6 +287,8 @@ class PPO(L.LightningModule):
         self.placement.assign_optimizers(dict(zip(ROLES, optimizers)))
         self.updaters = {role: RoleUpdater(self, role, self.placement, self.shuffler, self.hparams[f"{role}_max_grad_norm"])
                          for role in ROLES}
+        if self.hparams.compile:
+            self.compiled = CompiledSteps(self, self.updaters, self.compile_backend)
         return optimizers, [self.make_scheduler(role, opt) for role, opt in zip(ROLES, optimizers)]
 
     def make_optimizer(self, role: str, params: Optional[Iterable[Tensor]] = None) -> Optimizer:
@@ -323,13 +340,7 @@ class PPO(L.LightningModule):
         batch = self.prepare_batch(rollout)
         before = {role: updater.steps for role, updater in self.updaters.items()}
         start = time.perf_counter()
-        stats: Stats = defaultdict(list)
-        for i, role in enumerate(self.role_order()):
-            if i:
-                self.placement.wait_for_role()  # serial mode: the second role starts when the first is done
-            if self.learns(role, rollout.iteration):
-                for key, values in self.update_role(role, batch).items():
-                    stats[key] += values
+        stats = self.update_roles(batch, rollout.iteration)
         self.sync_weights()
         # Until every rank has the new weights (in parallel mode: the slower group's update, plus the exchange).
         info = {"perf/update_time": time.perf_counter() - start}
@@ -337,7 +348,7 @@ class PPO(L.LightningModule):
         taken = {role: updater.steps - before[role] for role, updater in self.updaters.items()}
         # Every rank logs the stats of the roles it did not run, too, and counts the run's optimizer steps.
         stats, run_steps = self.placement.merge_stats(stats, taken)
-        count_steps_of_other_roles(self.trainer, run_steps - sum(taken.values()))
+        count_optimizer_steps(self.trainer, run_steps - sum(taken.values()))
         with warnings.catch_warnings():
             # During critic warm-up the actor's schedule advances with the run while its optimizer does not step.
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
@@ -354,8 +365,27 @@ class PPO(L.LightningModule):
                                   target_kl=hp.target_kl),
                 "critic": RoleSpec(self.critic_loss, self.critic_epochs, "critic", hp.num_minibatches)}
 
+    def update_roles(self, batch: dict[str, Tensor], iteration: int) -> Stats:
+        """Runs the update of each role this rank trains at ``iteration``, in :meth:`role_order`; compiled, the roles
+        of a ``separate`` architecture step together (no parameter of one is read by the other's loss)."""
+        learning = [role for role in self.role_order() if self.learns(role, iteration)]
+        if self.compiled is not None and self.hparams.arch == "separate" and len(learning) > 1:
+            stats = self.compiled.epochs(batch, self.role_specs(), learning)
+            self.placement.wait_for_role()  # as the serial update does between its roles, on every rank
+            return stats
+        stats: Stats = defaultdict(list)
+        for i, role in enumerate(self.role_order()):
+            if i:
+                self.placement.wait_for_role()  # serial mode: the second role starts when the first is done
+            if role in learning:
+                for key, values in self.update_role(role, batch).items():
+                    stats[key] += values
+        return stats
+
     def update_role(self, role: str, batch: dict[str, Tensor]) -> Stats:
         """Runs ``role``'s update on ``batch``, as :meth:`role_specs` declares it."""
+        if self.compiled is not None:
+            return self.compiled.epochs(batch, self.role_specs(), [role])
         return self.updaters[role].epochs(batch, self.role_specs()[role])
 
     def after_update(self, rollout: Rollout, stats: Stats, info: dict[str, float]) -> None:

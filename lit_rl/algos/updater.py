@@ -118,6 +118,13 @@ class DeferredCheck(NonFiniteCheck):
         finally:
             raw.__dict__.pop("found_inf", None)
 
+    def record(self, what: str, loss: Tensor, found_inf: Tensor) -> None:
+        """Takes a step that applied its own update, or none (a compiled step): its loss, and ``found_inf`` as the
+        step left it."""
+        self.last = (what, loss.detach())
+        self.losses.append(self.last)
+        self.found_inf = found_inf
+
     def end(self) -> None:
         if not self.losses:
             return
@@ -324,10 +331,10 @@ def append_step(stats: Stats, step: dict[str, Tensor]) -> None:
         stats[key].append(value)
 
 
-def count_steps_of_other_roles(trainer: L.Trainer, steps: int) -> None:
-    """Adds ``steps`` optimizer steps that other processes took (for the roles this one does not train) to
-    Lightning's count, so ``trainer.global_step`` is the run's on every process: what one process holding
-    every role counts. Lightning's checkpoint callbacks compare it between saves on every process; a
+def count_optimizer_steps(trainer: L.Trainer, steps: int) -> None:
+    """Adds ``steps`` optimizer steps that Lightning's optimizer wrapper did not take to Lightning's count: compiled
+    steps (:mod:`lit_rl.algos.compiled`), and steps other processes took for the roles this one does not train, so
+    ``trainer.global_step`` is the run's on every process: what one process holding every role counts. Lightning's checkpoint callbacks compare it between saves on every process; a
     process whose count stood still (a rollout rank, or an actor rank during the critic warm-up) would skip
     a save the others make, and their collectives would no longer match."""
     progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress

@@ -1,0 +1,253 @@
+"""Runs the roles' optimizer steps as compiled functions (``model.compile``).
+
+One optimizer step is one function of the minibatch: the role's loss, its gradients (``torch.func``, with respect
+to the parameters the role's optimizer owns: the others are constants, as the eager step's toggle makes them),
+the gradient-norm clip, and torch's own functional Adam/AdamW on the optimizer's parameter groups and state.
+``torch.compile`` turns it into one graph: no Python between the forward pass and the parameter update, the
+elementwise work fused. Where the actor and the critic share no parameters and both learn here, a minibatch step
+of each runs in the same graph: one backward pass does the work of two, with the numbers of two (each role
+draws its own minibatches, and neither loss reads the other's parameters).
+
+What it changes, what it keeps:
+
+- The same math as :class:`~lit_rl.algos.updater.RoleUpdater`'s eager step, to float rounding (Adam's
+  single-tensor kernel instead of the fused one; the clip's norm in another order). Minibatch orders, the
+  optimizer state in checkpoints, LR schedules (the learning rate is an input, read at each step) and
+  ``target_kl`` are unchanged; a checkpoint resumes with compiling on or off.
+- Each kind of step (the roles it steps, their losses) compiles once, for any number of rows in a minibatch
+  (marked dynamic): the valid steps of a rollout vary in number (an episode's end is followed by a reset step that
+  is no transition), as do the shorter last rollout, a last minibatch one row shorter and an auxiliary minibatch
+  with padded steps; none compiles again.
+- A non-finite loss stops training as :class:`~lit_rl.algos.updater.DeferredCheck` does: the graph applies
+  no update from a role's first non-finite loss on, and the end of the role's steps raises naming it.
+- Lightning's hooks around the backward pass and the optimizer step (``on_before_backward``,
+  ``on_after_backward``, ``on_before_optimizer_step``) do not run, and ``param.grad`` stays empty; Lightning
+  still counts each optimizer step.
+
+Supported where each role this process trains is its group alone (no gradient sum between processes), without a
+recurrent summarizer, gradient surgery or mixed precision, and with Adam or AdamW: :func:`check_compile` refuses
+the rest naming the setting. On a GPU it compiles with ``mode="reduce-overhead"`` (CUDA graphs).
+"""
+
+from collections import defaultdict
+from typing import Any, Callable, Optional, Sequence
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.optim.adam import adam
+
+from lit_rl.algos.roles import LossFn, Placement, RoleSpec, Share, Stats
+from lit_rl.algos.updater import DeferredCheck, RoleUpdater, append_step, count_optimizer_steps, share_of
+from lit_rl.errors import ConfigError
+
+COMPILABLE_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)  # AdamW is Adam with decoupled weight decay
+
+
+def check_compile_config(hp: Any, optimizers: dict[str, Any]) -> None:
+    """Refuses ``model.compile`` with settings the compiled step cannot run, naming the setting to change;
+    ``optimizers`` are the roles' optimizers as configured (their types matter)."""
+    fix = "or set model.compile=false"
+    if hp.recurrent is not None:
+        raise ConfigError(f"model.compile: a recurrent policy's minibatches hold a varying number of valid steps, "
+                          f"so each would compile anew; set model.compile=false for model.recurrent={hp.recurrent!r}.")
+    if hp.gradient_surgery != "none":
+        raise ConfigError(f"model.compile: gradient surgery ({hp.gradient_surgery!r}) runs a backward pass per loss "
+                          f"term; set model.gradient_surgery=none, {fix}.")
+    for role, optimizer in optimizers.items():
+        if type(optimizer) not in COMPILABLE_OPTIMIZERS:
+            raise ConfigError(f"model.compile: the compiled step runs torch's Adam/AdamW; model.{role}_optimizer is "
+                              f"{type(optimizer).__name__}. Use torch.optim.Adam or torch.optim.AdamW, {fix}.")
+
+
+def check_compile_placement(module: L.LightningModule, placement: Placement) -> None:
+    """Refuses ``model.compile`` where a role is trained by several processes or under mixed precision."""
+    fix = "or set model.compile=false"
+    for role in placement.roles:
+        if role in ("actor", "critic") and placement.group_size(role) > 1:
+            raise ConfigError(f"model.compile: the {role} is trained by {placement.group_size(role)} processes, whose "
+                              f"gradients are summed between the backward pass and the step; give each role one "
+                              f"process (trainer.strategy), {fix}.")
+    precision = str(getattr(module.trainer, "precision", "32-true"))
+    if precision not in ("32-true", "32"):
+        raise ConfigError(f"model.compile: trainer.precision={precision!r} is not supported; use 32-true, {fix}.")
+
+
+class _Losses(nn.Module):
+    """Holds the networks so that :func:`torch.func.functional_call` can run a loss with other parameters."""
+
+    def __init__(self, agent: nn.Module) -> None:
+        super().__init__()
+        self.agent = agent
+
+    def forward(self, loss_fn: LossFn, share: Share) -> tuple[Any, dict[str, Tensor]]:
+        return loss_fn(share)
+
+
+class CompiledSteps:
+    """Runs optimizer steps of one or more roles of ``module`` (which owns ``agent``) as compiled graphs.
+
+    Args:
+        module: The algorithm, under manual optimization.
+        updaters: The roles' updaters, by role (their optimizers, clips, step counts and shuffle streams).
+        backend: ``torch.compile``'s backend (tests use ``aot_eager``: the same graphs, not turned into code).
+    """
+
+    def __init__(self, module: L.LightningModule, updaters: dict[str, RoleUpdater], backend: str = "inductor") -> None:
+        self.module = module
+        self.updaters = updaters
+        agent = module.agent
+        self.losses = _Losses(agent)
+        self.names = {id(p): f"agent.{name}" for name, p in agent.named_parameters()}
+        cuda = next(agent.parameters()).device.type == "cuda"
+        mode = "reduce-overhead" if cuda and backend == "inductor" else None
+        self.graph = torch.compile(self._steps, backend=backend, mode=mode)
+        self.lrs: dict[str, list[Tensor]] = {}  # role -> a tensor per parameter group: the learning rate, an input
+
+    # ------------------------------------------------------------------ runs of steps
+    def epochs(self, batch: dict[str, Tensor], specs: dict[str, RoleSpec], roles: Sequence[str]) -> Stats:
+        """Runs the updates of ``roles`` as ``specs`` declare them, as :meth:`RoleUpdater.epochs` runs each: the
+        roles' minibatch ``k`` in one step while each has epochs left, each drawing from its own stream; a role
+        with ``target_kl`` stops after an epoch whose mean approx KL exceeds it."""
+        stats: Stats = defaultdict(list)
+        rows = len(batch["returns"])
+        checks = {role: DeferredCheck(self.module) for role in roles}
+        active, epoch = list(roles), 0
+        while active:
+            draws = {role: self.updaters[role].shuffler.split(rows, specs[role].stream, specs[role].minibatches,
+                                                              self.module.device) for role in active}
+            counts = {role: len(draws[role]) for role in active}
+            for k in range(max(counts.values())):
+                here = [role for role in active if k < counts[role]]
+                self.step(batch, [(role, specs[role].loss, draws[role][k], role) for role in here], checks, stats)
+            epoch += 1
+            kl_stop = {role for role in active if specs[role].target_kl is not None
+                       and bool(self.updaters[role].epoch_kl(stats, counts[role]) > specs[role].target_kl)}
+            active = [role for role in active if epoch < specs[role].epochs and role not in kl_stop]
+        for check in checks.values():
+            check.end()
+        return stats
+
+    def interleaved(self, batch: dict[str, Tensor], specs: dict[str, RoleSpec], order: Sequence[str],
+                    learning: Sequence[str], what: str, joint: bool) -> Stats:
+        """Runs several roles' updates together, as :func:`~lit_rl.algos.updater.interleaved_epochs` does: every
+        minibatch (drawn from the first role's stream in ``order``) gets one step of each role in ``learning``, in
+        ``order``; in one graph where ``joint`` (the roles share no parameters), else one after the other."""
+        spec = specs[order[0]]
+        if len({(s.epochs, s.stream, s.minibatches) for s in specs.values()}) > 1:
+            raise ValueError(f"roles updated together take turns on the same minibatches; their specs differ: {specs}")
+        stats: Stats = defaultdict(list)
+        checks = {role: DeferredCheck(self.module) for role in learning}
+        stepping = [role for role in order if role in learning]
+        for _ in range(spec.epochs):
+            for idx in self.updaters[order[0]].shuffler.split(len(batch["returns"]), spec.stream, spec.minibatches,
+                                                              self.module.device):
+                items = [(role, specs[role].loss, idx, f"{what} {role}") for role in stepping]
+                for group in ([items] if joint else [[item] for item in items]):
+                    self.step(batch, group, checks, stats)
+        for check in checks.values():
+            check.end()
+        return stats
+
+    # ------------------------------------------------------------------ one step
+    def step(self, batch: dict[str, Tensor], items: list[tuple[str, LossFn, Tensor, str]],
+             checks: dict[str, DeferredCheck], stats: Stats) -> None:
+        """Takes one optimizer step of each item's role (``(role, loss, minibatch rows, name of the loss)``) in one
+        call of the graph."""
+        datas = tuple(share_of(batch, idx).data for _, _, idx, _ in items)
+        roles = tuple(role for role, _, _, _ in items)
+        groups = tuple(self.param_groups(role) for role in roles)
+        found = tuple(self.found_inf(checks[role]) for role in roles)
+        for role in roles:
+            for lr, group in zip(self.lrs[role], self.updaters[role].optimizer.optimizer.param_groups):
+                lr.fill_(group["lr"])
+        for data in datas:  # one graph for every minibatch size: a rollout's valid steps vary in number
+            for value in data.values():
+                torch._dynamo.mark_dynamic(value, 0)
+        losses = tuple(loss for _, loss, _, _ in items)
+        clips = tuple(self.updaters[role].max_grad_norm for role in roles)
+        with torch.no_grad():  # torch.func.grad computes the gradients inside; nothing else needs them
+            results = self.graph(losses, datas, groups, tuple(self.lrs[role] for role in roles), found, clips)
+        for (role, _, _, what), (loss, step_stats, bad) in zip(items, results):
+            checks[role].record(what, loss, bad)
+            append_step(stats, step_stats)
+            self.updaters[role].steps += 1
+        count_optimizer_steps(self.module.trainer, len(items))
+
+    def param_groups(self, role: str) -> tuple[dict[str, Any], ...]:
+        """Returns the role's parameter groups as the graph reads them: the parameters, their Adam state (made
+        as torch's Adam makes it, where the optimizer has not stepped yet) and the group's settings."""
+        optimizer = self.updaters[role].optimizer.optimizer
+        groups = []
+        for group in optimizer.param_groups:
+            params = list(group["params"])
+            for p in params:
+                if p not in optimizer.state or not optimizer.state[p]:
+                    on_device = bool(group.get("fused")) or bool(group.get("capturable"))
+                    state = {"step": torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu"),
+                             "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                             "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+                    if group["amsgrad"]:
+                        state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    optimizer.state[p] = state
+            states = [optimizer.state[p] for p in params]
+            groups.append({"names": tuple(self.names[id(p)] for p in params), "params": params,
+                           "exp_avgs": [s["exp_avg"] for s in states], "exp_avg_sqs": [s["exp_avg_sq"] for s in states],
+                           "max_exp_avg_sqs": [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else [],
+                           "steps": [s["step"] for s in states], "betas": group["betas"], "eps": group["eps"],
+                           "weight_decay": group["weight_decay"], "amsgrad": group["amsgrad"],
+                           "maximize": group["maximize"],
+                           "decoupled": group.get("decoupled_weight_decay", False),
+                           "capturable": params[0].device.type != "cpu"})
+        if role not in self.lrs:
+            self.lrs[role] = [torch.zeros((), dtype=torch.float32, device=self.module.device) for _ in groups]
+        return tuple(groups)
+
+    @staticmethod
+    def found_inf(check: DeferredCheck) -> Tensor:
+        """Returns 1 where an earlier step of the check's run had a non-finite loss (no update since), else 0."""
+        return check.found_inf if check.found_inf is not None else torch.zeros(())
+
+    def _steps(self, losses: tuple[LossFn, ...], datas: tuple[dict[str, Tensor], ...], groups: tuple, lrs: tuple,
+               found: tuple[Tensor, ...], clips: tuple[Optional[float], ...]) -> list[tuple[Tensor, dict[str, Tensor], Tensor]]:
+        """The graph: every item's loss and gradients first (from the same parameters), then each role's clip and
+        Adam step; returns each item's loss, stats and non-finite flag."""
+        results, grads_of = [], []
+        for loss_fn, data, role_groups in zip(losses, datas, groups):
+            params = {name: p for group in role_groups for name, p in zip(group["names"], group["params"])}
+            grads, (loss, step_stats) = torch.func.grad_and_value(self._loss(loss_fn, data), has_aux=True)(params)
+            grads_of.append(grads)
+            results.append((loss, step_stats))
+        out = []
+        for (loss, step_stats), grads, role_groups, role_lrs, bad, clip in zip(results, grads_of, groups, lrs, found,
+                                                                                 clips):
+            bad = torch.maximum(bad, (~torch.isfinite(loss)).to(bad.dtype))
+            per_group = [[grads[name] for name in group["names"]] for group in role_groups]
+            if clip is not None:  # as torch.nn.utils.clip_grad_norm_
+                norm = torch.nn.utils.get_total_norm([g for gs in per_group for g in gs])
+                scale = torch.clamp(clip / (norm + 1e-6), max=1.0)
+                per_group = [[g * scale for g in gs] for gs in per_group]
+            for group, group_grads, lr in zip(role_groups, per_group, role_lrs):
+                kept = [t.clone() for t in (*group["params"], *group["exp_avgs"], *group["exp_avg_sqs"],
+                                            *group["max_exp_avg_sqs"], *group["steps"])]
+                adam(group["params"], group_grads, group["exp_avgs"], group["exp_avg_sqs"], group["max_exp_avg_sqs"],
+                     group["steps"], foreach=False, capturable=group["capturable"], differentiable=False,
+                     fused=False, decoupled_weight_decay=group["decoupled"], amsgrad=group["amsgrad"],
+                     beta1=group["betas"][0], beta2=group["betas"][1], lr=lr, weight_decay=group["weight_decay"],
+                     eps=group["eps"], maximize=group["maximize"])
+                # From a non-finite loss on, the role's parameters and state stay as they were.
+                for tensor, old in zip((*group["params"], *group["exp_avgs"], *group["exp_avg_sqs"],
+                                        *group["max_exp_avg_sqs"], *group["steps"]), kept):
+                    tensor.copy_(torch.where(bad > 0, old, tensor))
+            out.append((loss, step_stats, bad))
+        return out
+
+    def _loss(self, loss_fn: LossFn, data: dict[str, Tensor]) -> Callable[[dict[str, Tensor]], Any]:
+        """Returns the loss of a minibatch (this process's whole share) as a function of the role's parameters."""
+        share = Share(data, None, 1.0, data.__getitem__)
+
+        def loss_of(params: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+            return torch.func.functional_call(self.losses, params, (loss_fn, share), strict=False)
+
+        return loss_of
+
