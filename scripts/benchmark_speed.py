@@ -2,21 +2,26 @@
 
 For each env (CartPole-v1 with CleanRL's ppo.py settings, configs/ppo/cartpole_cleanrl.yaml; Pendulum-v1 with
 configs/ppo/pendulum.yaml; Hopper-v4 with configs/ppo/mujoco.yaml where the mujoco extra is installed) it
-measures, alternating lit_rl and the floor ``--repeats`` times so both see the same machine:
+measures, alternating the sides ``--repeats`` times so all see the same machine:
 
-- **update**: milliseconds per iteration of lit_rl's update (``perf/update_time`` of a fit, median over its
-  iterations after the first) against :func:`plain_update`, an eager PyTorch loop written here of the same math
-  with the config's settings: a separate MLP actor and critic, Adam as configured, critic first, the config's
-  epochs x minibatches per role, the clipped surrogate with entropy bonus and per-minibatch advantage
-  normalization, the (clipped) value loss, gradient-norm clipping;
+- **update**: milliseconds per iteration of lit_rl's update, eager and compiled (``model.compile``), each the
+  ``perf/update_time`` of a fit, median over its iterations after the first ``WARMUP``, against
+  :func:`plain_update`, an eager PyTorch loop written here of the same math with the config's settings: a
+  separate MLP actor and critic, Adam as configured, critic first, the config's epochs x minibatches per role,
+  the clipped surrogate with entropy bonus and per-minibatch advantage normalization, the (clipped) value loss,
+  gradient-norm clipping. The compile cost is the first iteration of the first compiled fit of each env: a fresh
+  torch.compile (dynamo reset, inductor's cache in a new directory);
 - **collector**: env steps per second of lit_rl's :class:`~lit_rl.data.collector.Collector` stepping the
-  config's envs with the module's ``act()`` (inference alone, nothing learned) against :func:`plain_collect`,
-  the same envs (``gymnasium.make_vec`` of the config's env id and mode) stepped by a loop that samples the same
-  networks' actions and records observations, actions, log-probs, values, rewards and flags into preallocated
-  tensors.
+  config's envs with the module's ``act()`` (inference alone, nothing learned) against two floors, loops that
+  sample the same networks' actions and values and record observations, actions, log-probs, values, rewards and
+  flags into preallocated tensors (:func:`plain_collect`): the *wrapped* floor steps the collector's own envs
+  (lit_rl's wrappers: episode statistics, action clipping, normalization), the *bare* floor
+  ``gymnasium.make_vec`` of the config's env id and vectorization mode, with no wrapper.
 
-Issue 25's targets: update ms per iteration <= 0.7 of the plain loop's, collector SPS >= 0.8 of the plain
-loop's. Writes the table and verdicts, with the commit, date and machine, first in results/benchmark_speed.md.
+Issue 25's targets (``TARGETS``, :func:`verdicts`): the compiled update's ms per iteration <= 0.7 of the plain
+eager loop's on CartPole, and <= 0.7 of lit_rl's eager update's elsewhere ("of today's"); the collector's SPS
+>= 0.8 of the bare floor's. Writes the tables and verdicts, with the commit, date and machine, first in
+results/benchmark_speed.md.
 
     python scripts/benchmark_speed.py [--only cartpole pendulum hopper] [--iterations N] [--repeats 3]
 """
@@ -42,13 +47,18 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from lit_rl.data.collector import Collector  # noqa: E402
+from lit_rl.envs import resolve_env_id  # noqa: E402
 from lit_rl.run.cli import LitRLCLI  # noqa: E402
 from scripts.results import markdown_table, met, section, stamp, write_section  # noqa: E402
 
 ENVS = {"cartpole": (REPO / "configs/ppo/cartpole_cleanrl.yaml", []),
         "pendulum": (REPO / "configs/ppo/pendulum.yaml", []),
         "hopper": (REPO / "configs/ppo/mujoco.yaml", ["--data.env_id", "Hopper-v4"])}
-TARGETS = {"update": 0.7, "collector": 0.8}  # lit_rl / plain: at most (update time), at least (collector SPS)
+# Compiled update / its baseline: at most; collector / bare floor: at least.
+TARGETS = {"update": 0.7, "collector": 0.8}
+# The update's baseline: the plain eager loop on CartPole (CleanRL's settings), lit_rl's own eager update elsewhere.
+UPDATE_BASELINE = {"cartpole": "plain"}
+WARMUP = 2  # update iterations left out of each median: the first compiles (model.compile), the second settles
 QUIET = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
          "--trainer.enable_model_summary", "false", "--trainer.limit_val_batches", "0",
          "--checkpoint.every_n_env_steps", "0", "--torch_threads", "1"]
@@ -60,22 +70,23 @@ def resolved(name: str) -> LitRLCLI:
     return LitRLCLI(args=["--config", str(config), *extra, *QUIET], run=False)
 
 
-def lit_rl_update(name: str, iterations: int) -> float:
-    """Median seconds of lit_rl's update per iteration over a fit of ``iterations + 1`` iterations (the first,
-    the warm-up, left out)."""
+def lit_rl_update(name: str, iterations: int, compile: bool) -> tuple[float, float]:
+    """Seconds of lit_rl's update per iteration, eager or compiled (``model.compile``), over a fit of
+    ``iterations + WARMUP`` iterations: the median after the first ``WARMUP``, and the first iteration's."""
     config, extra = ENVS[name]
     cli = resolved(name)
-    total = (iterations + 1) * cli.datamodule.num_envs * cli.datamodule.num_steps
+    total = (iterations + WARMUP) * cli.datamodule.num_envs * cli.datamodule.num_steps
     cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as workdir:
         os.chdir(workdir)
         try:
-            LitRLCLI(args=["fit", "--config", str(config), *extra, *QUIET, "--data.total_timesteps", str(total)])
+            LitRLCLI(args=["fit", "--config", str(config), *extra, *QUIET, "--data.total_timesteps", str(total),
+                           "--model.compile", str(compile).lower()])
         finally:
             os.chdir(cwd)
         with open(glob.glob(os.path.join(workdir, "lightning_logs", "*", "metrics.csv"))[0]) as f:
             times = [float(r["perf/update_time"]) for r in csv.DictReader(f) if r.get("perf/update_time")]
-    return statistics.median(times[1:])
+    return statistics.median(times[WARMUP:]), times[0]
 
 
 class PlainAgent(nn.Module):
@@ -120,8 +131,8 @@ class PlainAgent(nn.Module):
 
 
 def plain_update(cli: LitRLCLI, iterations: int) -> float:
-    """Median seconds per iteration of an eager PyTorch PPO update with the config's settings, on a batch of the
-    config's size with random contents (the update's cost does not depend on them)."""
+    """Median seconds per iteration (after the first ``WARMUP``) of an eager PyTorch PPO update with the config's
+    settings, on a batch of the config's size with random contents (the update's cost does not depend on them)."""
     hp, data = cli.model.hparams, cli.datamodule
     envs = gym.make_vec(data.env_id, num_envs=1)
     obs_dim = int(np.prod(envs.single_observation_space.shape))
@@ -142,7 +153,7 @@ def plain_update(cli: LitRLCLI, iterations: int) -> float:
     advantages, returns = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
     clip, epochs, k = hp.clip_coef, hp.update_epochs, hp.num_minibatches
     times = []
-    for _ in range(iterations + 1):
+    for _ in range(iterations + WARMUP):
         start = time.perf_counter()
         for epoch_role in ("critic", "actor"):
             for _ in range(epochs):
@@ -170,7 +181,7 @@ def plain_update(cli: LitRLCLI, iterations: int) -> float:
                         nn.utils.clip_grad_norm_(params, norm)
                     opt.step()
         times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+    return statistics.median(times[WARMUP:])
 
 
 def lit_rl_collect(cli: LitRLCLI, steps: int) -> float:
@@ -191,11 +202,20 @@ def lit_rl_collect(cli: LitRLCLI, steps: int) -> float:
     return rollouts * data.num_envs * data.num_steps / elapsed
 
 
-def plain_collect(cli: LitRLCLI, steps: int) -> float:
+def bare_envs(data: Any) -> gym.vector.VectorEnv:
+    """The config's vector env as gymnasium makes it (env id, number, vectorization mode, kwargs), unwrapped."""
+    spec = data.env_spec
+    mode = None if spec.vectorization_mode == "auto" else spec.vectorization_mode  # as lit_rl.envs.make reads it
+    return gym.make_vec(resolve_env_id(spec.env_id), num_envs=data.num_envs, vectorization_mode=mode,
+                        **spec.env_kwargs)
+
+
+def plain_collect(cli: LitRLCLI, steps: int, bare: bool) -> float:
     """Env steps per second of a plain loop: the envs lit_rl's collector steps (the config's vector env with its
-    wrappers), the same MLP actor and critic, sampled actions, every step recorded into preallocated tensors."""
+    wrappers) or, ``bare``, the same vector env without any wrapper (:func:`bare_envs`); the same MLP actor and
+    critic, sampled actions and values, every step recorded into preallocated tensors."""
     data, hp = cli.datamodule, cli.model.hparams
-    envs = data.make_envs(data.num_envs, training=True)  # the collector's envs, wrappers and all
+    envs = bare_envs(data) if bare else data.make_envs(data.num_envs, training=True)
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     agent = PlainAgent(obs_dim, envs.single_action_space, list(hp.hidden_sizes), hp.activation, hp.log_std_init)
     T, N = data.num_steps, data.num_envs
@@ -226,46 +246,88 @@ def plain_collect(cli: LitRLCLI, steps: int) -> float:
     return rollouts * T * N / elapsed
 
 
-def run_env(name: str, iterations: int, repeats: int, collect_steps: int) -> tuple[list[str], list[tuple[bool, str]]]:
+def verdicts(name: str, m: dict[str, float]) -> list[tuple[bool, str]]:
+    """Issue 25's targets for one env from its medians ``m`` (seconds per update iteration: ``plain update``,
+    ``eager update``, ``compiled update``; SPS: ``lit collect``, ``bare collect``): whether each holds, and a
+    sentence that says so with the numbers."""
+    baseline = UPDATE_BASELINE.get(name, "eager")
+    what = {"plain": "the plain eager loop's", "eager": "lit_rl's eager update's"}[baseline]
+    update = m["compiled update"] / m[f"{baseline} update"]
+    collect = m["lit collect"] / m["bare collect"]
+    return [(update <= TARGETS["update"],
+             f"{name}: compiled update ms/iteration <= {TARGETS['update']} of {what}: "
+             f"{m['compiled update'] * 1e3:.1f} / {m[f'{baseline} update'] * 1e3:.1f} = {update:.2f}"),
+            (collect >= TARGETS["collector"],
+             f"{name}: collector SPS >= {TARGETS['collector']} of the bare floor's: "
+             f"{m['lit collect']:,.0f} / {m['bare collect']:,.0f} = {collect:.2f}")]
+
+
+def run_env(name: str, iterations: int, repeats: int, collect_steps: int) -> dict[str, float]:
+    """The medians over ``repeats`` alternating repeats of every side, and the compile cost (seconds of the
+    first compiled fit's first iteration)."""
     torch.set_num_threads(1)
+    torch._dynamo.reset()  # this env's first compiled fit compiles anew: its first iteration is the compile cost
     cli = resolved(name)
-    sides: dict[str, list[float]] = {"lit update": [], "plain update": [], "lit collect": [], "plain collect": []}
-    for _ in range(repeats):
-        sides["lit update"].append(lit_rl_update(name, iterations))
+    sides: dict[str, list[float]] = {key: [] for key in ("eager update", "compiled update", "plain update",
+                                                         "lit collect", "wrapped collect", "bare collect")}
+    compile_cost = float("nan")
+    for repeat in range(repeats):
+        sides["eager update"].append(lit_rl_update(name, iterations, compile=False)[0])
+        compiled, first = lit_rl_update(name, iterations, compile=True)
+        sides["compiled update"].append(compiled)
+        if repeat == 0:  # later fits reuse the compiled graph
+            compile_cost = first
         sides["plain update"].append(plain_update(cli, iterations))
         sides["lit collect"].append(lit_rl_collect(cli, collect_steps))
-        sides["plain collect"].append(plain_collect(cli, collect_steps))
-    m = {key: statistics.median(values) for key, values in sides.items()}
-    update, collect = m["lit update"] / m["plain update"], m["lit collect"] / m["plain collect"]
-    row = [name, f"{m['lit update'] * 1e3:.1f}", f"{m['plain update'] * 1e3:.1f}", f"{update:.2f}",
-           f"{m['lit collect']:,.0f}", f"{m['plain collect']:,.0f}", f"{collect:.2f}"]
-    verdicts = [(update <= TARGETS["update"], f"{name}: update ms/iteration <= {TARGETS['update']} of the plain loop's: "
-                                              f"{update:.2f}"),
-                (collect >= TARGETS["collector"], f"{name}: collector SPS >= {TARGETS['collector']} of the plain "
-                                                  f"loop's: {collect:.2f}")]
-    return row, verdicts
+        sides["wrapped collect"].append(plain_collect(cli, collect_steps, bare=False))
+        sides["bare collect"].append(plain_collect(cli, collect_steps, bare=True))
+    return {**{key: statistics.median(values) for key, values in sides.items()}, "compile cost": compile_cost}
+
+
+def tables(measured: dict[str, dict[str, float]]) -> str:
+    """The update and the collector tables, one row per env."""
+    update_rows, collect_rows = [], []
+    for name, m in measured.items():
+        ms = {key: m[f"{key} update"] * 1e3 for key in ("plain", "eager", "compiled")}
+        update_rows.append((name, f"{ms['plain']:.1f}", f"{ms['eager']:.1f}", f"{ms['compiled']:.1f}",
+                            f"{m['compile cost']:.1f}", f"{ms['eager'] / ms['plain']:.2f}",
+                            f"{ms['compiled'] / ms['plain']:.2f}", f"{ms['compiled'] / ms['eager']:.2f}",
+                            UPDATE_BASELINE.get(name, "eager")))
+        collect_rows.append((name, f"{m['lit collect']:,.0f}", f"{m['wrapped collect']:,.0f}",
+                             f"{m['bare collect']:,.0f}", f"{m['lit collect'] / m['wrapped collect']:.2f}",
+                             f"{m['lit collect'] / m['bare collect']:.2f}"))
+    update = markdown_table(("env", "plain eager ms/it", "lit_rl eager ms/it", "lit_rl compiled ms/it",
+                             "compile: 1st iteration s", "eager / plain", "compiled / plain", "compiled / eager",
+                             "target's baseline"), update_rows)
+    collect = markdown_table(("env", "lit_rl collector SPS", "wrapped floor SPS", "bare floor SPS",
+                              "lit / wrapped", "lit / bare (target's floor)"), collect_rows)
+    return f"Update (ms per iteration):\n\n{update}\nCollector (env steps per second, inference alone):\n\n{collect}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     available = [n for n in ENVS if n != "hopper" or importlib.util.find_spec("mujoco") is not None]
     parser.add_argument("--only", nargs="*", default=available, choices=list(ENVS))
-    parser.add_argument("--iterations", type=int, default=20, help="update iterations measured per side and repeat")
+    parser.add_argument("--iterations", type=int, default=20,
+                        help=f"update iterations measured per side and repeat (after {WARMUP} left out)")
     parser.add_argument("--collect-steps", type=int, default=50_000, help="env steps collected per side and repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--results", default=str(REPO / "results/benchmark_speed.md"))
     args = parser.parse_args()
     started = stamp()
-    rows, verdicts = [], []
-    for name in args.only:
-        row, said = run_env(name, args.iterations, args.repeats, args.collect_steps)
-        rows.append(row)
-        verdicts += said
-    table = markdown_table(("env", "lit_rl update ms/it", "plain update ms/it", "lit / plain",
-                            "lit_rl collector SPS", "plain collector SPS", "lit / plain"), rows)
-    body = (f"Medians of {args.repeats} alternating repeats; {args.iterations} update iterations (after one warm-up) "
-            f"and {args.collect_steps:,} collected env steps per side and repeat; one torch thread.\n\n{table}\n"
-            + "\n".join(f"- **{met(ok)}**: {sentence}." for ok, sentence in verdicts))
+    with tempfile.TemporaryDirectory(prefix="inductor-") as cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache  # a cold compile, whatever earlier runs left in the default
+        measured = {name: run_env(name, args.iterations, args.repeats, args.collect_steps) for name in args.only}
+    said = [v for name, m in measured.items() for v in verdicts(name, m)]
+    body = (f"Medians of {args.repeats} alternating repeats; {args.iterations} update iterations (after {WARMUP} "
+            f"left out) and {args.collect_steps:,} collected env steps per side and repeat; one torch thread. "
+            "Compiled: `--model.compile true`; its compile cost is the first iteration of the env's first compiled "
+            "fit (a fresh compile with an empty inductor cache; later fits reuse the graph). The update's target "
+            "compares the compiled update with the plain eager loop on CartPole, with lit_rl's eager update (today's) "
+            "elsewhere. The collector's floors step the same networks' sampling into preallocated tensors: wrapped, "
+            "over the collector's own wrapped envs; bare, over `gymnasium.make_vec` of the config's env and mode "
+            f"with no wrapper (the target's floor).\n\n{tables(measured)}\n"
+            + "\n".join(f"- **{met(ok)}**: {sentence}." for ok, sentence in said))
     text = section(started, "update and collector against plain PyTorch loops", body)
     print(text)
     write_section(args.results, "Update and collector against plain loops", "scripts/benchmark_speed.py", text)

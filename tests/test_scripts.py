@@ -13,6 +13,7 @@ from scripts.benchmark_placement import verdict as placement_verdict
 from scripts.benchmark_ppg import compare, summarize, verdict as ppg_verdict
 from scripts.benchmark_ppo import verdict as ppo_verdict
 from scripts.benchmark_recurrent import verdict as recurrent_verdict
+from scripts.benchmark_speed import verdicts as speed_verdicts
 from scripts.plot_learning_curves import load_runs, plot, smoothed
 from scripts.results import REPO, commit, section, stamp, write_section
 from tests.helpers import fit, make
@@ -78,6 +79,16 @@ def test_throughput_verdicts_from_their_numbers():
     assert [ok for ok, _ in overlap_verdicts(sync, over, 16000.0)] == [True, True, True]
     (speed, _), (share, text), (ret, _) = overlap_verdicts(sync, {"steady": 8400.0, "return": 470.0}, 17000.0)
     assert not speed and not share and not ret and "8,400 / 17,000 = 49.4%" in text
+
+
+def test_speed_verdicts_compare_cartpoles_compiled_update_with_the_plain_loop_and_others_with_eager_lit_rl():
+    m = {"plain update": 0.030, "eager update": 0.040, "compiled update": 0.022, "lit collect": 8000.0,
+         "bare collect": 10000.0}
+    (update, text), (collect, said) = speed_verdicts("cartpole", m)
+    assert not update and "of the plain eager loop's: 22.0 / 30.0 = 0.73" in text
+    assert collect and "8,000 / 10,000 = 0.80" in said
+    (update, text), (collect, _) = speed_verdicts("pendulum", {**m, "lit collect": 7900.0})
+    assert update and "of lit_rl's eager update's: 22.0 / 40.0 = 0.55" in text and not collect
 
 
 def test_results_sections_name_the_commit_and_go_first(tmp_path):
