@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import scripts.benchmark_ppg as ppg_bench
-from scripts.benchmark_overlap import verdicts as overlap_verdicts
+from scripts.benchmark_overlap import compiled_verdicts, pipeline_limit, verdicts as overlap_verdicts
 from scripts.benchmark_placement import verdict as placement_verdict
 from scripts.benchmark_ppg import compare, summarize, verdict as ppg_verdict
 from scripts.benchmark_ppo import verdict as ppo_verdict
@@ -79,6 +79,17 @@ def test_throughput_verdicts_from_their_numbers():
     assert [ok for ok, _ in overlap_verdicts(sync, over, 16000.0)] == [True, True, True]
     (speed, _), (share, text), (ret, _) = overlap_verdicts(sync, {"steady": 8400.0, "return": 470.0}, 17000.0)
     assert not speed and not share and not ret and "8,400 / 17,000 = 49.4%" in text
+
+
+def test_compiled_overlap_verdicts_against_the_pipelines_limit_and_the_eager_synchronous_run():
+    # The update's bound (512 steps / 40 ms = 12,800) is the slower side: the limit.
+    assert pipeline_limit(16000.0, 512, 0.04) == (12800.0, 12800.0)
+    assert pipeline_limit(9000.0, 512, 0.04) == (9000.0, 12800.0)
+    sync = {"steady": 4000.0}
+    assert [ok for ok, _ in compiled_verdicts(sync, {"steady": 10240.0, "return": 500.0}, 12800.0)] == [True] * 3
+    (share, text), (speedup, said), (ret, _) = compiled_verdicts(sync, {"steady": 9900.0, "return": 474.0}, 12800.0)
+    assert not share and "9,900 / 12,800 = 77.3%" in text
+    assert not speedup and "9,900 / 4,000 = 2.48" in said and not ret
 
 
 def test_speed_verdicts_compare_cartpoles_compiled_update_with_the_plain_loop_and_others_with_eager_lit_rl():
