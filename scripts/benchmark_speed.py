@@ -256,10 +256,10 @@ def verdicts(name: str, m: dict[str, float]) -> list[tuple[bool, str]]:
     collect = m["lit collect"] / m["bare collect"]
     return [(update <= TARGETS["update"],
              f"{name}: compiled update ms/iteration <= {TARGETS['update']} of {what}: "
-             f"{m['compiled update'] * 1e3:.1f} / {m[f'{baseline} update'] * 1e3:.1f} = {update:.2f}"),
+             f"{m['compiled update'] * 1e3:.1f} / {m[f'{baseline} update'] * 1e3:.1f} = {update:.3f}"),
             (collect >= TARGETS["collector"],
              f"{name}: collector SPS >= {TARGETS['collector']} of the bare floor's: "
-             f"{m['lit collect']:,.0f} / {m['bare collect']:,.0f} = {collect:.2f}")]
+             f"{m['lit collect']:,.0f} / {m['bare collect']:,.0f} = {collect:.3f}")]
 
 
 def run_env(name: str, iterations: int, repeats: int, collect_steps: int) -> dict[str, float]:

@@ -96,10 +96,10 @@ def test_speed_verdicts_compare_cartpoles_compiled_update_with_the_plain_loop_an
     m = {"plain update": 0.030, "eager update": 0.040, "compiled update": 0.022, "lit collect": 8000.0,
          "bare collect": 10000.0}
     (update, text), (collect, said) = speed_verdicts("cartpole", m)
-    assert not update and "of the plain eager loop's: 22.0 / 30.0 = 0.73" in text
-    assert collect and "8,000 / 10,000 = 0.80" in said
+    assert not update and "of the plain eager loop's: 22.0 / 30.0 = 0.733" in text
+    assert collect and "8,000 / 10,000 = 0.800" in said
     (update, text), (collect, _) = speed_verdicts("pendulum", {**m, "lit collect": 7900.0})
-    assert update and "of lit_rl's eager update's: 22.0 / 40.0 = 0.55" in text and not collect
+    assert update and "of lit_rl's eager update's: 22.0 / 40.0 = 0.550" in text and not collect
 
 
 def test_results_sections_name_the_commit_and_go_first(tmp_path):
