@@ -23,6 +23,8 @@ BENCHMARKS = {
     "placement": ("benchmark_placement.py", "benchmark_placement.md",
                   ["--hidden", "64", "64", "--num-steps", "32", "--iterations", "6", "--n-pi", "2"]),
     "ppg": ("benchmark_ppg.py", "benchmark_ppg.md", ["--seeds", "1", "--budget", "8192"]),
+    # Issue 25's pair: four fits per env (synchronous and overlapped, compiled or not), about 12 minutes on 2 idle
+    # CPU cores; the update's and the collector's floors, compiled and eager, about 18 minutes.
     "overlap": ("benchmark_overlap.py", "benchmark_overlap.md", ["--only", "cartpole", "--scale", "0.03"]),
     "speed": ("benchmark_speed.py", "benchmark_speed.md",
               ["--only", "cartpole", "--iterations", "2", "--collect-steps", "2048", "--repeats", "1"]),
