@@ -93,7 +93,7 @@ class CompiledSteps:
         backend: ``torch.compile``'s backend (tests use ``aot_eager``: the same graphs, not turned into code).
     """
 
-    def __init__(self, module: L.LightningModule, updaters: dict[str, RoleUpdater], backend: str = "inductor") -> None:
+    def __init__(self, module: L.LightningModule, updaters: dict[str, RoleUpdater], backend: Any = "inductor") -> None:
         self.module = module
         self.updaters = updaters
         agent = module.agent
@@ -103,6 +103,7 @@ class CompiledSteps:
         mode = "reduce-overhead" if cuda and backend == "inductor" else None
         self.graph = torch.compile(self._steps, backend=backend, mode=mode)
         self.lrs: dict[str, list[Tensor]] = {}  # role -> a tensor per parameter group: the learning rate, an input
+        self._reached: dict[tuple[str, str], frozenset[str]] = {}  # (role, loss) -> the parameters it reaches
 
     # ------------------------------------------------------------------ runs of steps
     def epochs(self, batch: dict[str, Tensor], specs: dict[str, RoleSpec], roles: Sequence[str]) -> Stats:
@@ -156,31 +157,45 @@ class CompiledSteps:
         call of the graph."""
         datas = tuple(share_of(batch, idx).data for _, _, idx, _ in items)
         roles = tuple(role for role, _, _, _ in items)
-        groups = tuple(self.param_groups(role) for role in roles)
+        groups = tuple(self.param_groups(role, self.reached(role, loss, data))
+                       for (role, loss, _, _), data in zip(items, datas))
         found = tuple(self.found_inf(checks[role]) for role in roles)
-        for role in roles:
-            for lr, group in zip(self.lrs[role], self.updaters[role].optimizer.optimizer.param_groups):
-                lr.fill_(group["lr"])
         for data in datas:  # one graph for every minibatch size: a rollout's valid steps vary in number
             for value in data.values():
                 torch._dynamo.mark_dynamic(value, 0)
         losses = tuple(loss for _, loss, _, _ in items)
         clips = tuple(self.updaters[role].max_grad_norm for role in roles)
         with torch.no_grad():  # torch.func.grad computes the gradients inside; nothing else needs them
-            results = self.graph(losses, datas, groups, tuple(self.lrs[role] for role in roles), found, clips)
+            results = self.graph(losses, datas, groups, found, clips)
         for (role, _, _, what), (loss, step_stats, bad) in zip(items, results):
             checks[role].record(what, loss, bad)
             append_step(stats, step_stats)
             self.updaters[role].steps += 1
         count_optimizer_steps(self.module.trainer, len(items))
 
-    def param_groups(self, role: str) -> tuple[dict[str, Any], ...]:
-        """Returns the role's parameter groups as the graph reads them: the parameters, their Adam state (made
-        as torch's Adam makes it, where the optimizer has not stepped yet) and the group's settings."""
+    def reached(self, role: str, loss_fn: LossFn, data: dict[str, Tensor]) -> frozenset[str]:
+        """Names the parameters of ``role``'s optimizer that ``loss_fn`` reaches (found once, by an eager backward
+        pass): the eager step leaves the others without a gradient, and Adam steps only those with one (PPG's
+        auxiliary value head, say, in the policy phase)."""
+        key = (role, getattr(loss_fn, "__name__", repr(loss_fn)))
+        if key not in self._reached:
+            params = [p for group in self.updaters[role].optimizer.optimizer.param_groups for p in group["params"]]
+            with torch.enable_grad():
+                loss, _ = loss_fn(Share(data, None, 1.0, data.__getitem__))
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+            self._reached[key] = frozenset(self.names[id(p)] for p, g in zip(params, grads) if g is not None)
+        return self._reached[key]
+
+    def param_groups(self, role: str, reached: frozenset[str]) -> tuple[dict[str, Any], ...]:
+        """Returns the role's parameter groups as the graph reads them: the ``reached`` parameters, their Adam
+        state (made as torch's Adam makes it, where the optimizer has not stepped them yet) and the group's
+        settings."""
         optimizer = self.updaters[role].optimizer.optimizer
         groups = []
         for group in optimizer.param_groups:
-            params = list(group["params"])
+            params = [p for p in group["params"] if self.names[id(p)] in reached]
+            if not params:
+                continue
             for p in params:
                 if p not in optimizer.state or not optimizer.state[p]:
                     on_device = bool(group.get("fused")) or bool(group.get("capturable"))
@@ -198,17 +213,25 @@ class CompiledSteps:
                            "weight_decay": group["weight_decay"], "amsgrad": group["amsgrad"],
                            "maximize": group["maximize"],
                            "decoupled": group.get("decoupled_weight_decay", False),
-                           "capturable": params[0].device.type != "cpu"})
-        if role not in self.lrs:
-            self.lrs[role] = [torch.zeros((), dtype=torch.float32, device=self.module.device) for _ in groups]
+                           "capturable": states[0]["step"].device.type != "cpu"})
+            groups[-1]["lr"] = self.lr(role, len(groups) - 1, group["lr"])
         return tuple(groups)
+
+    def lr(self, role: str, index: int, value: float) -> Tensor:
+        """Returns the learning rate of ``role``'s group ``index`` as a tensor, an input of the graph (a number
+        would compile anew each time the schedule changes it)."""
+        lrs = self.lrs.setdefault(role, [])
+        while len(lrs) <= index:
+            lrs.append(torch.zeros((), dtype=torch.float32, device=self.module.device))
+        lrs[index].fill_(value)
+        return lrs[index]
 
     @staticmethod
     def found_inf(check: DeferredCheck) -> Tensor:
         """Returns 1 where an earlier step of the check's run had a non-finite loss (no update since), else 0."""
         return check.found_inf if check.found_inf is not None else torch.zeros(())
 
-    def _steps(self, losses: tuple[LossFn, ...], datas: tuple[dict[str, Tensor], ...], groups: tuple, lrs: tuple,
+    def _steps(self, losses: tuple[LossFn, ...], datas: tuple[dict[str, Tensor], ...], groups: tuple,
                found: tuple[Tensor, ...], clips: tuple[Optional[float], ...]) -> list[tuple[Tensor, dict[str, Tensor], Tensor]]:
         """The graph: every item's loss and gradients first (from the same parameters), then each role's clip and
         Adam step; returns each item's loss, stats and non-finite flag."""
@@ -219,21 +242,20 @@ class CompiledSteps:
             grads_of.append(grads)
             results.append((loss, step_stats))
         out = []
-        for (loss, step_stats), grads, role_groups, role_lrs, bad, clip in zip(results, grads_of, groups, lrs, found,
-                                                                                 clips):
+        for (loss, step_stats), grads, role_groups, bad, clip in zip(results, grads_of, groups, found, clips):
             bad = torch.maximum(bad, (~torch.isfinite(loss)).to(bad.dtype))
             per_group = [[grads[name] for name in group["names"]] for group in role_groups]
             if clip is not None:  # as torch.nn.utils.clip_grad_norm_
                 norm = torch.nn.utils.get_total_norm([g for gs in per_group for g in gs])
                 scale = torch.clamp(clip / (norm + 1e-6), max=1.0)
                 per_group = [[g * scale for g in gs] for gs in per_group]
-            for group, group_grads, lr in zip(role_groups, per_group, role_lrs):
+            for group, group_grads in zip(role_groups, per_group):
                 kept = [t.clone() for t in (*group["params"], *group["exp_avgs"], *group["exp_avg_sqs"],
                                             *group["max_exp_avg_sqs"], *group["steps"])]
                 adam(group["params"], group_grads, group["exp_avgs"], group["exp_avg_sqs"], group["max_exp_avg_sqs"],
                      group["steps"], foreach=False, capturable=group["capturable"], differentiable=False,
                      fused=False, decoupled_weight_decay=group["decoupled"], amsgrad=group["amsgrad"],
-                     beta1=group["betas"][0], beta2=group["betas"][1], lr=lr, weight_decay=group["weight_decay"],
+                     beta1=group["betas"][0], beta2=group["betas"][1], lr=group["lr"], weight_decay=group["weight_decay"],
                      eps=group["eps"], maximize=group["maximize"])
                 # From a non-finite loss on, the role's parameters and state stay as they were.
                 for tensor, old in zip((*group["params"], *group["exp_avgs"], *group["exp_avg_sqs"],

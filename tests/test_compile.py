@@ -1,0 +1,184 @@
+"""model.compile: the compiled optimizer steps against the eager ones.
+
+The default tier compiles with torch.compile's ``aot_eager`` backend: the same captured graphs (the losses, the
+torch.func gradients, the clip and torch's functional Adam), run without inductor's code generation, so a fit
+costs seconds. The integration tier compiles with inductor, as a run does.
+"""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch._dynamo.testing import CompileCounterWithBackend
+
+from lit_rl.algos.compiled import check_compile_placement
+from lit_rl.algos.ppg import PPG
+from lit_rl.algos.ppo import PPO
+from lit_rl.algos.roles import Placement
+from lit_rl.errors import ConfigError
+from tests.helpers import fit, make, read_metrics
+
+# 3 rollouts of 32, 32 and 16 steps over 4 CartPoles: the last shorter, and each rollout's valid steps vary in
+# number (an episode's end is followed by a reset step that is no transition).
+DATA = {"total_timesteps": 320}
+STATS = ("train/value_loss", "train/policy_loss", "train/entropy", "train/approx_kl", "train/clip_fraction",
+         "train/aux_value_loss", "train/bc_kl", "train/aux_phase_value_loss")
+
+
+@pytest.fixture(autouse=True)
+def fresh_compile_cache():
+    """Each test compiles its own graphs (and counts them): dynamo's cache holds the graphs of earlier tests."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def adam(params):
+    return torch.optim.Adam(params, lr=3e-3, eps=1e-5, fused=True)
+
+
+def run(tmp_path, compile, model=None, cls=PPO, backend="aot_eager", data=None):
+    """Fits a module with compiling on or off; returns it, its trainer and its logged rows. Compiled, the fit
+    must have run compiled graphs (dynamo falls back to eager code where it cannot compile)."""
+    module, dm = make({"actor_optimizer": adam, "critic_optimizer": adam, "compile": compile, **(model or {})},
+                      {**DATA, **(data or {})}, cls=cls)
+    counter = backend if isinstance(backend, CompileCounterWithBackend) else CompileCounterWithBackend(backend)
+    module.compile_backend = counter
+    trainer = fit(module, dm, tmp_path)
+    assert (counter.frame_count > 0) == compile
+    return module, trainer, read_metrics(next(tmp_path.rglob("metrics.csv")))
+
+
+def assert_same_run(eager, compiled, rtol=1e-3, atol=2e-5):
+    """Float rounding: Adam divides by the root of small second moments, so rounding grows to ~1e-5 over a fit;
+    a wrong step (a missed clip, a stale learning rate, a role reading the other's stepped weights) moves
+    parameters by about the learning rate (1e-3) at every step."""
+    (m_e, t_e, rows_e), (m_c, t_c, rows_c) = eager, compiled
+    assert t_c.global_step == t_e.global_step > 0
+    assert {r: u.steps for r, u in m_c.updaters.items()} == {r: u.steps for r, u in m_e.updaters.items()}
+    for a, b in zip(m_e.agent.parameters(), m_c.agent.parameters()):
+        torch.testing.assert_close(b, a, rtol=rtol, atol=atol)
+    # The Adam state in the checkpoint's format: the same entries, dtypes, devices and values.
+    for opt_e, opt_c in zip(m_e.optimizers(), m_c.optimizers()):
+        state_e, state_c = opt_e.optimizer.state_dict(), opt_c.optimizer.state_dict()
+        assert state_c["param_groups"] == state_e["param_groups"]
+        assert state_c["state"].keys() == state_e["state"].keys()
+        for key, entry in state_e["state"].items():
+            assert entry.keys() == state_c["state"][key].keys()
+            for name, value in entry.items():
+                other = state_c["state"][key][name]
+                assert (other.dtype, other.device, other.shape) == (value.dtype, value.device, value.shape), name
+                torch.testing.assert_close(other, value, rtol=rtol, atol=atol)
+    assert len(rows_c) == len(rows_e)
+    logged = 0
+    for row_e, row_c in zip(rows_e, rows_c):
+        for key in STATS:
+            if key in row_e:
+                assert row_c[key] == pytest.approx(row_e[key], rel=1e-3, abs=1e-5), key
+                logged += 1
+    assert logged
+
+
+@pytest.mark.parametrize("model, cls", [
+    # Separate networks: both roles in one graph; the critic alone in its warm-up, then the actor's epochs cut
+    # short by target_kl while the critic's go on.
+    ({"critic_warmup": 1, "target_kl": 0.004, "actor_epochs": 3, "critic_epochs": 2}, PPO),
+    ({"n_pi": 2, "aux_epochs": 2, "actor_epochs": 2, "critic_epochs": 2}, PPG),  # the auxiliary phase
+    # A shared trunk: one role's graph after the other's.
+    pytest.param({"arch": "shared"}, PPO, marks=pytest.mark.integration),
+    pytest.param({"n_pi": 2, "aux_epochs": 1, "arch": "shared", "aux_minibatch": "samples"}, PPG,
+                 marks=pytest.mark.integration),
+], ids=["separate, warm-up, target_kl", "PPG", "shared", "PPG shared, samples"])
+def test_compiled_steps_match_the_eager_steps(tmp_path, model, cls):
+    """Parameters, Adam state, step counts and every logged loss: the same to float rounding (the compiled
+    step runs torch's single-tensor Adam, the eager one the fused kernel)."""
+    eager = run(tmp_path / "eager", False, {"update_epochs": 2, "num_minibatches": 4, **model}, cls)
+    compiled = run(tmp_path / "compiled", True, {"update_epochs": 2, "num_minibatches": 4, **model}, cls)
+    assert_same_run(eager, compiled)
+
+
+def test_each_kind_of_step_compiles_once(tmp_path):
+    """Minibatches of varying size (the rollouts' valid steps vary, the last rollout is shorter) and PPG's
+    auxiliary phase compile no graph again: one per kind of step (the critic alone in its warm-up, both roles
+    in the policy phase, both in the auxiliary phase)."""
+    counter = CompileCounterWithBackend("aot_eager")
+    module, trainer, rows = run(tmp_path, True, {"n_pi": 2, "aux_epochs": 1, "critic_warmup": 1}, PPG,
+                                backend=counter, data={"total_timesteps": 5 * 128 + 64})
+    assert max(r.get("train/aux_phases", 0) for r in rows) == 3
+    assert counter.frame_count == 3
+
+
+class NanReturnsAfterFirstIteration(PPO):
+    """From the second iteration on, the value targets are NaN: the critic's loss is, at every step."""
+
+    def prepare_batch(self, rollout):
+        batch = super().prepare_batch(rollout)
+        if rollout.iteration >= 1:
+            if not hasattr(self, "before_bad"):
+                self.before_bad = [p.detach().clone() for p in self.agent.critic_parameters()]
+                self.steps_before = {id(p): int(s["step"]) for p, s in self.optimizers()[1].optimizer.state.items()}
+            batch["returns"] = torch.full_like(batch["returns"], float("nan"))
+        return batch
+
+
+def test_a_non_finite_loss_stops_a_compiled_run_without_applying_its_update(tmp_path):
+    module, dm = make({"actor_optimizer": adam, "critic_optimizer": adam, "compile": True},
+                      cls=NanReturnsAfterFirstIteration)
+    module.compile_backend = "aot_eager"
+    with pytest.raises(Exception, match="The critic loss is nan"):
+        fit(module, dm, tmp_path)
+    for p, before in zip(module.agent.critic_parameters(), module.before_bad):
+        assert torch.equal(p.detach(), before)
+    critic_opt = module.optimizers()[1].optimizer
+    assert {id(p): int(s["step"]) for p, s in critic_opt.state.items()} == module.steps_before
+
+
+@pytest.mark.integration
+def test_a_compiled_run_resumes_with_compiling_off(tmp_path):
+    """The checkpoint holds the optimizers' state as torch's Adam keeps it: an eager fit resumes it, and its Adam
+    counts every step of both fits."""
+    module, dm = make({"actor_optimizer": adam, "critic_optimizer": adam, "compile": True}, {"total_timesteps": 256})
+    module.compile_backend = "aot_eager"
+    fit(module, dm, tmp_path / "a", every_n_env_steps=256)
+    ckpt = next((tmp_path / "a" / "ckpt").glob("*.ckpt"))
+    resumed, dm2 = make({"actor_optimizer": adam, "critic_optimizer": adam}, {"total_timesteps": 512})
+    trainer = fit(resumed, dm2, tmp_path / "b", ckpt_path=str(ckpt))
+    per_role = 4 * 4  # each iteration: 4 epochs x 4 minibatches per role
+    assert trainer.global_step == 4 * 2 * per_role
+    for optimizer in resumed.optimizers():
+        assert {int(s["step"]) for s in optimizer.optimizer.state.values()} == {4 * per_role}
+
+
+@pytest.mark.parametrize("model, match", [
+    ({"recurrent": "lstm"}, "model.compile: a recurrent policy"),
+    ({"arch": "shared", "gradient_surgery": "pcgrad"}, "model.compile: gradient surgery"),
+    ({"actor_optimizer": lambda params: torch.optim.SGD(params, lr=0.1)}, "model.actor_optimizer is SGD"),
+])
+def test_settings_the_compiled_step_cannot_run_are_refused(model, match):
+    with pytest.raises(ConfigError, match=match):
+        PPO(compile=True, **model)
+    PPO(compile=False, **model)  # the same settings without compiling are fine
+
+
+class TwoProcessGroups(Placement):
+    def group_size(self, role):
+        return 2
+
+
+def test_a_role_on_several_processes_or_mixed_precision_is_refused():
+    module = SimpleNamespace(trainer=SimpleNamespace(precision="32-true"))
+    check_compile_placement(module, Placement())
+    with pytest.raises(ConfigError, match="model.compile: the actor is trained by 2 processes"):
+        check_compile_placement(module, TwoProcessGroups())
+    with pytest.raises(ConfigError, match="trainer.precision='bf16-mixed'"):
+        check_compile_placement(SimpleNamespace(trainer=SimpleNamespace(precision="bf16-mixed")), Placement())
+
+
+@pytest.mark.integration
+def test_inductor_compiled_steps_match_the_eager_steps(tmp_path):
+    """The graphs as a run compiles them (inductor's generated code), at CleanRL's CartPole minibatches."""
+    model = {"update_epochs": 4, "num_minibatches": 4}
+    data = {"num_steps": 128, "total_timesteps": 3 * 512}
+    eager = run(tmp_path / "eager", False, model, data=data)
+    compiled = run(tmp_path / "compiled", True, model, backend="inductor", data=data)
+    assert_same_run(eager, compiled)
