@@ -36,7 +36,7 @@ def test_a_v5_task_trains_under_the_config(tmp_path, cli):
     HalfCheetah-v4; tests/test_learning.py trains Hopper-v4.)"""
     cli("fit", "--config", str(CONFIG), *QUIET, "--data.env_id", "Walker2d-v5", "--data.num_steps", "128",
         "--data.total_timesteps", "128", "--model.init_args.num_minibatches", "2", "--data.eval_episodes", "1",
-        "--data.eval_envs", "1", cwd=tmp_path)
+        "--data.eval_envs", "1", "--model.init_args.compile", "false", cwd=tmp_path)  # compiling: tests/test_compile.py
     rows = read_metrics(next(tmp_path.rglob("metrics.csv")))
     assert max(r["env_steps"] for r in rows if "env_steps" in r) == 128
     assert any(r.get("train/actor_updates") == 20 for r in rows)

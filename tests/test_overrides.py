@@ -108,7 +108,7 @@ def test_resume_refuses_what_cannot_apply_to_the_saved_networks(tmp_path, extra,
 def test_command_line_gamma_reaches_reward_normalization(tmp_path, cli):
     """configs/ppo/pendulum.yaml normalizes rewards with the discount being learned (data.gamma follows
     model.gamma); a command-line gamma must reach both."""
-    cli("fit", "--config", str(REPO / "configs/ppo/pendulum.yaml"), "--model.gamma", "0.95",
+    cli("fit", "--config", str(REPO / "configs/ppo/pendulum.yaml"), "--model.gamma", "0.95", "--model.compile", "false",
            "--data.total_timesteps", "512", "--data.num_envs", "2", "--data.num_steps", "64",
            "--model.init_args.num_minibatches", "2", "--trainer.limit_val_batches", "0", *QUIET, cwd=tmp_path)
     saved = torch.load(next(tmp_path.rglob("last.ckpt")), map_location="cpu", weights_only=True)
