@@ -71,57 +71,64 @@ class Collector:
         """Runs ``num_steps`` steps in every env with ``policy``; returns them as a :class:`Rollout`.
 
         ``env_steps`` is the run's count after this rollout, ``iteration`` its index; both are recorded.
+
+        Every step writes into tensors allocated before the first: the env's arrays through numpy views of the
+        CPU buffers, the policy's log-probs and values into buffers on its device (moved to the CPU once, at
+        the end), so a step makes no tensors of its own and waits on the device only for the actions the envs
+        need. Ended episodes are marked in a ``[T, N]`` table and read out in step order at the end.
         """
         assert self.obs is not None, "call reset() before collect()"
         start = time.perf_counter()
         T, N, device = num_steps, self.num_envs, policy.device
-        obs_buf = torch.empty((T, N, *self.obs.shape[1:]), dtype=torch.as_tensor(self.obs).dtype)
-        actions = logprobs = values = None
+        obs_buf = torch.empty((T, *self.obs.shape), dtype=torch.as_tensor(self.obs).dtype)
         rewards = torch.empty((T, N))
-        terminated = torch.empty((T, N), dtype=torch.bool)
-        truncated = torch.empty((T, N), dtype=torch.bool)
-        valid = torch.empty((T, N), dtype=torch.bool)
-        starts = torch.empty((T, N), dtype=torch.bool)
+        terminated, truncated, valid, starts = (torch.empty((T, N), dtype=torch.bool) for _ in range(4))
+        logprobs, values = torch.empty((T, N), device=device), torch.empty((T, N), device=device)
+        ended = np.zeros((T, N), dtype=bool)
+        ep_return, ep_length = np.zeros((T, N), dtype=np.float32), np.zeros((T, N), dtype=np.float32)
+        obs_np, rewards_np, term_np, trunc_np, valid_np, starts_np = (
+            x.numpy() for x in (obs_buf, rewards, terminated, truncated, valid, starts))
+        # Row views, made once per rollout: indexing a tensor costs more than the copy into it.
+        obs_rows, logprob_rows, value_rows = obs_buf.unbind(0), logprobs.unbind(0), values.unbind(0)
+        actions = action_rows = None
         if self.state is None:
             self.state = policy.initial_state(N)
-        initial_state = self.state.clone() if self.state is not None else None
-        ep_returns: list[np.ndarray] = []
-        ep_lengths: list[np.ndarray] = []
-        noise = self.noise(T, iteration).to(device)
+        initial_state = self.state.cpu().clone() if self.state is not None else None
+        noise_rows = self.noise(T, iteration).to(device).unbind(0)
         for t in range(T):
-            obs = torch.as_tensor(self.obs)
-            starts[t] = torch.from_numpy(self.start)
+            obs_np[t] = self.obs
+            starts_np[t] = self.start
             history = self._history(device)
-            action, logprob, value = policy.act(obs.to(device), noise=noise[t], history=history)
+            action, logprob, value = policy.act(obs_rows[t].to(device), noise=noise_rows[t], history=history)
             if history is not None:
                 assert history.final_state is not None
-                self.state = history.final_state.cpu()
-            action = action.cpu()
+                self.state = history.final_state  # stays on the device until the rollout ends
             if actions is None:
                 actions = torch.empty((T, *action.shape), dtype=action.dtype)
-                logprobs, values = torch.empty((T, N)), torch.empty((T, N))
-            obs_buf[t], actions[t], logprobs[t], values[t] = obs, action, logprob.cpu(), value.cpu()
-            valid[t] = torch.from_numpy(~self.prev_done)
-            # Next-step autoreset: the step after an autoreset step is the first of the next episode.
-            self.start = self.prev_done.copy()
+                action_rows = actions.unbind(0)
+            assert action_rows is not None
+            action = action.cpu()  # the one transfer a step waits for: the envs need the actions
+            action_rows[t].copy_(action)
+            logprob_rows[t].copy_(logprob)
+            value_rows[t].copy_(value)
+            np.logical_not(self.prev_done, out=valid_np[t])
             self.obs, reward, term, trunc, info = self.envs.step(action.numpy())
-            rewards[t] = torch.from_numpy(np.asarray(reward, dtype=np.float32))
-            terminated[t] = torch.from_numpy(np.asarray(term, dtype=bool))
-            truncated[t] = torch.from_numpy(np.asarray(trunc, dtype=bool))
-            self.start, self.prev_done = self._after_step(self.start, term, trunc)
+            rewards_np[t], term_np[t], trunc_np[t] = reward, term, trunc
+            self._after_step(self.start, self.prev_done, term, trunc)
             if "_episode" in info:
-                ended = info["_episode"]
-                ep_returns.append(info["episode"]["r"][ended])
-                ep_lengths.append(info["episode"]["l"][ended])
+                ended[t] = info["_episode"]
+                ep_return[t], ep_length[t] = info["episode"]["r"], info["episode"]["l"]
         last_obs = torch.as_tensor(self.obs)
         # The next rollout starts from this observation and state; only its value is taken here.
         last_value = policy.value(last_obs.to(device), history=self._history(device)).cpu()
-        assert actions is not None and logprobs is not None and values is not None
+        if self.state is not None:
+            self.state = self.state.cpu()
+        assert actions is not None
         return Rollout(
             obs=obs_buf,
             actions=actions,
-            logprobs=logprobs,
-            values=values,
+            logprobs=logprobs.cpu(),
+            values=values.cpu(),
             rewards=rewards,
             terminated=terminated,
             truncated=truncated,
@@ -131,26 +138,31 @@ class Collector:
             last_obs=last_obs.clone(),
             last_start=torch.from_numpy(self.start.copy()),
             initial_state=initial_state,
-            episode_returns=torch.as_tensor(np.concatenate(ep_returns) if ep_returns else np.zeros(0), dtype=torch.float32),
-            episode_lengths=torch.as_tensor(np.concatenate(ep_lengths) if ep_lengths else np.zeros(0), dtype=torch.float32),
+            # Row-major order: by step, then by env, as the episodes ended.
+            episode_returns=torch.from_numpy(ep_return[ended]),
+            episode_lengths=torch.from_numpy(ep_length[ended]),
             env_steps=env_steps,
             iteration=iteration,
             rollout_time=time.perf_counter() - start,
         )
 
-    def _after_step(self, start: np.ndarray, term: np.ndarray, trunc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Returns ``(start, prev_done)`` for the observation a step returned: under next-step autoreset an env
-        that ended an episode resets on the next step; under same-step autoreset it has already reset, so its
-        returned observation starts the next episode."""
-        done = np.logical_or(term, trunc)
+    def _after_step(self, start: np.ndarray, prev_done: np.ndarray, term: np.ndarray, trunc: np.ndarray) -> None:
+        """Sets, in place, ``start`` (whether the observation a step returned starts an episode) and ``prev_done``
+        (whether the step ended one). Under next-step autoreset an env that ended an episode resets on the next
+        step, whose observation then starts the next episode; under same-step autoreset it has already reset, so
+        the returned observation starts the next episode."""
         if not self.same_step:
-            return start, done
+            # The step just taken was an autoreset step where the one before it ended an episode.
+            np.copyto(start, prev_done)
+            np.logical_or(term, trunc, out=prev_done)
+            return
         if np.any(trunc):
             raise RuntimeError(
                 "a same-step autoreset env truncated an episode: it gives no final observation to bootstrap the "
                 "truncated return from. Make the env report its time limit as a termination, or use next-step "
                 "autoreset (gymnasium's default).")
-        return done, np.zeros_like(done)
+        np.logical_or(term, trunc, out=start)
+        prev_done[:] = False
 
     def _history(self, device: torch.device) -> History | None:
         """Returns one step of history for the current observations (None for a feed-forward policy)."""
@@ -185,9 +197,8 @@ class Collector:
             action, _, _ = policy.act(torch.as_tensor(obs).to(policy.device), deterministic=True, history=history)
             if history is not None:
                 state = history.final_state
-            start = prev_done
             obs, _, term, trunc, info = self.envs.step(action.cpu().numpy())
-            start, prev_done = self._after_step(start, term, trunc)
+            self._after_step(start, prev_done, term, trunc)
             if "_episode" in info:
                 for i in np.flatnonzero(info["_episode"]):
                     if done_count[i] < quota[i]:
@@ -219,4 +230,5 @@ def one_step(start: np.ndarray, state: Tensor | None, device: torch.device) -> H
     the state before them. None when there is no state (a feed-forward policy)."""
     if state is None:
         return None
-    return History(torch.from_numpy(start).unsqueeze(0).to(device), state.to(device))
+    # A copy: the collector updates `start` in place after the step.
+    return History(torch.from_numpy(start).unsqueeze(0).to(device, copy=True), state.to(device))

@@ -2,7 +2,8 @@
 Gaussian kinds, the :class:`PolicyHead` that maps features to one, and :func:`noise_dim` for noise-driven
 sampling."""
 
-from typing import Sequence
+import math
+from typing import Optional, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -161,7 +162,29 @@ class PolicyHead(nn.Module):
         self.num_params = 2 * out_dim if self.continuous else out_dim
 
     def forward(self, features: Tensor) -> ActionDist:
+        return self._dist(self.linear(features))
+
+    def act(self, features: Tensor, noise: Optional[Tensor] = None, deterministic: bool = False) -> tuple[Tensor, Tensor]:
+        """Returns actions and their log-probs: the mode (``deterministic``), drawn with ``noise`` or sampled.
+
+        The numbers are those of the distribution's ``mode``/``sample_from`` and ``log_prob``, bit for bit: the same
+        tensor operations, without building the distribution objects (whose construction and argument handling
+        cost more than the arithmetic at acting's batch sizes). Sampling without noise draws through the
+        distribution, so that it consumes torch's generator as it always has."""
         out = self.linear(features)
+        if noise is None and not deterministic:
+            dist = self._dist(out)
+            action = dist.sample()
+            return action, dist.log_prob(action)
+        if self.continuous:
+            return _gaussian_act(out, self.log_std, noise, deterministic)
+        if self.nvec:
+            parts = [_categorical_act(part, None if deterministic else noise[..., k], deterministic)  # type: ignore[index]
+                     for k, part in enumerate(out.split(self.nvec, -1))]
+            return torch.stack([a for a, _ in parts], -1), sum(lp for _, lp in parts)  # type: ignore[return-value]
+        return _categorical_act(out, None if deterministic else noise[..., 0], deterministic)  # type: ignore[index]
+
+    def _dist(self, out: Tensor) -> ActionDist:
         if self.continuous:
             return DiagGaussianDist(out, self.log_std)
         return self.from_params(out)
@@ -191,3 +214,24 @@ def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
 
     cdf = probs.cumsum(-1)
     return (cdf < u.unsqueeze(-1)).sum(-1).clamp(max=probs.shape[-1] - 1)
+
+
+def _categorical_act(logits: Tensor, u: Optional[Tensor], deterministic: bool) -> tuple[Tensor, Tensor]:
+    """Returns the action (the mode, or drawn with ``u``) and its log-prob, as :class:`CategoricalDist` computes
+    them: torch's ``Categorical`` normalizes the logits, its ``probs`` are their softmax."""
+    normalized = logits - logits.logsumexp(dim=-1, keepdim=True)
+    action = normalized.argmax(-1) if u is None else _inverse_cdf(normalized.softmax(-1), u)
+    return action, normalized.gather(-1, action.unsqueeze(-1)).squeeze(-1)
+
+
+def _gaussian_act(mean: Tensor, log_std: Tensor, noise: Optional[Tensor], deterministic: bool) -> tuple[Tensor, Tensor]:
+    """Returns the action (the mean, or drawn with ``noise``) and its log-prob, as :class:`DiagGaussianDist`
+    computes them (torch's ``Normal.log_prob``, summed over the action's components)."""
+    std = log_std.exp().expand_as(mean)
+    if deterministic:
+        action = mean
+    else:
+        u = noise.clamp(1e-7, 1 - 1e-7)  # type: ignore[union-attr]
+        action = mean + std * (2.0**0.5) * torch.erfinv(2 * u - 1)
+    log_prob = -((action - mean) ** 2) / (2 * std**2) - std.log() - math.log(math.sqrt(2 * math.pi))
+    return action, log_prob.sum(-1)

@@ -204,12 +204,12 @@ class ActorCritic(nn.Module):
         """Returns actions, their log-probs and the state values for a batch of observations, computed without
         gradients. Actions are the mode, or drawn with ``noise`` (uniform, a row per observation), or sampled. With a
         ``history`` (recurrent) the batch is one step, and the new state is left in ``history.final_state``."""
-        dist, value = self(map_obs(obs, lambda x: x.unsqueeze(0)) if history is not None else obs, history)
-        if deterministic:
-            action = dist.mode()
-        else:
-            action = dist.sample_from(noise) if noise is not None else dist.sample()
-        return action, dist.log_prob(action), value
+        policy_features, value_features = self._features(
+            map_obs(obs, lambda x: x.unsqueeze(0)) if history is not None else obs, history, policy=True, value=True)
+        assert policy_features is not None and value_features is not None
+        # The head's acting path: the distribution's numbers without building it (PolicyHead.act).
+        action, logprob = self.policy_head.act(policy_features, noise, deterministic)
+        return action, logprob, self.value_head(value_features).squeeze(-1)
 
     @torch.inference_mode()
     def act_value(self, obs: Obs, history: Optional[History] = None) -> Tensor:
