@@ -176,3 +176,23 @@ def test_a_step_waits_on_the_device_only_for_the_actions():
     assert Watched.waits == []
     assert type(rollout.logprobs) is torch.Tensor and type(rollout.values) is torch.Tensor
 
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "MountainCarContinuous-v0"])
+def test_the_batched_action_clip_gives_gymnasiums_clipped_actions_and_spaces(env_id):
+    """lit_rl clips a batch of Box actions in one np.clip (make_envs); gymnasium's vector ClipAction clips env
+    by env. The same actions reach the envs, and the wrapped envs show the same (unbounded) action spaces."""
+    from gymnasium.wrappers import vector as vw
+
+    from lit_rl.envs.wrappers import clip_vector_actions
+
+    theirs = vw.ClipAction(gym.make_vec(env_id, num_envs=3, vectorization_mode="sync"))
+    ours = clip_vector_actions(gym.make_vec(env_id, num_envs=3, vectorization_mode="sync"))
+    assert (ours.action_space, ours.single_action_space) == (theirs.action_space, theirs.single_action_space)
+    actions = np.random.default_rng(0).normal(0, 3, (50, *theirs.action_space.shape)).astype(np.float32)
+    for batch in actions:
+        clipped = ours.actions(batch)
+        assert clipped.dtype == theirs.actions(batch).dtype and np.array_equal(clipped, theirs.actions(batch))
+    assert (np.abs(actions) > theirs.env.single_action_space.high).any()  # some were clipped
+    ours.close()
+    theirs.close()

@@ -10,7 +10,8 @@ from gymnasium.wrappers import vector as vw
 from gymnasium.wrappers.utils import RunningMeanStd
 
 from lit_rl.envs import check_vectorization, resolve_env_id
-from lit_rl.envs.wrappers import NormalizeObservation, NormalizeReward, mask_vector_observation, pack_dict_observation
+from lit_rl.envs.wrappers import (NormalizeObservation, NormalizeReward, clip_vector_actions, mask_vector_observation,
+                                  pack_dict_observation)
 from lit_rl.errors import ConfigError
 
 VectorizationMode = Literal["auto", "sync", "async", "vector_entry_point"]
@@ -112,7 +113,7 @@ def make_envs(spec: EnvSpec, num_envs: int, training: bool, statistics: Optional
         envs = vw.RecordVideo(envs, video_folder, episode_trigger=lambda _: True, name_prefix="eval")
     envs = vw.RecordEpisodeStatistics(envs)
     if isinstance(envs.single_action_space, gym.spaces.Box):
-        envs = vw.ClipAction(envs)
+        envs = clip_vector_actions(envs)
     if spec.normalize_observation:
         assert statistics is not None
         # gymnasium's wrapper gives float32 observations and keeps its statistics in that dtype.

@@ -85,6 +85,19 @@ class NormalizeReward(vw.NormalizeReward):
         return obs, reward, terminated, truncated, info
 
 
+def clip_vector_actions(envs: gym.vector.VectorEnv) -> gym.vector.VectorEnv:
+    """Clips each batch of Box actions to the action space's bounds, as gymnasium's vector ``ClipAction`` does
+    (the same values, and the same unbounded action space above it), in one ``np.clip`` of the batch: that
+    wrapper clips env by env, with a copy of each, about 15 us a step for 4 envs against 2."""
+    space = envs.single_action_space
+    low, high = space.low, space.high
+    unbounded = gym.spaces.Box(-np.inf, np.inf, space.shape, space.dtype)
+    clipped = vw.TransformAction(envs, lambda actions: np.clip(actions, low, high),
+                                 action_space=batch_space(unbounded, envs.num_envs))
+    clipped.single_action_space = unbounded
+    return clipped
+
+
 class PackedDict(gym.spaces.Box):
     """Packs a Dict observation space as one ``uint8`` vector per observation: each key's bytes in turn, in the Dict's
     key order, each key starting at a multiple of its item size and the vector padded to a multiple of 8 bytes (so
