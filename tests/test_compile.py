@@ -82,7 +82,10 @@ def assert_same_run(eager, compiled, rtol=1e-3, atol=2e-5):
 @pytest.mark.parametrize("model, cls", [
     # Separate networks: both roles in one graph; the critic alone in its warm-up, then the actor's epochs cut
     # short by target_kl while the critic's go on.
-    ({"critic_warmup": 1, "target_kl": 0.004, "actor_epochs": 3, "critic_epochs": 2}, PPO),
+    # AdamW with decoupled weight decay, amsgrad and betas of its own, and Adam with L2 weight decay.
+    ({"critic_warmup": 1, "target_kl": 0.004, "actor_epochs": 3, "critic_epochs": 2,
+      "actor_optimizer": lambda p: torch.optim.AdamW(p, lr=3e-3, weight_decay=0.1, amsgrad=True, betas=(0.8, 0.99)),
+      "critic_optimizer": lambda p: torch.optim.Adam(p, lr=3e-3, weight_decay=0.05, eps=1e-6)}, PPO),
     ({"n_pi": 2, "aux_epochs": 2, "actor_epochs": 2, "critic_epochs": 2}, PPG),  # the auxiliary phase
     # A shared trunk: one role's graph after the other's.
     pytest.param({"arch": "shared"}, PPO, marks=pytest.mark.integration),
@@ -98,39 +101,47 @@ def test_compiled_steps_match_the_eager_steps(tmp_path, model, cls):
 
 
 def test_each_kind_of_step_compiles_once(tmp_path):
-    """Minibatches of varying size (the rollouts' valid steps vary, the last rollout is shorter) and PPG's
-    auxiliary phase compile no graph again: one per kind of step (the critic alone in its warm-up, both roles
+    """Minibatches of varying size (the rollouts' valid steps vary, the last rollout is shorter), a schedule of
+    the learning rate and Adam's betas, and PPG's auxiliary phase compile no graph again: one per kind of step (the critic alone in its warm-up, both roles
     in the policy phase, both in the auxiliary phase)."""
     counter = CompileCounterWithBackend("aot_eager")
-    module, trainer, rows = run(tmp_path, True, {"n_pi": 2, "aux_epochs": 1, "critic_warmup": 1}, PPG,
-                                backend=counter, data={"total_timesteps": 5 * 128 + 64})
+    one_cycle = lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=8)  # noqa: E731
+    module, trainer, rows = run(tmp_path, True, {"n_pi": 2, "aux_epochs": 1, "critic_warmup": 1,
+                                                 "actor_scheduler": one_cycle},  # it changes lr and Adam's beta1
+                                PPG, backend=counter, data={"total_timesteps": 5 * 128 + 64})
     assert max(r.get("train/aux_phases", 0) for r in rows) == 3
     assert counter.frame_count == 3
 
 
-class NanReturnsAfterFirstIteration(PPO):
-    """From the second iteration on, the value targets are NaN: the critic's loss is, at every step."""
+class NanReturnAtOneRow(PPO):
+    """From the second iteration on, one row's value target is NaN: the critic's loss is non-finite on the
+    minibatch that holds it (one an epoch) and finite on the others."""
 
     def prepare_batch(self, rollout):
         batch = super().prepare_batch(rollout)
         if rollout.iteration >= 1:
-            if not hasattr(self, "before_bad"):
-                self.before_bad = [p.detach().clone() for p in self.agent.critic_parameters()]
-                self.steps_before = {id(p): int(s["step"]) for p, s in self.optimizers()[1].optimizer.state.items()}
-            batch["returns"] = torch.full_like(batch["returns"], float("nan"))
+            batch["returns"][0] = float("nan")
         return batch
 
 
-def test_a_non_finite_loss_stops_a_compiled_run_without_applying_its_update(tmp_path):
-    module, dm = make({"actor_optimizer": adam, "critic_optimizer": adam, "compile": True},
-                      cls=NanReturnsAfterFirstIteration)
-    module.compile_backend = "aot_eager"
-    with pytest.raises(Exception, match="The critic loss is nan"):
-        fit(module, dm, tmp_path)
-    for p, before in zip(module.agent.critic_parameters(), module.before_bad):
-        assert torch.equal(p.detach(), before)
-    critic_opt = module.optimizers()[1].optimizer
-    assert {id(p): int(s["step"]) for p, s in critic_opt.state.items()} == module.steps_before
+def test_a_non_finite_loss_stops_a_compiled_run_as_it_stops_an_eager_one(tmp_path):
+    """No update of either role from the first non-finite loss on (the later finite minibatches included): the
+    critic's parameters and Adam steps end where the eager run's do, and both name the critic's loss."""
+    ends = []
+    for compile in (False, True):
+        module, dm = make({"actor_optimizer": adam, "critic_optimizer": adam, "compile": compile},
+                          cls=NanReturnAtOneRow)
+        module.compile_backend = "aot_eager"
+        with pytest.raises(Exception, match="The critic loss is nan"):
+            fit(module, dm, tmp_path / str(compile))
+        critic_opt = module.optimizers()[1].optimizer
+        ends.append(([p.detach().clone() for p in module.agent.critic_parameters()],
+                     {int(s["step"]) for s in critic_opt.state.values()}))
+    (eager_params, eager_steps), (compiled_params, compiled_steps) = ends
+    assert compiled_steps == eager_steps and len(eager_steps) == 1
+    assert 16 < next(iter(eager_steps)) < 32  # the first iteration's 16, and some of the second's
+    for a, b in zip(eager_params, compiled_params):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=2e-5)
 
 
 @pytest.mark.integration

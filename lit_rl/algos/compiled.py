@@ -12,21 +12,26 @@ What it changes, what it keeps:
 
 - The same math as :class:`~lit_rl.algos.updater.RoleUpdater`'s eager step, to float rounding (Adam's
   single-tensor kernel instead of the fused one; the clip's norm in another order). Minibatch orders, the
-  optimizer state in checkpoints, LR schedules (the learning rate is an input, read at each step) and
-  ``target_kl`` are unchanged; a checkpoint resumes with compiling on or off.
+  optimizer state in checkpoints, schedules (the learning rate and Adam's betas are inputs, read at each step;
+  ``eps`` and ``weight_decay`` are compiled in) and ``target_kl`` are unchanged; a checkpoint resumes with
+  compiling on or off.
 - Each kind of step (the roles it steps, their losses) compiles once, for any number of rows in a minibatch
   (marked dynamic): the valid steps of a rollout vary in number (an episode's end is followed by a reset step that
   is no transition), as do the shorter last rollout, a last minibatch one row shorter and an auxiliary minibatch
   with padded steps; none compiles again.
-- A non-finite loss stops training as :class:`~lit_rl.algos.updater.DeferredCheck` does: the graph applies
-  no update from a role's first non-finite loss on, and the end of the role's steps raises naming it.
+- A non-finite loss stops training as :class:`~lit_rl.algos.updater.DeferredCheck` does: from the first
+  non-finite loss of a run of steps on (a role's epochs, both roles' when they step together, PPG's auxiliary
+  phase), the graph applies no update of any role, and the end of the run raises naming that loss. Where the
+  roles step together, the actor's steps before the critic's first non-finite loss were applied (eager, the
+  critic's epochs end, and raise, before the actor's start).
 - Lightning's hooks around the backward pass and the optimizer step (``on_before_backward``,
   ``on_after_backward``, ``on_before_optimizer_step``) do not run, and ``param.grad`` stays empty; Lightning
   still counts each optimizer step.
 
 Supported where each role this process trains is its group alone (no gradient sum between processes), without a
-recurrent summarizer, gradient surgery or mixed precision, and with Adam or AdamW: :func:`check_compile` refuses
-the rest naming the setting. On a GPU it compiles with ``mode="reduce-overhead"`` (CUDA graphs).
+recurrent summarizer, gradient surgery or mixed precision, and with Adam or AdamW: :func:`check_compile_config`
+and :func:`check_compile_placement` refuse the rest naming the setting. On a GPU it compiles in the default mode
+(not CUDA graphs), and has not run there yet.
 """
 
 from collections import defaultdict
@@ -99,10 +104,10 @@ class CompiledSteps:
         agent = module.agent
         self.losses = _Losses(agent)
         self.names = {id(p): f"agent.{name}" for name, p in agent.named_parameters()}
-        cuda = next(agent.parameters()).device.type == "cuda"
-        mode = "reduce-overhead" if cuda and backend == "inductor" else None
-        self.graph = torch.compile(self._steps, backend=backend, mode=mode)
-        self.lrs: dict[str, list[Tensor]] = {}  # role -> a tensor per parameter group: the learning rate, an input
+        # The default mode on a GPU too: CUDA graphs ("reduce-overhead") do not take a graph that updates the
+        # optimizer's state in place, and would reuse the buffers of the losses a run keeps for its non-finite check.
+        self.graph = torch.compile(self._steps, backend=backend)
+        self.scalars: dict[tuple[str, int, str], Tensor] = {}  # (role, group, setting) -> its tensor, an input
         self._reached: dict[tuple[str, str], frozenset[str]] = {}  # (role, loss) -> the parameters it reaches
 
     # ------------------------------------------------------------------ runs of steps
@@ -112,7 +117,7 @@ class CompiledSteps:
         with ``target_kl`` stops after an epoch whose mean approx KL exceeds it."""
         stats: Stats = defaultdict(list)
         rows = len(batch["returns"])
-        checks = {role: DeferredCheck(self.module) for role in roles}
+        check = DeferredCheck(self.module)  # one for the run: no role steps after a non-finite loss of either
         active, epoch = list(roles), 0
         while active:
             draws = {role: self.updaters[role].shuffler.split(rows, specs[role].stream, specs[role].minibatches,
@@ -120,13 +125,12 @@ class CompiledSteps:
             counts = {role: len(draws[role]) for role in active}
             for k in range(max(counts.values())):
                 here = [role for role in active if k < counts[role]]
-                self.step(batch, [(role, specs[role].loss, draws[role][k], role) for role in here], checks, stats)
+                self.step(batch, [(role, specs[role].loss, draws[role][k], role) for role in here], check, stats)
             epoch += 1
             kl_stop = {role for role in active if specs[role].target_kl is not None
                        and bool(self.updaters[role].epoch_kl(stats, counts[role]) > specs[role].target_kl)}
             active = [role for role in active if epoch < specs[role].epochs and role not in kl_stop]
-        for check in checks.values():
-            check.end()
+        check.end()
         return stats
 
     def interleaved(self, batch: dict[str, Tensor], specs: dict[str, RoleSpec], order: Sequence[str],
@@ -138,37 +142,35 @@ class CompiledSteps:
         if len({(s.epochs, s.stream, s.minibatches) for s in specs.values()}) > 1:
             raise ValueError(f"roles updated together take turns on the same minibatches; their specs differ: {specs}")
         stats: Stats = defaultdict(list)
-        checks = {role: DeferredCheck(self.module) for role in learning}
+        check = DeferredCheck(self.module)
         stepping = [role for role in order if role in learning]
         for _ in range(spec.epochs):
             for idx in self.updaters[order[0]].shuffler.split(len(batch["returns"]), spec.stream, spec.minibatches,
                                                               self.module.device):
                 items = [(role, specs[role].loss, idx, f"{what} {role}") for role in stepping]
                 for group in ([items] if joint else [[item] for item in items]):
-                    self.step(batch, group, checks, stats)
-        for check in checks.values():
-            check.end()
+                    self.step(batch, group, check, stats)
+        check.end()
         return stats
 
     # ------------------------------------------------------------------ one step
     def step(self, batch: dict[str, Tensor], items: list[tuple[str, LossFn, Tensor, str]],
-             checks: dict[str, DeferredCheck], stats: Stats) -> None:
+             check: DeferredCheck, stats: Stats) -> None:
         """Takes one optimizer step of each item's role (``(role, loss, minibatch rows, name of the loss)``) in one
         call of the graph."""
         datas = tuple(share_of(batch, idx).data for _, _, idx, _ in items)
         roles = tuple(role for role, _, _, _ in items)
         groups = tuple(self.param_groups(role, self.reached(role, loss, data))
                        for (role, loss, _, _), data in zip(items, datas))
-        found = tuple(self.found_inf(checks[role]) for role in roles)
         for data in datas:  # one graph for every minibatch size: a rollout's valid steps vary in number
             for value in data.values():
                 torch._dynamo.mark_dynamic(value, 0)
         losses = tuple(loss for _, loss, _, _ in items)
         clips = tuple(self.updaters[role].max_grad_norm for role in roles)
         with torch.no_grad():  # torch.func.grad computes the gradients inside; nothing else needs them
-            results = self.graph(losses, datas, groups, found, clips)
-        for (role, _, _, what), (loss, step_stats, bad) in zip(items, results):
-            checks[role].record(what, loss, bad)
+            results, bad = self.graph(losses, datas, groups, self.found_inf(check), clips)
+        for (role, _, _, what), (loss, step_stats) in zip(items, results):
+            check.record(what, loss, bad)
             append_step(stats, step_stats)
             self.updaters[role].steps += 1
         count_optimizer_steps(self.module.trainer, len(items))
@@ -209,60 +211,58 @@ class CompiledSteps:
             groups.append({"names": tuple(self.names[id(p)] for p in params), "params": params,
                            "exp_avgs": [s["exp_avg"] for s in states], "exp_avg_sqs": [s["exp_avg_sq"] for s in states],
                            "max_exp_avg_sqs": [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else [],
-                           "steps": [s["step"] for s in states], "betas": group["betas"], "eps": group["eps"],
+                           "steps": [s["step"] for s in states], "eps": group["eps"],
                            "weight_decay": group["weight_decay"], "amsgrad": group["amsgrad"],
                            "maximize": group["maximize"],
                            "decoupled": group.get("decoupled_weight_decay", False),
                            "capturable": states[0]["step"].device.type != "cpu"})
-            groups[-1]["lr"] = self.lr(role, len(groups) - 1, group["lr"])
+            for name, value in (("lr", group["lr"]), ("beta1", group["betas"][0]), ("beta2", group["betas"][1])):
+                groups[-1][name] = self.scalar((role, len(groups) - 1, name), value)
         return tuple(groups)
 
-    def lr(self, role: str, index: int, value: float) -> Tensor:
-        """Returns the learning rate of ``role``'s group ``index`` as a tensor, an input of the graph (a number
-        would compile anew each time the schedule changes it)."""
-        lrs = self.lrs.setdefault(role, [])
-        while len(lrs) <= index:
-            lrs.append(torch.zeros((), dtype=torch.float32, device=self.module.device))
-        lrs[index].fill_(value)
-        return lrs[index]
+    def scalar(self, key: tuple[str, int, str], value: float) -> Tensor:
+        """Returns a setting a schedule may change (the learning rate, Adam's betas) as a tensor holding ``value``:
+        an input of the graph, which would compile anew for each new number."""
+        if key not in self.scalars:
+            self.scalars[key] = torch.zeros((), dtype=torch.float32, device=self.module.device)
+        return self.scalars[key].fill_(value)
 
-    @staticmethod
-    def found_inf(check: DeferredCheck) -> Tensor:
+    def found_inf(self, check: DeferredCheck) -> Tensor:
         """Returns 1 where an earlier step of the check's run had a non-finite loss (no update since), else 0."""
-        return check.found_inf if check.found_inf is not None else torch.zeros(())
+        return check.found_inf if check.found_inf is not None else torch.zeros((), device=self.module.device)
 
-    def _steps(self, losses: tuple[LossFn, ...], datas: tuple[dict[str, Tensor], ...], groups: tuple,
-               found: tuple[Tensor, ...], clips: tuple[Optional[float], ...]) -> list[tuple[Tensor, dict[str, Tensor], Tensor]]:
+    def _steps(self, losses: tuple[LossFn, ...], datas: tuple[dict[str, Tensor], ...], groups: tuple, found: Tensor,
+               clips: tuple[Optional[float], ...]) -> tuple[list[tuple[Tensor, dict[str, Tensor]]], Tensor]:
         """The graph: every item's loss and gradients first (from the same parameters), then each role's clip and
-        Adam step; returns each item's loss, stats and non-finite flag."""
+        Adam step, none applied from the first non-finite loss of the run on (``found``, then this call's losses);
+        returns each item's loss and stats, and the run's non-finite flag."""
         results, grads_of = [], []
         for loss_fn, data, role_groups in zip(losses, datas, groups):
             params = {name: p for group in role_groups for name, p in zip(group["names"], group["params"])}
             grads, (loss, step_stats) = torch.func.grad_and_value(self._loss(loss_fn, data), has_aux=True)(params)
             grads_of.append(grads)
             results.append((loss, step_stats))
-        out = []
-        for (loss, step_stats), grads, role_groups, bad, clip in zip(results, grads_of, groups, found, clips):
+        bad = found
+        for loss, _ in results:
             bad = torch.maximum(bad, (~torch.isfinite(loss)).to(bad.dtype))
+        for grads, role_groups, clip in zip(grads_of, groups, clips):
             per_group = [[grads[name] for name in group["names"]] for group in role_groups]
             if clip is not None:  # as torch.nn.utils.clip_grad_norm_
                 norm = torch.nn.utils.get_total_norm([g for gs in per_group for g in gs])
                 scale = torch.clamp(clip / (norm + 1e-6), max=1.0)
                 per_group = [[g * scale for g in gs] for gs in per_group]
             for group, group_grads in zip(role_groups, per_group):
-                kept = [t.clone() for t in (*group["params"], *group["exp_avgs"], *group["exp_avg_sqs"],
-                                            *group["max_exp_avg_sqs"], *group["steps"])]
+                state = (*group["params"], *group["exp_avgs"], *group["exp_avg_sqs"], *group["max_exp_avg_sqs"],
+                         *group["steps"])
+                kept = [t.clone() for t in state]
                 adam(group["params"], group_grads, group["exp_avgs"], group["exp_avg_sqs"], group["max_exp_avg_sqs"],
                      group["steps"], foreach=False, capturable=group["capturable"], differentiable=False,
                      fused=False, decoupled_weight_decay=group["decoupled"], amsgrad=group["amsgrad"],
-                     beta1=group["betas"][0], beta2=group["betas"][1], lr=group["lr"], weight_decay=group["weight_decay"],
+                     beta1=group["beta1"], beta2=group["beta2"], lr=group["lr"], weight_decay=group["weight_decay"],
                      eps=group["eps"], maximize=group["maximize"])
-                # From a non-finite loss on, the role's parameters and state stay as they were.
-                for tensor, old in zip((*group["params"], *group["exp_avgs"], *group["exp_avg_sqs"],
-                                        *group["max_exp_avg_sqs"], *group["steps"]), kept):
+                for tensor, old in zip(state, kept):  # after a non-finite loss, as they were
                     tensor.copy_(torch.where(bad > 0, old, tensor))
-            out.append((loss, step_stats, bad))
-        return out
+        return results, bad
 
     def _loss(self, loss_fn: LossFn, data: dict[str, Tensor]) -> Callable[[dict[str, Tensor]], Any]:
         """Returns the loss of a minibatch (this process's whole share) as a function of the role's parameters."""
