@@ -92,10 +92,7 @@ def clip_vector_actions(envs: gym.vector.VectorEnv) -> gym.vector.VectorEnv:
     space = envs.single_action_space
     low, high = space.low, space.high
     unbounded = gym.spaces.Box(-np.inf, np.inf, space.shape, space.dtype)
-    clipped = vw.TransformAction(envs, lambda actions: np.clip(actions, low, high),
-                                 action_space=batch_space(unbounded, envs.num_envs))
-    clipped.single_action_space = unbounded
-    return clipped
+    return vw.TransformAction(envs, lambda actions: np.clip(actions, low, high), single_action_space=unbounded)
 
 
 class PackedDict(gym.spaces.Box):
