@@ -96,8 +96,8 @@ class PPO(L.LightningModule):
             rollouts. Minibatches are made of whole chunks, never of shuffled single steps.
         compile: Run each optimizer step (loss, gradients, clip, Adam) as one ``torch.compile`` graph
             (:mod:`lit_rl.algos.compiled`), the actor's and the critic's in one where they share no parameters.
-            Compiling takes 20-60 s at the start of a fit, so it pays on long updates (the continuous-control
-            configs turn it on); the same numbers as eager to float rounding. Refused (naming the setting) with a
+            Compiling takes 15-40 s at the start of a fit on a CPU, so it pays on long updates (the
+            continuous-control configs turn it on); the same numbers as eager to float rounding. Refused (naming the setting) with a
             recurrent policy, gradient surgery, a role on several processes, mixed precision, or an optimizer other
             than Adam/AdamW.
     """
@@ -160,7 +160,7 @@ class PPO(L.LightningModule):
         self._one_process = Placement()  # where the roles run without a placement strategy: all here
         self.updaters: dict[str, RoleUpdater] = {}  # by role; made with the optimizers
         self.resume = Resume()  # the checkpoint's entries, and a resumed fit's config
-        self.compiled: Optional[CompiledSteps] = None  # the compiled steps, with model.compile; made with the optimizers
+        self.compiled: Optional[CompiledSteps] = None  # with model.compile; made with the optimizers
 
     # ------------------------------------------------------------------ configuration
     def _check_hparams(self) -> None:

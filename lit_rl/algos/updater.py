@@ -334,9 +334,10 @@ def append_step(stats: Stats, step: dict[str, Tensor]) -> None:
 def count_optimizer_steps(trainer: L.Trainer, steps: int) -> None:
     """Adds ``steps`` optimizer steps that Lightning's optimizer wrapper did not take to Lightning's count: compiled
     steps (:mod:`lit_rl.algos.compiled`), and steps other processes took for the roles this one does not train, so
-    ``trainer.global_step`` is the run's on every process: what one process holding every role counts. Lightning's checkpoint callbacks compare it between saves on every process; a
-    process whose count stood still (a rollout rank, or an actor rank during the critic warm-up) would skip
-    a save the others make, and their collectives would no longer match."""
+    ``trainer.global_step`` is the run's on every process: what one process holding every role counts.
+    Lightning's checkpoint callbacks compare it between saves on every process; a process whose count stood still
+    (a rollout rank, or an actor rank during the critic warm-up) would skip a save the others make, and their
+    collectives would no longer match."""
     progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
     for _ in range(steps):
         progress.increment_ready()
