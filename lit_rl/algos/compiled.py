@@ -43,7 +43,8 @@ from torch import Tensor, nn
 from torch.optim.adam import adam
 
 from lit_rl.algos.roles import LossFn, Placement, RoleSpec, Share, Stats
-from lit_rl.algos.updater import DeferredCheck, RoleUpdater, append_step, count_optimizer_steps, share_of
+from lit_rl.algos.updater import (DeferredCheck, RoleUpdater, append_step, count_optimizer_steps, share_of,
+                                  shared_minibatches)
 from lit_rl.errors import ConfigError
 
 COMPILABLE_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)  # AdamW is Adam with decoupled weight decay
@@ -127,8 +128,7 @@ class CompiledSteps:
                 here = [role for role in active if k < counts[role]]
                 self.step(batch, [(role, specs[role].loss, draws[role][k], role) for role in here], check, stats)
             epoch += 1
-            kl_stop = {role for role in active if specs[role].target_kl is not None
-                       and bool(self.updaters[role].epoch_kl(stats, counts[role]) > specs[role].target_kl)}
+            kl_stop = {role for role in active if self.updaters[role].kl_stops(stats, counts[role], specs[role])}
             active = [role for role in active if epoch < specs[role].epochs and role not in kl_stop]
         check.end()
         return stats
@@ -138,9 +138,7 @@ class CompiledSteps:
         """Runs several roles' updates together, as :func:`~lit_rl.algos.updater.interleaved_epochs` does: every
         minibatch (drawn from the first role's stream in ``order``) gets one step of each role in ``learning``, in
         ``order``; in one graph where ``joint`` (the roles share no parameters), else one after the other."""
-        spec = specs[order[0]]
-        if len({(s.epochs, s.stream, s.minibatches) for s in specs.values()}) > 1:
-            raise ValueError(f"roles updated together take turns on the same minibatches; their specs differ: {specs}")
+        spec = shared_minibatches(specs, order[0])
         stats: Stats = defaultdict(list)
         check = DeferredCheck(self.module)
         stepping = [role for role in order if role in learning]
@@ -183,7 +181,7 @@ class CompiledSteps:
         if key not in self._reached:
             params = [p for group in self.updaters[role].optimizer.optimizer.param_groups for p in group["params"]]
             with torch.enable_grad():
-                loss, _ = loss_fn(Share(data, None, 1.0, data.__getitem__))
+                loss, _ = loss_fn(lone_share(data))
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
             self._reached[key] = frozenset(self.names[id(p)] for p, g in zip(params, grads) if g is not None)
         return self._reached[key]
@@ -266,10 +264,15 @@ class CompiledSteps:
 
     def _loss(self, loss_fn: LossFn, data: dict[str, Tensor]) -> Callable[[dict[str, Tensor]], Any]:
         """Returns the loss of a minibatch (this process's whole share) as a function of the role's parameters."""
-        share = Share(data, None, 1.0, data.__getitem__)
+        share = lone_share(data)
 
         def loss_of(params: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
             return torch.func.functional_call(self.losses, params, (loss_fn, share), strict=False)
 
         return loss_of
 
+
+def lone_share(data: dict[str, Tensor]) -> Share:
+    """Makes the share of a lone process: the whole minibatch ``data``, weight 1 (the compiled step runs only where
+    each role's group is this process alone)."""
+    return Share(data, None, 1.0, data.__getitem__)

@@ -199,10 +199,15 @@ class RoleUpdater:
                 minibatches = self.shuffler.split(rows, spec.stream, spec.minibatches, self.module.device)
                 for idx in minibatches:
                     append_step(stats, self.step(spec.loss, self.share(batch, idx), self.role, check))
-                if spec.target_kl is not None and bool(self.epoch_kl(stats, len(minibatches)) > spec.target_kl):
+                if self.kl_stops(stats, len(minibatches), spec):
                     break
         run.end()
         return stats
+
+    def kl_stops(self, stats: Stats, steps: int, spec: RoleSpec) -> bool:
+        """Says whether the role's epochs end after the epoch of the last ``steps`` steps: its mean approx KL over
+        the role's group exceeds ``spec.target_kl``."""
+        return spec.target_kl is not None and bool(self.epoch_kl(stats, steps) > spec.target_kl)
 
     def epoch_kl(self, stats: Stats, steps: int) -> Tensor:
         """Averages the approx KL of the last ``steps`` steps (an epoch's) over them and over the role's group."""
@@ -309,9 +314,7 @@ def interleaved_epochs(updaters: list[RoleUpdater], specs: dict[str, RoleSpec], 
     stream and minibatch count. The first updater draws the minibatches on every process, whether or not it steps,
     so the stream stays the same on every process; one deferred non-finite check covers every role's steps."""
     first = updaters[0]
-    spec = specs[first.role]
-    if len({(s.epochs, s.stream, s.minibatches) for s in specs.values()}) > 1:
-        raise ValueError(f"roles updated together take turns on the same minibatches; their specs differ: {specs}")
+    spec = shared_minibatches(specs, first.role)
     stats: Stats = defaultdict(list)
     run = DeferredCheck(first.module)
     steps = [(updater, updater.check(run)) for updater in updaters if updater.role in learning]
@@ -323,6 +326,14 @@ def interleaved_epochs(updaters: list[RoleUpdater], specs: dict[str, RoleSpec], 
                     append_step(stats, updater.step(specs[updater.role].loss, share, f"{what} {updater.role}", check))
     run.end()
     return stats
+
+
+def shared_minibatches(specs: dict[str, RoleSpec], first: str) -> RoleSpec:
+    """Returns ``first``'s spec, checking that the roles updated together (PPG's auxiliary phase) take turns on
+    the same minibatches: their specs share epochs, stream and minibatch count."""
+    if len({(s.epochs, s.stream, s.minibatches) for s in specs.values()}) > 1:
+        raise ValueError(f"roles updated together take turns on the same minibatches; their specs differ: {specs}")
+    return specs[first]
 
 
 def append_step(stats: Stats, step: dict[str, Tensor]) -> None:
