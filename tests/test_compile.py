@@ -5,7 +5,11 @@ torch.func gradients, the clip and torch's functional Adam), run without inducto
 costs seconds. The integration tier compiles with inductor, as a run does.
 """
 
+import pickle
+from copy import deepcopy
 from types import SimpleNamespace
+
+import gymnasium as gym
 
 import pytest
 import torch
@@ -16,6 +20,8 @@ from lit_rl.algos.ppg import PPG
 from lit_rl.algos.ppo import PPO
 from lit_rl.algos.roles import Placement
 from lit_rl.errors import ConfigError
+from lit_rl.nets import noise_dim
+from lit_rl.nets.networks import ActorCritic
 from tests.helpers import fit, make, read_metrics
 
 # 3 rollouts of 32, 32 and 16 steps over 4 CartPoles: the last shorter, and each rollout's valid steps vary in
@@ -102,15 +108,16 @@ def test_compiled_steps_match_the_eager_steps(tmp_path, model, cls):
 
 def test_each_kind_of_step_compiles_once(tmp_path):
     """Minibatches of varying size (the rollouts' valid steps vary, the last rollout is shorter), a schedule of
-    the learning rate and Adam's betas, and PPG's auxiliary phase compile no graph again: one per kind of step (the critic alone in its warm-up, both roles
-    in the policy phase, both in the auxiliary phase)."""
+    the learning rate and Adam's betas, and PPG's auxiliary phase compile no graph again: one per kind of step
+    (the critic alone in its warm-up, both roles in the policy phase, both in the auxiliary phase), and one for the
+    collector's acting, whose weights change at every update."""
     counter = CompileCounterWithBackend("aot_eager")
     one_cycle = lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=8)  # noqa: E731
     module, trainer, rows = run(tmp_path, True, {"n_pi": 2, "aux_epochs": 1, "critic_warmup": 1,
                                                  "actor_scheduler": one_cycle},  # it changes lr and Adam's beta1
                                 PPG, backend=counter, data={"total_timesteps": 5 * 128 + 64})
     assert max(r.get("train/aux_phases", 0) for r in rows) == 3
-    assert counter.frame_count == 3
+    assert counter.frame_count == 4
 
 
 class NanReturnAtOneRow(PPO):
@@ -193,3 +200,61 @@ def test_inductor_compiled_steps_match_the_eager_steps(tmp_path):
     eager = run(tmp_path / "eager", False, model, data=data)
     compiled = run(tmp_path / "compiled", True, model, backend="inductor", data=data)
     assert_same_run(eager, compiled)
+
+
+
+ACTING = {"discrete": gym.spaces.Discrete(3), "box": gym.spaces.Box(-1.0, 1.0, (2,))}
+
+
+def compare_acting(agent, space, backend, rtol=1e-5, atol=1e-6):
+    """Acts with ``agent`` compiled (``backend``) and eager on the same observations and noise: the same numbers
+    to float rounding (the same discrete actions). Returns the eager ones."""
+    obs, noise = torch.randn(4, 6), torch.rand(4, noise_dim(space))
+    agent.compile_acting(backend)
+    compiled = agent.act(obs, noise=noise)
+    agent.compile_acting(None)
+    eager = agent.act(obs, noise=noise)
+    agent.compile_acting(backend)
+    if isinstance(space, gym.spaces.Discrete):
+        assert torch.equal(compiled[0], eager[0])
+    for c, e in zip(compiled, eager):
+        torch.testing.assert_close(c, e, rtol=rtol, atol=atol)
+    return eager
+
+
+@pytest.mark.parametrize("space", list(ACTING))
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.integration)])
+def test_compiled_acting_reads_the_weights_at_each_call_and_compiles_once(space, backend):
+    """The collector's compiled acting: the eager numbers, with the weights as they are now (an update steps them
+    in place, an overlapped collector loads them), in a copy of the networks as a collector process receives it,
+    all from one compile; the greedy path stays eager."""
+    counter = CompileCounterWithBackend(backend)
+    torch.manual_seed(0)
+    agent = ActorCritic(gym.spaces.Box(-1.0, 1.0, (6,)), ACTING[space])
+    first = compare_acting(agent, ACTING[space], counter)
+    with torch.no_grad():
+        for p in agent.parameters():
+            p.add_(torch.randn_like(p))  # as an optimizer step does
+    stepped = compare_acting(agent, ACTING[space], counter)
+    assert not torch.equal(stepped[2], first[2])
+    agent.load_state_dict(ActorCritic(gym.spaces.Box(-1.0, 1.0, (6,)), ACTING[space]).state_dict())
+    compare_acting(agent, ACTING[space], counter)
+    # An overlapped collector's networks: a deep copy, pickled into the collector process.
+    agent.compile_acting(backend)
+    copy = pickle.loads(pickle.dumps(deepcopy(agent)))
+    assert copy.acting_backend == backend
+    with torch.no_grad():
+        next(copy.parameters()).add_(1.0)
+    compare_acting(copy, ACTING[space], counter)
+    assert counter.frame_count == 1
+    agent.compile_acting(counter)
+    agent.act(torch.randn(4, 6), deterministic=True)
+    assert counter.frame_count == 1
+
+
+def test_a_compiled_run_acts_through_the_compiled_graph(tmp_path):
+    """model.compile turns on the collectors' compiled acting; without it the networks act eagerly."""
+    compiled, _, _ = run(tmp_path / "compiled", True)
+    eager, _, _ = run(tmp_path / "eager", False)
+    assert compiled.agent.acting_backend is compiled.compile_backend
+    assert eager.agent.acting_backend is None

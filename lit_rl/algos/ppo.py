@@ -95,7 +95,8 @@ class PPO(L.LightningModule):
             starting from the state the pre-update networks reach there (truncated BPTT). Null: whole
             rollouts. Minibatches are made of whole chunks, never of shuffled single steps.
         compile: Run each optimizer step (loss, gradients, clip, Adam) as one ``torch.compile`` graph
-            (:mod:`lit_rl.algos.compiled`), the actor's and the critic's in one where they share no parameters.
+            (:mod:`lit_rl.algos.compiled`), the actor's and the critic's in one where they share no parameters;
+            and the collectors' acting (:meth:`~lit_rl.nets.networks.ActorCritic.compile_acting`).
             Compiling takes 15-40 s at the start of a fit on a CPU, so it pays on long updates (the
             continuous-control configs turn it on); the same numbers as eager to float rounding. Refused (naming the setting) with a
             recurrent policy, gradient surgery, a role on several processes, mixed precision, or an optimizer other
@@ -247,6 +248,8 @@ class PPO(L.LightningModule):
                                      hp.log_std_init, aux_head=self.uses_aux_head, recurrent=hp.recurrent,
                                      recurrent_size=hp.recurrent_size, encoder=hp.encoder,
                                      image_layout=hp.image_layout)
+            if hp.compile:
+                self.agent.compile_acting(self.compile_backend)
 
     def configure_model(self) -> None:
         datamodule = self.trainer.datamodule
