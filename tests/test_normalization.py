@@ -6,6 +6,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import pytest
 import torch
 from gymnasium import spaces
 from gymnasium.wrappers import TimeLimit
@@ -196,3 +197,21 @@ def test_a_commit_over_two_processes_gives_the_statistics_of_all_their_observati
         rms = owner.stats["obs_rms"]
         assert rms.count == single.count
         assert np.allclose(rms.mean, single.mean, rtol=1e-10) and np.allclose(rms.var, single.var, rtol=1e-10)
+
+
+@pytest.mark.parametrize("shape, dtype", [((4,), np.float64), ((4, 3), np.float32), ((1, 11), np.float32),
+                                          ((16, 17), np.float32), ((2,), np.float32), ((3,), np.float64),
+                                          ((5, 2), np.float32), ((7, 4), np.float32)])
+def test_gathered_moments_are_gymnasiums_bit_for_bit(shape, dtype):
+    """A step's moments (a reward's return, an observation batch) are gymnasium's RunningMeanStd.update's, bit for
+    bit, over many steps of values on very different scales: the behaviour reference's numbers depend on them."""
+    rng = np.random.default_rng(0)
+    ours = DeferredRunningMeanStd(shape=shape[1:])
+    theirs = gym.wrappers.utils.RunningMeanStd(epsilon=0.0, shape=shape[1:])
+    for step in range(300):
+        x = (rng.standard_normal(shape) * 10.0 ** rng.integers(-4, 5) + rng.standard_normal()).astype(dtype)
+        ours.update(x)
+        theirs.update(np.asarray(x, dtype=np.float64))
+        assert ours.pending.count == theirs.count
+        np.testing.assert_array_equal(ours.pending.mean, theirs.mean)
+        np.testing.assert_array_equal(ours.pending.var, theirs.var)
