@@ -305,13 +305,14 @@ def tables(measured: dict[str, dict[str, float]]) -> str:
         collect_rows.append((name, f"{m['lit eager collect']:,.0f}", f"{m['lit compiled collect']:,.0f}",
                              "compiled" if m["config compiles"] else "eager", f"{m['wrapped collect']:,.0f}",
                              f"{m['bare collect']:,.0f}", f"{m['lit collect'] / m['wrapped collect']:.2f}",
+                             f"{m['lit eager collect'] / m['bare collect']:.2f}",
                              f"{m['lit collect'] / m['bare collect']:.2f}"))
     update = markdown_table(("env", "plain eager ms/it", "lit_rl eager ms/it", "lit_rl compiled ms/it",
                              "compile: 1st iteration s", "eager / plain", "compiled / plain", "compiled / eager",
                              "target's baseline"), update_rows)
     collect = markdown_table(("env", "lit_rl eager acting SPS", "lit_rl compiled acting SPS", "config acts",
                               "wrapped floor SPS", "bare floor SPS", "lit (as the config acts) / wrapped",
-                              "lit / bare (target's floor)"), collect_rows)
+                              "lit eager / bare", "lit (as the config acts) / bare (the target)"), collect_rows)
     return f"Update (ms per iteration):\n\n{update}\nCollector (env steps per second, inference alone):\n\n{collect}"
 
 

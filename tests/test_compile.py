@@ -21,7 +21,8 @@ from lit_rl.algos.ppo import PPO
 from lit_rl.algos.roles import Placement
 from lit_rl.errors import ConfigError
 from lit_rl.nets import noise_dim
-from lit_rl.nets.networks import ActorCritic
+from lit_rl.nets import networks
+from lit_rl.nets.networks import ActorCritic, acting_graph
 from tests.helpers import fit, make, read_metrics
 
 # 3 rollouts of 32, 32 and 16 steps over 4 CartPoles: the last shorter, and each rollout's valid steps vary in
@@ -249,12 +250,34 @@ def test_compiled_acting_reads_the_weights_at_each_call_and_compiles_once(space,
     assert counter.frame_count == 1
     agent.compile_acting(counter)
     agent.act(torch.randn(4, 6), deterministic=True)
+    agent.act(torch.randn(4, 6))  # sampling without noise draws through the distribution, eagerly
     assert counter.frame_count == 1
 
 
-def test_a_compiled_run_acts_through_the_compiled_graph(tmp_path):
-    """model.compile turns on the collectors' compiled acting; without it the networks act eagerly."""
+@pytest.mark.integration
+def test_compiled_acting_as_a_run_compiles_it():
+    """The backend by name, as model.compile sets it: inductor, its graph run from C++ on a CPU."""
+    torch.manual_seed(0)
+    agent = ActorCritic(gym.spaces.Box(-1.0, 1.0, (6,)), ACTING["discrete"])
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    compare_acting(agent, ACTING["discrete"], "inductor")
+    compare_acting(agent, ACTING["discrete"], "inductor")
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs + 1
+
+
+def test_a_compiled_run_acts_through_the_compiled_graph(tmp_path, monkeypatch):
+    """model.compile turns on the collectors' compiled acting, at every step of every rollout; without it the
+    networks act eagerly."""
+    calls = []
+
+    def counted(backend, device_type="cpu"):
+        calls.append(backend)
+        return acting_graph(backend, device_type)
+
+    monkeypatch.setattr(networks, "acting_graph", counted)
     compiled, _, _ = run(tmp_path / "compiled", True)
+    assert len(calls) == DATA["total_timesteps"] // 4  # one call per step of the 4 envs
+    assert set(calls) == {compiled.compile_backend}
+    calls.clear()
     eager, _, _ = run(tmp_path / "eager", False)
-    assert compiled.agent.acting_backend is compiled.compile_backend
-    assert eager.agent.acting_backend is None
+    assert calls == [] and eager.agent.acting_backend is None

@@ -202,7 +202,8 @@ class ActorCritic(nn.Module):
     def compile_acting(self, backend: Any = "inductor") -> None:
         """Makes :meth:`act` run as one ``torch.compile`` graph where a collector calls it (drawing with noise,
         without a history); ``None`` turns it off. The setting is an attribute, so copies of the networks (an
-        overlapped collector's) compile their own. The graph takes the networks as an input: one compile serves
+        overlapped collector's) compile their own: ``backend`` is a name, or an object that pickles where
+        collectors run in processes of their own. The graph takes the networks as an input: one compile serves
         every copy of the same shape, and reads the weights as they are at each call."""
         self.acting_backend = backend
 
@@ -217,7 +218,7 @@ class ActorCritic(nn.Module):
         numbers to float rounding (an action can differ only where its noise lies within rounding of a boundary
         between two actions' cumulative probabilities)."""
         if self.acting_backend is not None and noise is not None and not deterministic and history is None:
-            return acting_graph(self.acting_backend)(self, obs, noise)
+            return acting_graph(self.acting_backend, self.value_head.weight.device.type)(self, obs, noise)
         return self._act(obs, deterministic, noise, history)
 
     def _act(self, obs: Obs, deterministic: bool, noise: Optional[Tensor], history: Optional[History]
@@ -248,23 +249,28 @@ class ActorCritic(nn.Module):
         return self.policy_head(policy_features), self.aux_value_head(policy_features).squeeze(-1), value
 
 
-_ACTING_GRAPHS: dict[Any, Callable[..., tuple[Tensor, Tensor, Tensor]]] = {}  # backend -> compiled acting
+# (backend, device type) -> the compiled acting
+_ACTING_GRAPHS: dict[tuple[Any, str], Callable[..., tuple[Tensor, Tensor, Tensor]]] = {}
 
 
 def _draw(agent: ActorCritic, obs: Obs, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return agent._act(obs, False, noise, None)
 
 
-def acting_graph(backend: Any) -> Callable[[ActorCritic, Obs, Tensor], tuple[Tensor, Tensor, Tensor]]:
-    """Returns :meth:`ActorCritic.act`'s drawing path compiled with ``backend`` (one per process and backend).
+def acting_graph(backend: Any, device_type: str = "cpu"
+                 ) -> Callable[[ActorCritic, Obs, Tensor], tuple[Tensor, Tensor, Tensor]]:
+    """Returns :meth:`ActorCritic.act`'s drawing path compiled with ``backend`` for networks on ``device_type``
+    (one per process, backend and kind of device).
 
-    The batch's shape is static (a collector's envs do not change in number). With inductor the graph runs from
-    C++ (``cpp_wrapper``): at acting's batch sizes the Python that calls each kernel costs more than the kernels,
-    and calling them from C++ halves a CartPole step's acting time."""
-    if backend not in _ACTING_GRAPHS:
-        options = {"options": {"cpp_wrapper": True}} if backend == "inductor" else {}
-        _ACTING_GRAPHS[backend] = torch.compile(_draw, backend=backend, dynamic=False, **options)
-    return _ACTING_GRAPHS[backend]
+    The batch's shape is static (a collector's envs do not change in number). With inductor on a CPU the graph
+    runs from C++ (``cpp_wrapper``): at acting's batch sizes the Python that calls each kernel costs more than the
+    kernels, and calling them from C++ halves a CartPole step's acting time. Elsewhere (a GPU, which no run of
+    this project has used yet) it compiles in torch.compile's default mode."""
+    key = (backend, device_type)
+    if key not in _ACTING_GRAPHS:
+        options = {"options": {"cpp_wrapper": True}} if backend == "inductor" and device_type == "cpu" else {}
+        _ACTING_GRAPHS[key] = torch.compile(_draw, backend=backend, dynamic=False, **options)
+    return _ACTING_GRAPHS[key]
 
 
 def check_spaces(observation_space: gym.Space, action_space: gym.Space, encoder: str = "flat",
