@@ -12,8 +12,8 @@ compiling off and on, and reports:
 - the update's median seconds per iteration (after the first ``WARMUP``, which compile);
 - the ceiling: the same vector env stepped by the same network's inference alone, eager and compiled
   (``model.compile`` compiles the collectors' acting too);
-- the pipeline's limit (:func:`pipeline_limit`): the slower of the compiled ceiling and a rollout's env steps per compiled
-  update (the synchronous compiled run's median update, which no collector shares the machine with).
+- the pipeline's limit (:func:`pipeline_limit`): the slower of the compiled ceiling and a rollout's env steps per
+  compiled update (the synchronous compiled run's median update, which no collector shares the machine with).
 
 Targets (CartPole; ``TARGETS``). Issue 25's, for the overlapped compiled run (:func:`compiled_verdicts`): steady
 SPS >= 0.8 of the pipeline's limit and >= 2.5 times the synchronous eager run's, final return >= 475. The
