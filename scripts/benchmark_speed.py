@@ -47,9 +47,9 @@ from torch import nn
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lit_rl.data.collector import Collector  # noqa: E402
 from lit_rl.envs import resolve_env_id  # noqa: E402
 from lit_rl.run.cli import LitRLCLI  # noqa: E402
+from scripts.benchmark_ppo import ceiling  # noqa: E402
 from scripts.results import markdown_table, met, section, stamp, write_section  # noqa: E402
 
 ENVS = {"cartpole": (REPO / "configs/ppo/cartpole_cleanrl.yaml", []),
@@ -193,17 +193,9 @@ def lit_rl_collect(cli: LitRLCLI, steps: int, compile: bool) -> float:
     cli.model.build(data.single_observation_space, data.single_action_space)
     assert cli.model.agent is not None
     cli.model.agent.compile_acting("inductor" if compile else None)
-    collector = Collector(data.make_envs(data.num_envs, training=True))
-    collector.reset(seed=123)
-    collector.collect(cli.model, data.num_steps, 0, 0)  # warm-up
-    rollouts = max(1, steps // (data.num_envs * data.num_steps))
-    start = time.perf_counter()
-    for _ in range(rollouts):
-        collector.collect(cli.model, data.num_steps, 0, 0)
-    elapsed = time.perf_counter() - start
-    collector.envs.close()
+    sps = ceiling(cli.model, data, steps)
     data.teardown("fit")
-    return rollouts * data.num_envs * data.num_steps / elapsed
+    return sps
 
 
 def bare_envs(data: Any) -> gym.vector.VectorEnv:

@@ -98,9 +98,9 @@ class PPO(L.LightningModule):
             (:mod:`lit_rl.algos.compiled`), the actor's and the critic's in one where they share no parameters;
             and the collectors' acting (:meth:`~lit_rl.nets.networks.ActorCritic.compile_acting`).
             Compiling takes 15-40 s at the start of a fit on a CPU, so it pays on long updates (the
-            continuous-control configs turn it on); the same numbers as eager to float rounding. Refused (naming the setting) with a
-            recurrent policy, gradient surgery, a role on several processes, mixed precision, or an optimizer other
-            than Adam/AdamW.
+            continuous-control configs turn it on); the same numbers as eager to float rounding. Refused (naming
+            the setting) with a recurrent policy, gradient surgery, a role on several processes, mixed precision,
+            or an optimizer other than Adam/AdamW.
     """
 
     # Per-iteration training metrics (logged as ``train/<name>``); stable, so dashboards and tests can rely on them.
