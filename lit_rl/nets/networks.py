@@ -25,6 +25,11 @@ never does). Every forward pass then takes a :class:`History`: observations are 
 sequences, the state is reset wherever an episode starts, and outputs come back flattened time-major.
 """
 
+import functools
+import os
+import tempfile
+import warnings
+import weakref
 from typing import Any, Callable, Literal, Optional, Sequence
 
 import gymnasium as gym
@@ -200,11 +205,12 @@ class ActorCritic(nn.Module):
         return self.policy_head(policy_features), self.value_head(value_features).squeeze(-1)
 
     def compile_acting(self, backend: Any = "inductor") -> None:
-        """Makes :meth:`act` run as one ``torch.compile`` graph where a collector calls it (drawing with noise,
-        without a history); ``None`` turns it off. The setting is an attribute, so copies of the networks (an
+        """Makes :meth:`act` run compiled where a collector calls it (drawing with noise, without a history);
+        ``None`` turns it off. With ``inductor`` on a CPU it is compiled ahead of time (:class:`AheadOfTimeActing`),
+        otherwise it is a ``torch.compile`` graph (:func:`acting_graph`). Either way the networks' tensors are
+        inputs, read as they are at each call. The setting is an attribute, so copies of the networks (an
         overlapped collector's) compile their own: ``backend`` is a name, or an object that pickles where
-        collectors run in processes of their own. The graph takes the networks as an input: one compile serves
-        every copy of the same shape, and reads the weights as they are at each call."""
+        collectors run in processes of their own."""
         self.acting_backend = backend
 
     @torch.inference_mode()
@@ -262,15 +268,118 @@ def acting_graph(backend: Any, device_type: str = "cpu"
     """Returns :meth:`ActorCritic.act`'s drawing path compiled with ``backend`` for networks on ``device_type``
     (one per process, backend and kind of device).
 
-    The batch's shape is static (a collector's envs do not change in number). With inductor on a CPU the graph
-    runs from C++ (``cpp_wrapper``): at acting's batch sizes the Python that calls each kernel costs more than the
-    kernels, and calling them from C++ halves a CartPole step's acting time. Elsewhere (a GPU, which no run of
-    this project has used yet) it compiles in torch.compile's default mode."""
+    Inductor on a CPU compiles it ahead of time (:class:`AheadOfTimeActing`). Any other backend, or a GPU (which
+    no run of this project has used yet), gets a ``torch.compile`` graph in its default mode, with static shapes
+    (a collector's envs do not change in number)."""
     key = (backend, device_type)
     if key not in _ACTING_GRAPHS:
-        options = {"options": {"cpp_wrapper": True}} if backend == "inductor" and device_type == "cpu" else {}
-        _ACTING_GRAPHS[key] = torch.compile(_draw, backend=backend, dynamic=False, **options)
+        _ACTING_GRAPHS[key] = (AheadOfTimeActing() if backend == "inductor" and device_type == "cpu"
+                               else torch.compile(_draw, backend=backend, dynamic=False))
     return _ACTING_GRAPHS[key]
+
+
+class _Drawing(nn.Module):
+    """The drawing path as a function of the networks' tensors: ``forward(*parameters, *buffers, *obs, noise)``,
+    the observation's tensors in the order of its sorted keys. The networks are not a submodule, so none of their
+    tensors is compiled in as a constant."""
+
+    def __init__(self, agent: ActorCritic, keys: Optional[tuple[str, ...]]) -> None:
+        super().__init__()
+        self.act = [_Act(agent)]
+        self.names = [name for name, _ in self.act[0].named_parameters()] + [n for n, _ in self.act[0].named_buffers()]
+        self.keys = keys
+
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        n = len(self.names)
+        obs_leaves = inputs[n:-1]
+        obs: Obs = dict(zip(self.keys, obs_leaves)) if self.keys is not None else obs_leaves[0]
+        return torch.func.functional_call(self.act[0], dict(zip(self.names, inputs[:n])), (obs, inputs[-1]))
+
+
+class _Act(nn.Module):
+    """The networks with the drawing path as ``forward``, which ``torch.func.functional_call`` calls."""
+
+    def __init__(self, agent: ActorCritic) -> None:
+        super().__init__()
+        self.agent = agent
+
+    def forward(self, obs: Obs, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.agent._act(obs, False, noise, None)
+
+
+class AheadOfTimeActing:
+    """:meth:`ActorCritic.act`'s drawing path on a CPU, compiled ahead of time by AOTInductor
+    (``torch.export`` then ``torch._inductor.aoti_compile_and_package``) into a library whose C++ runs the graph.
+
+    At a vector env's few rows the Python around a ``torch.compile`` graph (dynamo's guards, AOTAutograd's
+    wrappers, inductor's caller) costs more than its kernels; an AOTInductor library is called with one list of
+    tensors, the way its own Python wrapper calls it, without the wrapper's pytree passes. The networks'
+    parameters and buffers are inputs of the graph, not constants compiled in, so each call reads the weights as
+    they are (an update steps them in place; an overlapped collector loads them from the weight ring).
+
+    A compiled library checks no shapes, so each is kept for one networks object (a weak reference: a copy
+    compiles its own) and one signature of its inputs (every tensor's shape and dtype, and the observation's
+    keys); a call with another signature compiles another. Compiling takes 10-20 s on a 2-core CPU.
+    """
+
+    def __init__(self) -> None:
+        # networks -> (where each of its tensors is held, {signature: library})
+        self.compiled: weakref.WeakKeyDictionary[ActorCritic, tuple[list[tuple[dict[str, Any], str]], dict[tuple, Any]]]
+        self.compiled = weakref.WeakKeyDictionary()
+
+    @staticmethod
+    def holders(agent: ActorCritic) -> list[tuple[dict[str, Any], str]]:
+        """Where each parameter and buffer of ``agent`` is held (its module's dict, its name), in the order of
+        ``parameters()`` then ``buffers()``: reading them there at each call costs a microsecond, walking the
+        module tree thirty. A parameter set anew (``module.weight = nn.Parameter(...)``) is read in its place."""
+        held: list[tuple[dict[str, Any], str]] = []
+        for kind in ("_parameters", "_buffers"):
+            seen: set[int] = set()  # a tensor two modules share is one input, as parameters() lists it once
+            for module in agent.modules():
+                for name, tensor in getattr(module, kind).items():
+                    if tensor is not None and id(tensor) not in seen:
+                        seen.add(id(tensor))
+                        held.append((getattr(module, kind), name))
+        return held
+
+    def __call__(self, agent: ActorCritic, obs: Obs, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if agent not in self.compiled:
+            self.compiled[agent] = (self.holders(agent), {})
+        holders, libraries = self.compiled[agent]
+        keys = tuple(sorted(obs)) if isinstance(obs, dict) else None
+        inputs = [held[name] for held, name in holders]
+        inputs += [obs[k] for k in keys] if keys is not None else [obs]
+        inputs.append(noise)
+        signature = (keys, *((t.shape, t.dtype) for t in inputs))
+        if signature not in libraries:
+            libraries[signature] = self.compile(agent, keys, inputs)
+        library = libraries[signature]
+        if library is None:  # it did not export: torch.compile's graph, guards and all
+            return self.fallback(agent, obs, noise)
+        action, logprob, value = library.boxed_run(inputs)  # boxed: it may free the list's references
+        return action, logprob, value
+
+    @staticmethod
+    def compile(agent: ActorCritic, keys: Optional[tuple[str, ...]], inputs: list[Tensor]) -> Any:
+        """Exports the drawing path for these inputs, compiles it, and loads the library (its runner); None, with
+        a warning that says why, where the networks do not export (a custom encoder with data-dependent control
+        flow, say)."""
+        with torch.no_grad(), tempfile.TemporaryDirectory(prefix="lit_rl_acting_") as folder, warnings.catch_warnings():
+            # torch.export's own use of a deprecated pytree check, once per compile
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+            try:
+                program = torch.export.export(_Drawing(agent, keys), tuple(inputs))
+            except Exception as error:  # noqa: BLE001 - any export failure leaves the torch.compile graph
+                warnings.warn(f"model.compile: the collectors' acting did not export for ahead-of-time compiling "
+                              f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); it "
+                              "runs as a torch.compile graph instead, which costs more Python at each step.")
+                return None
+            package = torch._inductor.aoti_compile_and_package(program, package_path=os.path.join(folder, "act.pt2"))
+            return torch._inductor.aoti_load_package(package).loader
+
+    @functools.cached_property
+    def fallback(self) -> Callable[[ActorCritic, Obs, Tensor], tuple[Tensor, Tensor, Tensor]]:
+        return torch.compile(_draw, backend="inductor", dynamic=False)
 
 
 def check_spaces(observation_space: gym.Space, action_space: gym.Space, encoder: str = "flat",
