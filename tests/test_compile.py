@@ -24,6 +24,7 @@ from lit_rl.nets import noise_dim
 from lit_rl.nets import networks
 from lit_rl.nets.networks import ActorCritic, AheadOfTimeActing, acting_graph
 from tests.helpers import fit, make, read_metrics
+from tests.test_overlap import Recording
 
 # 3 rollouts of 32, 32 and 16 steps over 4 CartPoles: the last shorter, and each rollout's valid steps vary in
 # number (an episode's end is followed by a reset step that is no transition).
@@ -340,6 +341,29 @@ def test_acting_that_does_not_export_runs_as_a_torch_compile_graph_and_says_so(m
     assert graphs >= 1
     compare_acting(agent, ACTING["box"], "inductor")
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+
+
+@pytest.mark.integration
+def test_an_overlapped_collector_acts_through_a_library_of_its_own_with_each_versions_weights(tmp_path, monkeypatch):
+    """model.compile with inductor and overlapped collection: the collector process compiles the acting ahead of
+    time (an AOTInductor library: a C++ wrapper, where torch.compile's CPU graphs have Python ones; the learner
+    compiles none, as it draws no actions) and acts with the weights of each version: at policy lag 0 every
+    rollout's values and log-probs are the learner's networks' at that iteration."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # the spawned collector's too
+    module, dm = make({"actor_optimizer": adam, "critic_optimizer": adam, "compile": True},
+                      {**DATA, "collection": "overlapped", "policy_lag": 0}, cls=Recording)
+    fit(module, dm, tmp_path / "run")
+    assert len(list((tmp_path / "inductor").rglob("*.wrapper.cpp"))) == 1
+    assert len(module.seen) == 3
+    agent = deepcopy(module.agent)
+    agent.compile_acting(None)
+    for rollout, weights, _ in module.seen:
+        agent.load_state_dict(weights)
+        with torch.no_grad():
+            dist, values = agent(rollout.obs.flatten(0, 1))
+        torch.testing.assert_close(rollout.values.flatten(), values, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(rollout.logprobs.flatten(), dist.log_prob(rollout.actions.flatten(0, 1)),
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_a_compiled_run_acts_through_the_compiled_graph(tmp_path, monkeypatch):
