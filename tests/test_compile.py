@@ -5,6 +5,7 @@ torch.func gradients, the clip and torch's functional Adam), run without inducto
 costs seconds. The integration tier compiles with inductor, as a run does.
 """
 
+import os
 import pickle
 from copy import deepcopy
 from types import SimpleNamespace
@@ -271,10 +272,13 @@ def library_compiles(monkeypatch):
 
 
 @pytest.mark.integration
-def test_acting_compiled_ahead_of_time_reads_the_weights_and_compiles_per_shape(library_compiles):
+def test_acting_compiled_ahead_of_time_reads_the_weights_and_compiles_per_shape(library_compiles, tmp_path,
+                                                                                monkeypatch):
     """inductor by name on a CPU, as model.compile sets it: an AOTInductor library, the eager numbers with the
     weights as they are at each call, one compile per networks and shape; a library checks no shapes, so another
-    batch size must compile another, never run the first's."""
+    batch size must compile another, never run the first's. Nothing is left in $TMPDIR."""
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # where AOTInductor's loader unpacks a library
     space = ACTING["discrete"]
     torch.manual_seed(0)
     agent = ActorCritic(gym.spaces.Box(-1.0, 1.0, (6,)), space)
@@ -301,6 +305,7 @@ def test_acting_compiled_ahead_of_time_reads_the_weights_and_compiles_per_shape(
     compare_acting(copy, space, "inductor")
     assert len(library_compiles) == 3
     assert acting_graph("inductor") is acting_graph("inductor")
+    assert list((tmp_path / "tmp").iterdir()) == [] and os.environ["TMPDIR"] == str(tmp_path / "tmp")
 
 
 IMAGE = gym.spaces.Box(0, 255, (3, 16, 16), dtype=np.uint8)
