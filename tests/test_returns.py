@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from lit_rl.objectives import gae
@@ -50,3 +51,41 @@ def test_truncation_bootstraps_and_termination_does_not():
     adv_term, _ = gae(one, 0 * one, 10 * one, true, zero, 0.5, 0.9)
     assert adv_trunc.item() == 1 + 0.5 * 10
     assert adv_term.item() == 1
+
+
+def torch_recursion(rewards, values, next_values, terminated, truncated, gamma, lam):
+    """The recursion as torch ops on whole rows, in float32: what a rollout's advantages were before the CPU path
+    ran it on numpy views (and what they are on a GPU, or with gradients)."""
+    not_terminated = 1.0 - terminated.to(values.dtype)
+    not_done = 1.0 - (terminated | truncated).to(values.dtype)
+    deltas = rewards + gamma * next_values * not_terminated - values
+    advantages, running = torch.zeros_like(values), torch.zeros_like(values[0])
+    for t in range(values.shape[0] - 1, -1, -1):
+        running = deltas[t] + gamma * lam * not_done[t] * running
+        advantages[t] = running
+    return advantages
+
+
+@pytest.mark.filterwarnings("error")  # numpy's warnings about a non-finite reward included
+def test_gae_on_a_cpu_is_the_torch_recursion_bit_for_bit_in_float32():
+    """The behaviour reference's numbers depend on it: every float32 advantage equal, not close, over rollout
+    shapes, discounts, episode ends, an infinite reward, and with gradients (the torch path)."""
+    gen = torch.Generator().manual_seed(1)
+    for trial in range(60):
+        T, N = int(torch.randint(1, 260, (1,), generator=gen)), int(torch.randint(1, 17, (1,), generator=gen))
+        rewards = torch.randn(T, N, generator=gen) * 10
+        values, next_values = torch.randn(T, N, generator=gen) * 50, torch.randn(T, N, generator=gen) * 50
+        u = torch.rand(T, N, generator=gen)
+        terminated, truncated = u < 0.05, (u >= 0.05) & (u < 0.1)
+        if trial == 0:
+            rewards[0, 0] = rewards[-1, 0] = float("inf")
+        gamma, lam = [(0.99, 0.95), (0.999, 0.9), (0.9, 1.0), (0.95, 0.0)][trial % 4]
+        expected = torch_recursion(rewards, values, next_values, terminated, truncated, gamma, lam)
+        adv, ret = gae(rewards, values, next_values, terminated, truncated, gamma, lam)
+        assert adv.dtype == torch.float32
+        torch.testing.assert_close(adv, expected, rtol=0, atol=0, equal_nan=True)  # equal, NaN where it is NaN
+        torch.testing.assert_close(ret, expected + values, rtol=0, atol=0, equal_nan=True)
+    values.requires_grad_(True)
+    adv, _ = gae(rewards, values, next_values, terminated, truncated, 0.99, 0.95)
+    assert adv.requires_grad
+    assert torch.equal(adv, torch_recursion(rewards, values, next_values, terminated, truncated, 0.99, 0.95))
