@@ -27,6 +27,7 @@ sequences, the state is reset wherever an episode starts, and outputs come back 
 
 import functools
 import os
+from dataclasses import dataclass, field
 import tempfile
 import warnings
 import weakref
@@ -307,6 +308,16 @@ class _Act(nn.Module):
         return self.agent._act(obs, False, noise, None)
 
 
+@dataclass
+class _Compiled:
+    """What :class:`AheadOfTimeActing` keeps for one networks object."""
+
+    layouts: list[tuple[nn.Module, tuple]]  # each module and its layout (AheadOfTimeActing.layout)
+    holders: list[tuple[dict[str, Any], str]]  # where each parameter and buffer is held (AheadOfTimeActing.holders)
+    libraries: dict[tuple, Any] = field(default_factory=dict)  # input signature -> library (None: not compiled)
+    registrations: int = -1  # the registration count when the layouts were last checked
+
+
 class AheadOfTimeActing:
     """:meth:`ActorCritic.act`'s drawing path on a CPU, compiled ahead of time by AOTInductor
     (``torch.export`` then ``torch._inductor.aoti_compile_and_package``) into a library whose C++ runs the graph.
@@ -317,15 +328,31 @@ class AheadOfTimeActing:
     parameters and buffers are inputs of the graph, not constants compiled in, so each call reads the weights as
     they are (an update steps them in place; an overlapped collector loads them from the weight ring).
 
-    A compiled library checks no shapes, so each is kept for one networks object (a weak reference: a copy
-    compiles its own) and one signature of its inputs (every tensor's shape and dtype, and the observation's
-    keys); a call with another signature compiles another. Compiling takes 10-20 s on a 2-core CPU.
+    A compiled library checks nothing about its inputs, so each is kept for one networks object (a weak
+    reference: a copy compiles its own) and one signature of its inputs (every tensor's shape, strides and dtype,
+    and the observation's keys); a call with another signature compiles another. Where a submodule of the
+    networks is set anew, or a parameter or buffer added (torch's registration hooks say when to look), the
+    libraries compiled before are dropped. Compiling takes 5-25 s on a 2-core CPU.
     """
 
+    registrations = [0]  # submodules, parameters and buffers registered in this process (any module's)
+
     def __init__(self) -> None:
-        # networks -> (where each of its tensors is held, {signature: library})
-        self.compiled: weakref.WeakKeyDictionary[ActorCritic, tuple[list[tuple[dict[str, Any], str]], dict[tuple, Any]]]
-        self.compiled = weakref.WeakKeyDictionary()
+        self.compiled: weakref.WeakKeyDictionary[ActorCritic, _Compiled] = weakref.WeakKeyDictionary()
+        if not AheadOfTimeActing.registrations[0]:
+            def registered(*_: Any) -> None:  # torch's global registration hooks: returns None, changes nothing
+                AheadOfTimeActing.registrations[0] += 1
+
+            AheadOfTimeActing.registrations[0] = 1
+            nn.modules.module.register_module_module_registration_hook(registered)
+            nn.modules.module.register_module_parameter_registration_hook(registered)
+            nn.modules.module.register_module_buffer_registration_hook(registered)
+
+    @staticmethod
+    def layout(module: nn.Module) -> tuple:
+        """What a library compiled for ``module``'s networks depends on in it: its submodules, and the names of
+        its parameters and buffers."""
+        return tuple(module._modules.values()), tuple(module._parameters), tuple(module._buffers)
 
     @staticmethod
     def holders(agent: ActorCritic) -> list[tuple[dict[str, Any], str]]:
@@ -343,18 +370,26 @@ class AheadOfTimeActing:
         return held
 
     def __call__(self, agent: ActorCritic, obs: Obs, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        if agent not in self.compiled:
-            self.compiled[agent] = (self.holders(agent), {})
-        holders, libraries = self.compiled[agent]
+        entry = self.compiled.get(agent)
+        if entry is None or entry.registrations != self.registrations[0]:
+            # Something was registered since the last look (6 us to check the networks' layout, so only then):
+            # where a submodule was set anew or a parameter or buffer added, the libraries compiled for the old
+            # layout are dropped. A parameter set anew in its place is read there (holders).
+            if entry is None or any(self.layout(module) != layout for module, layout in entry.layouts):
+                entry = self.compiled[agent] = _Compiled([(m, self.layout(m)) for m in agent.modules()],
+                                                         self.holders(agent))
+            entry.registrations = self.registrations[0]
+        holders, libraries = entry.holders, entry.libraries
         keys = tuple(sorted(obs)) if isinstance(obs, dict) else None
         inputs = [held[name] for held, name in holders]
         inputs += [obs[k] for k in keys] if keys is not None else [obs]
         inputs.append(noise)
-        signature = (keys, *((t.shape, t.dtype) for t in inputs))
+        # A library reads its inputs as laid out when it was compiled: strides are part of the signature.
+        signature = (keys, *((t.shape, t.stride(), t.dtype) for t in inputs))
         if signature not in libraries:
             libraries[signature] = self.compile(agent, keys, inputs)
         library = libraries[signature]
-        if library is None:  # it did not export: torch.compile's graph, guards and all
+        if library is None:  # it did not compile ahead of time: torch.compile's graph, guards and all
             return self.fallback(agent, obs, noise)
         action, logprob, value = library.boxed_run(inputs)  # boxed: it may free the list's references
         return action, logprob, value
@@ -362,34 +397,42 @@ class AheadOfTimeActing:
     @staticmethod
     def compile(agent: ActorCritic, keys: Optional[tuple[str, ...]], inputs: list[Tensor]) -> Any:
         """Exports the drawing path for these inputs, compiles it, and loads the library (its runner); None, with
-        a warning that says why, where the networks do not export (a custom encoder with data-dependent control
-        flow, say)."""
+        a warning that says why, where that fails (networks that do not export, such as a custom encoder with
+        data-dependent control flow)."""
         with torch.no_grad(), tempfile.TemporaryDirectory(prefix="lit_rl_acting_") as folder, warnings.catch_warnings():
             # torch.export's own use of a deprecated pytree check, once per compile
             warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+            step = "export"
             try:
                 program = torch.export.export(_Drawing(agent, keys), tuple(inputs))
-            except Exception as error:  # noqa: BLE001 - any export failure leaves the torch.compile graph
-                warnings.warn(f"model.compile: the collectors' acting did not export for ahead-of-time compiling "
-                              f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); it "
-                              "runs as a torch.compile graph instead, which costs more Python at each step.")
+                step = "compile ahead of time"
+                package = torch._inductor.aoti_compile_and_package(program,
+                                                                   package_path=os.path.join(folder, "act.pt2"))
+                return load_unpacked_in(folder, package)
+            except Exception as error:  # noqa: BLE001 - any failure leaves the torch.compile graph
+                warnings.warn(f"model.compile: the collectors' acting did not {step} ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else ''}); it runs as a torch.compile "
+                              "graph instead, which costs more Python at each step.")
                 return None
-            package = torch._inductor.aoti_compile_and_package(program, package_path=os.path.join(folder, "act.pt2"))
-            # The loader unpacks the library into a folder of $TMPDIR that it never removes (1.7 MB a network):
-            # into this one, removed with the package once the library is loaded (and mapped).
-            previous = os.environ.get("TMPDIR")
-            os.environ["TMPDIR"] = folder
-            try:
-                return torch._inductor.aoti_load_package(package).loader
-            finally:
-                if previous is None:
-                    del os.environ["TMPDIR"]
-                else:
-                    os.environ["TMPDIR"] = previous
 
     @functools.cached_property
     def fallback(self) -> Callable[[ActorCritic, Obs, Tensor], tuple[Tensor, Tensor, Tensor]]:
         return torch.compile(_draw, backend="inductor", dynamic=False)
+
+
+def load_unpacked_in(folder: str, package: str) -> Any:
+    """Loads an AOTInductor package's library (its runner). The loader unpacks the library into a folder of
+    $TMPDIR that it never removes (1.7 MB a network): here, into ``folder``, which the caller removes once the
+    library is loaded (mapped into the process)."""
+    previous = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = folder
+    try:
+        return torch._inductor.aoti_load_package(package).loader
+    finally:
+        if previous is None:
+            del os.environ["TMPDIR"]
+        else:
+            os.environ["TMPDIR"] = previous
 
 
 def check_spaces(observation_space: gym.Space, action_space: gym.Space, encoder: str = "flat",
