@@ -36,10 +36,12 @@ def gae(
     deltas = rewards + gamma * next_values * not_terminated - values
     decay = gamma * lam * not_done
     advantages = torch.zeros_like(values)
-    # On a CPU, without gradients, the recursion runs on numpy views of the same tensors: the same float32
-    # operations, one by one, at a microsecond a step instead of torch's ten (a rollout has hundreds of steps).
-    rows = ((deltas.numpy(), decay.numpy(), advantages.numpy())
-            if deltas.device.type == "cpu" and not deltas.requires_grad else (deltas, decay, advantages))
+    # On a CPU, in float32 or float64 and without gradients, the recursion runs on numpy views of the same
+    # tensors: the same operations, one by one, at a microsecond a step instead of torch's ten (a rollout has
+    # hundreds of steps). Elsewhere (a GPU, bfloat16, gradients) on the tensors.
+    numpy_rows = (deltas.device.type == "cpu" and deltas.dtype in (torch.float32, torch.float64)
+                  and not deltas.requires_grad)
+    rows = (deltas.numpy(), decay.numpy(), advantages.numpy()) if numpy_rows else (deltas, decay, advantages)
     delta_rows, decay_rows, advantage_rows = rows
     running = advantage_rows[0] + 0.0  # zeros, of the rows' kind (an array or a tensor)
     with np.errstate(all="ignore"):  # a non-finite reward gives NaN silently, as torch does

@@ -85,6 +85,10 @@ def test_gae_on_a_cpu_is_the_torch_recursion_bit_for_bit_in_float32():
         assert adv.dtype == torch.float32
         torch.testing.assert_close(adv, expected, rtol=0, atol=0, equal_nan=True)  # equal, NaN where it is NaN
         torch.testing.assert_close(ret, expected + values, rtol=0, atol=0, equal_nan=True)
+    for dtype in (torch.float64, torch.bfloat16):  # numpy's float64, and a dtype numpy does not have
+        args = [x.to(dtype) for x in (rewards, values, next_values)] + [terminated, truncated, 0.99, 0.95]
+        adv, _ = gae(*args)
+        assert adv.dtype == dtype and torch.equal(adv, torch_recursion(*args))
     values.requires_grad_(True)
     adv, _ = gae(rewards, values, next_values, terminated, truncated, 0.99, 0.95)
     assert adv.requires_grad

@@ -27,10 +27,10 @@ sequences, the state is reset wherever an episode starts, and outputs come back 
 
 import functools
 import os
-from dataclasses import dataclass, field
 import tempfile
 import warnings
 import weakref
+from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Optional, Sequence
 
 import gymnasium as gym
