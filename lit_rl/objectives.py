@@ -41,8 +41,8 @@ def gae(
     # hundreds of steps). Elsewhere (a GPU, bfloat16, gradients) on the tensors.
     numpy_rows = (deltas.device.type == "cpu" and deltas.dtype in (torch.float32, torch.float64)
                   and not deltas.requires_grad)
-    rows = (deltas.numpy(), decay.numpy(), advantages.numpy()) if numpy_rows else (deltas, decay, advantages)
-    delta_rows, decay_rows, advantage_rows = rows
+    delta_rows, decay_rows, advantage_rows = ((deltas.numpy(), decay.numpy(), advantages.numpy()) if numpy_rows
+                                              else (deltas, decay, advantages))
     running = advantage_rows[0] + 0.0  # zeros, of the rows' kind (an array or a tensor)
     with np.errstate(all="ignore"):  # a non-finite reward gives NaN silently, as torch does
         for t in range(values.shape[0] - 1, -1, -1):

@@ -335,18 +335,19 @@ class AheadOfTimeActing:
     libraries compiled before are dropped. Compiling takes 5-25 s on a 2-core CPU.
     """
 
-    registrations = [0]  # submodules, parameters and buffers registered in this process (any module's)
+    registrations = 0  # submodules, parameters and buffers registered in this process (any module's) since hooked
+    hooked = False  # whether torch's global registration hooks count them
 
     def __init__(self) -> None:
         self.compiled: weakref.WeakKeyDictionary[ActorCritic, _Compiled] = weakref.WeakKeyDictionary()
-        if not AheadOfTimeActing.registrations[0]:
-            def registered(*_: Any) -> None:  # torch's global registration hooks: returns None, changes nothing
-                AheadOfTimeActing.registrations[0] += 1
+        if not AheadOfTimeActing.hooked:
+            def registered(*_: Any) -> None:  # returns None: the registration goes ahead unchanged
+                AheadOfTimeActing.registrations += 1
 
-            AheadOfTimeActing.registrations[0] = 1
             nn.modules.module.register_module_module_registration_hook(registered)
             nn.modules.module.register_module_parameter_registration_hook(registered)
             nn.modules.module.register_module_buffer_registration_hook(registered)
+            AheadOfTimeActing.hooked = True
 
     @staticmethod
     def layout(module: nn.Module) -> tuple:
@@ -357,28 +358,26 @@ class AheadOfTimeActing:
     @staticmethod
     def holders(agent: ActorCritic) -> list[tuple[dict[str, Any], str]]:
         """Where each parameter and buffer of ``agent`` is held (its module's dict, its name), in the order of
-        ``parameters()`` then ``buffers()``: reading them there at each call costs a microsecond, walking the
-        module tree thirty. A parameter set anew (``module.weight = nn.Parameter(...)``) is read in its place."""
+        ``named_parameters()`` then ``named_buffers()`` (a tensor two modules share listed once), the order of
+        :class:`_Drawing`'s inputs: reading them there at each call costs a microsecond, walking the module tree
+        thirty. A parameter set anew (``module.weight = nn.Parameter(...)``) is read in its place."""
         held: list[tuple[dict[str, Any], str]] = []
-        for kind in ("_parameters", "_buffers"):
-            seen: set[int] = set()  # a tensor two modules share is one input, as parameters() lists it once
-            for module in agent.modules():
-                for name, tensor in getattr(module, kind).items():
-                    if tensor is not None and id(tensor) not in seen:
-                        seen.add(id(tensor))
-                        held.append((getattr(module, kind), name))
+        for kind, named in (("_parameters", agent.named_parameters()), ("_buffers", agent.named_buffers())):
+            for qualified, _ in named:
+                path, _, name = qualified.rpartition(".")
+                held.append((getattr(agent.get_submodule(path), kind), name))
         return held
 
     def __call__(self, agent: ActorCritic, obs: Obs, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         entry = self.compiled.get(agent)
-        if entry is None or entry.registrations != self.registrations[0]:
+        if entry is None or entry.registrations != self.registrations:
             # Something was registered since the last look (6 us to check the networks' layout, so only then):
             # where a submodule was set anew or a parameter or buffer added, the libraries compiled for the old
             # layout are dropped. A parameter set anew in its place is read there (holders).
             if entry is None or any(self.layout(module) != layout for module, layout in entry.layouts):
                 entry = self.compiled[agent] = _Compiled([(m, self.layout(m)) for m in agent.modules()],
                                                          self.holders(agent))
-            entry.registrations = self.registrations[0]
+            entry.registrations = self.registrations
         holders, libraries = entry.holders, entry.libraries
         keys = tuple(sorted(obs)) if isinstance(obs, dict) else None
         inputs = [held[name] for held, name in holders]
