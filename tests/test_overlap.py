@@ -110,6 +110,7 @@ def test_each_rollout_is_collected_with_the_weights_of_exactly_lag_updates_back(
 def test_the_update_of_a_stale_rollout_uses_the_recorded_logprobs(tmp_path):
     """A rollout recorded by an older policy: the actor loss is the clipped surrogate of exp(new - recorded),
     and it differs from the loss with log-probs recomputed by the current policy."""
+    torch.manual_seed(0)  # the networks and the older policy's perturbation, whatever tests ran before
     env = gym.make("CartPole-v1")
     module = PPO(num_minibatches=1)
     module.build(env.observation_space, env.action_space)

@@ -229,10 +229,12 @@ def run_aux_phase(tmp_path, beta_clone: float, arch: str = "separate", aux_epoch
 
 
 def test_bc_term_keeps_the_policy_close_and_without_it_the_policy_drifts(tmp_path):
-    """A long aux phase (16 epochs), 4 seeds. Reward normalization, as in the paper, keeps the value targets
-    (and so the aux loss) at the scale the BC term is weighed against."""
+    """A long aux phase (16 epochs), 8 seeds: one seed's KL varies tenfold, so fewer seeds leave the means'
+    ratio near its bar, where another CPU's rounding (a different path through training) can move it. Reward
+    normalization, as in the paper, keeps the value targets (and so the aux loss) at the scale the BC term is
+    weighed against."""
     kl = {1.0: [], 0.0: []}
-    for seed in (3, 4, 5, 6):
+    for seed in range(3, 11):
         for beta in kl:
             kl[beta].append(run_aux_phase(tmp_path / f"{beta}-{seed}", beta_clone=beta, aux_epochs=16, seed=seed,
                                           normalize_reward=True)["kl"])
