@@ -5,8 +5,10 @@ torch.func gradients, the clip and torch's functional Adam), run without inducto
 costs seconds. The integration tier compiles with inductor, as a run does.
 """
 
+import gc
 import os
 import pickle
+import weakref
 from copy import deepcopy
 from types import SimpleNamespace
 
@@ -232,9 +234,9 @@ def compare_acting(agent, space, backend, rtol=1e-5, atol=1e-6, obs=None, noise=
 @pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.integration)])
 def test_compiled_acting_reads_the_weights_at_each_call_and_compiles_once(space, backend):
     """The collector's acting as a torch.compile graph (a backend object, as here, or a GPU; inductor by name on a
-    CPU compiles ahead of time instead, tested below): the eager numbers, with the weights as they are now (an update steps them
-    in place, an overlapped collector loads them), in a copy of the networks as a collector process receives it,
-    all from one compile; the greedy path stays eager."""
+    CPU compiles ahead of time instead, tested below): the eager numbers, with the weights as they are now (an
+    update steps them in place, an overlapped collector loads them), in a copy of the networks as a collector
+    process receives it, all from one compile; the greedy path stays eager."""
     counter = CompileCounterWithBackend(backend)
     torch.manual_seed(0)
     agent = ActorCritic(gym.spaces.Box(-1.0, 1.0, (6,)), ACTING[space])
@@ -358,6 +360,25 @@ def test_acting_compiled_ahead_of_time_matches_eager_on_each_kind_of_space(case,
            if isinstance(observation_space, gym.spaces.Dict) else torch.as_tensor(np.stack(samples)))
     compare_acting(agent, action_space, "inductor", obs=obs)
     assert len(library_compiles) == 1
+
+
+def test_acting_compiled_ahead_of_time_lets_networks_that_are_dropped_go(monkeypatch):
+    """The libraries are kept per networks object, weakly: networks dropped elsewhere (a test's, a finished
+    fit's) are freed, with their libraries, not kept for the life of the process. A stand-in library here: what
+    is kept, not what it computes, is checked (the integration tier compiles real ones)."""
+    class Library:
+        def boxed_run(self, inputs):
+            return torch.zeros(4, 2), torch.zeros(4), torch.zeros(4)
+
+    monkeypatch.setattr(AheadOfTimeActing, "compile", staticmethod(lambda agent, keys, inputs: Library()))
+    acting = AheadOfTimeActing()
+    agent = ActorCritic(gym.spaces.Box(-1.0, 1.0, (6,)), ACTING["box"])
+    acting(agent, torch.randn(4, 6), torch.rand(4, 2))
+    assert len(acting.compiled) == 1
+    dropped = weakref.ref(agent)
+    del agent
+    gc.collect()
+    assert dropped() is None and len(acting.compiled) == 0
 
 
 @pytest.mark.integration

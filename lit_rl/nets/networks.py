@@ -312,7 +312,7 @@ class _Act(nn.Module):
 class _Compiled:
     """What :class:`AheadOfTimeActing` keeps for one networks object."""
 
-    layouts: list[tuple[nn.Module, tuple]]  # each module and its layout (AheadOfTimeActing.layout)
+    layouts: list[tuple]  # each module's layout (AheadOfTimeActing.layouts), none holding the networks themselves
     holders: list[tuple[dict[str, Any], str]]  # where each parameter and buffer is held (AheadOfTimeActing.holders)
     libraries: dict[tuple, Any] = field(default_factory=dict)  # input signature -> library (None: not compiled)
     registrations: int = -1  # the registration count when the layouts were last checked
@@ -350,10 +350,11 @@ class AheadOfTimeActing:
             AheadOfTimeActing.hooked = True
 
     @staticmethod
-    def layout(module: nn.Module) -> tuple:
-        """What a library compiled for ``module``'s networks depends on in it: its submodules, and the names of
-        its parameters and buffers."""
-        return tuple(module._modules.values()), tuple(module._parameters), tuple(module._buffers)
+    def layouts(agent: ActorCritic) -> list[tuple]:
+        """What a library compiled for ``agent`` depends on in each of its modules: the submodules, and the names
+        of the parameters and buffers. It refers to ``agent``'s children, never to ``agent``, which
+        :attr:`compiled` holds weakly (a reference to it there would keep it, and its libraries, forever)."""
+        return [(tuple(m._modules.values()), tuple(m._parameters), tuple(m._buffers)) for m in agent.modules()]
 
     @staticmethod
     def holders(agent: ActorCritic) -> list[tuple[dict[str, Any], str]]:
@@ -374,9 +375,9 @@ class AheadOfTimeActing:
             # Something was registered since the last look (6 us to check the networks' layout, so only then):
             # where a submodule was set anew or a parameter or buffer added, the libraries compiled for the old
             # layout are dropped. A parameter set anew in its place is read there (holders).
-            if entry is None or any(self.layout(module) != layout for module, layout in entry.layouts):
-                entry = self.compiled[agent] = _Compiled([(m, self.layout(m)) for m in agent.modules()],
-                                                         self.holders(agent))
+            layouts = self.layouts(agent)
+            if entry is None or entry.layouts != layouts:
+                entry = self.compiled[agent] = _Compiled(layouts, self.holders(agent))
             entry.registrations = self.registrations
         holders, libraries = entry.holders, entry.libraries
         keys = tuple(sorted(obs)) if isinstance(obs, dict) else None
